@@ -1,0 +1,27 @@
+# Every target does its own set-up: a virtual environment in the checkout, torch
+# installed before anything that needs it (a plain `torch` requirement would pull
+# a multi-GB CUDA build), then the project and its test tools.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+TORCH  ?= torch==2.13.0
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+
+.PHONY: test demo default-model ablation bench clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH)"
+	$(PY) -m pip install -q -e ".[export,test]"
+	touch $@
+
+test: $(VENV)/.installed
+	$(PY) -m pytest -q tests
+
+demo: $(VENV)/.installed
+	$(VENV)/bin/bash scripts/demo.sh 2>/dev/null || bash scripts/demo.sh
+
+clean:
+	rm -rf $(VENV) build *.egg-info

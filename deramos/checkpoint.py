@@ -1,0 +1,98 @@
+"""Checkpoints: a directory with config.json + model.safetensors + tokenizer.json.
+
+Nothing is ever unpickled. Encoders loaded from a source directory (MuQ, a Hugging Face
+text encoder) are referenced by the config rather than copied, so a heads-only checkpoint
+stays small; everything else (heads, encoders trained here or randomly initialised) is stored.
+A training run directory holds one checkpoint per selection rule (see train.py) plus `last/`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import torch
+
+from .config import ModelConfig
+
+FORMAT_VERSION = 1
+CHECKPOINT_KINDS = ("best_combined", "best_mi_sys", "best_loss", "last")
+
+
+def save_checkpoint(model, directory: str | Path, extra: dict | None = None) -> Path:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+    from safetensors.torch import save_file
+
+    from .text_encoder import tokenizer_file
+
+    directory = Path(directory)
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    prefixes = model.stored_parameter_prefixes()
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items() if k.startswith(prefixes)}
+    save_file(state, str(tmp / "model.safetensors"))
+    meta = {"format_version": FORMAT_VERSION, "model": model.cfg.to_dict(), "stored": list(prefixes)}
+    meta.update(extra or {})
+    (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
+    shutil.copyfile(tokenizer_file(model.cfg.text, tmp), tmp / "tokenizer.json")
+    _replace_dir(tmp, directory)
+    return directory
+
+
+def _replace_dir(new: Path, target: Path) -> None:
+    old = target.with_name(target.name + ".old")
+    shutil.rmtree(old, ignore_errors=True)
+    if target.exists():
+        os.replace(target, old)
+    os.replace(new, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def resolve_checkpoint(path: str | Path, kind: str = "best_combined") -> Path:
+    """A checkpoint directory, or a run directory (then its `kind` checkpoint, else `last`)."""
+    path = Path(path)
+    if (path / "model.safetensors").is_file():
+        return path
+    for candidate in (kind, "last"):
+        if (path / candidate / "model.safetensors").is_file():
+            return path / candidate
+    raise FileNotFoundError(f"{path}: no checkpoint here (expected model.safetensors, "
+                            f"or a run directory with {'/'.join(CHECKPOINT_KINDS)})")
+
+
+def read_config(directory: str | Path) -> dict:
+    meta = json.loads((Path(directory) / "config.json").read_text())
+    if meta.get("format_version", 0) > FORMAT_VERSION:
+        raise ValueError(f"{directory}: checkpoint format {meta['format_version']} is newer than "
+                         f"this deramos supports ({FORMAT_VERSION}); upgrade deramos")
+    return meta
+
+
+def load_checkpoint(path: str | Path, kind: str = "best_combined", device: str = "cpu"):
+    """Rebuild the model from its config and load the stored weights (strict for those parts)."""
+    from safetensors.torch import load_file
+
+    from .model import DeRAMOS
+
+    directory = resolve_checkpoint(path, kind)
+    meta = read_config(directory)
+    model = DeRAMOS(ModelConfig.from_dict(meta["model"]))
+    state = load_file(str(directory / "model.safetensors"), device="cpu")
+    expected = {k for k in model.state_dict() if k.startswith(model.stored_parameter_prefixes())}
+    missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    if missing or unexpected:
+        raise ValueError(f"{directory}: weights do not match the config "
+                         f"(missing {missing[:3]}, unexpected {unexpected[:3]})")
+    model.load_state_dict(state, strict=False)
+    model.checkpoint_dir = directory
+    return model.to(device).eval()
+
+
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
+    os.replace(tmp, path)

@@ -1,0 +1,151 @@
+"""Training data: MusicEval clips in memory at the encoder's rate, batches, frozen-feature cache.
+
+Window policy (`--window-policy`):
+- `variable` (default): a batch is padded to its longest clip and the masks make every clip
+  score exactly as it would alone;
+- `pad`: every clip is zero-padded to the full window and the padding counts as signal,
+  as in the paper's reference code.
+Clips longer than the window are cropped for training (a random crop when the audio encoder
+trains, the first window when it is frozen so its features can be cached) and scored in
+windows for evaluation (runtime/windows.py).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .musiceval import Clip, read_split
+from .runtime.audio import AudioError, load_audio
+
+log = logging.getLogger("deramos")
+WINDOW_POLICIES = ("variable", "pad")
+
+
+@dataclass
+class Example:
+    clip: Clip
+    wave: np.ndarray          # float32 mono at the encoder's sample rate
+
+
+def load_examples(root: str | Path, split: str, sample_rate: int, *, progress: bool = True,
+                  list_file: str | Path | None = None) -> tuple[list[Example], list[str]]:
+    """Decode a split; unreadable files are reported by name and skipped."""
+    data = read_split(root, split, list_file=list_file)
+    problems = list(data.problems)
+    examples = []
+    for clip in tqdm(data.clips, desc=f"loading {split}", unit="clip", disable=not progress, leave=False):
+        try:
+            examples.append(Example(clip, load_audio(clip.path, sample_rate)))
+        except AudioError as err:
+            problems.append(str(err))
+    for problem in problems:
+        log.warning("%s", problem)
+    return examples, problems
+
+
+def crop(wave: np.ndarray, window: int, rng: np.random.Generator | None) -> np.ndarray:
+    if len(wave) <= window:
+        return wave
+    start = 0 if rng is None else int(rng.integers(0, len(wave) - window + 1))
+    return wave[start:start + window]
+
+
+def pad_batch(waves: list[np.ndarray], policy: str, window: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """-> wave [B, N] float32, lengths [B] int64."""
+    if policy not in WINDOW_POLICIES:
+        raise ValueError(f"unknown window policy {policy!r}; choose from {WINDOW_POLICIES}")
+    width = window if policy == "pad" else max(len(w) for w in waves)
+    batch = np.zeros((len(waves), width), dtype=np.float32)
+    for row, wave in enumerate(waves):
+        batch[row, :len(wave)] = wave
+    lengths = [width] * len(waves) if policy == "pad" else [len(w) for w in waves]
+    return torch.from_numpy(batch), torch.tensor(lengths, dtype=torch.int64)
+
+
+def pad_sequences(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """[T_i, D] tensors -> [B, T, D] zero-padded, mask [B, T] bool."""
+    width = max(t.shape[0] for t in items)
+    out = items[0].new_zeros((len(items), width, items[0].shape[1]))
+    mask = torch.zeros((len(items), width), dtype=torch.bool)
+    for row, item in enumerate(items):
+        out[row, :item.shape[0]] = item
+        mask[row, :item.shape[0]] = True
+    return out, mask
+
+
+# ---------------------------------------------------------------------------------------------
+# Frozen-encoder feature cache
+
+def module_identity(module: torch.nn.Module, config: dict) -> str:
+    """sha256 of an encoder's configuration and weights: a cache entry is valid for it only."""
+    digest = hashlib.sha256(json.dumps(config, sort_keys=True).encode())
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class FeatureCache:
+    """Encoder outputs on disk, one safetensors file per input, keyed by content + encoder.
+
+    Each file records the sha256 of its payload; an entry that fails to load or to verify is
+    deleted and recomputed (a run killed mid-write, a disk error)."""
+
+    def __init__(self, root: str | Path, identity: str):
+        self.root = Path(root) / identity[:16]
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = self.corrupt = 0
+
+    def _path(self, key: str) -> Path:
+        return self.root / key[:2] / f"{key}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        from safetensors import safe_open
+
+        path = self._path(key)
+        if not path.exists():
+            self.misses += 1
+            return None
+        try:
+            with safe_open(str(path), framework="pt") as handle:
+                tensor = handle.get_tensor("value")
+                expected = (handle.metadata() or {}).get("sha256")
+            if expected != _payload_hash(tensor):
+                raise ValueError("checksum mismatch")
+        except Exception as err:  # noqa: BLE001 - any unreadable entry is recomputed
+            log.warning("feature cache: %s is corrupt (%s); recomputing", path.name, err)
+            path.unlink(missing_ok=True)
+            self.corrupt += 1
+            self.misses += 1
+            return None
+        self.hits += 1
+        return tensor
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tensor = tensor.detach().cpu().contiguous()
+        tmp = path.with_name(path.name + ".tmp")
+        save_file({"value": tensor}, str(tmp), metadata={"sha256": _payload_hash(tensor)})
+        tmp.replace(path)
+
+
+def _payload_hash(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.contiguous().numpy().tobytes()).hexdigest()
+
+
+def content_key(*parts: bytes | str) -> str:
+    digest = hashlib.sha256()
+    for part in parts:
+        digest.update(part.encode() if isinstance(part, str) else part)
+        digest.update(b"\0")
+    return digest.hexdigest()

@@ -1,0 +1,57 @@
+"""The DeRA-MOS model: audio encoder + text encoder + MI/TA heads.
+
+    wave [B, N], lengths [B]          --audio_encoder-->  frames [B, T, Da], frame_mask [B, T]
+    input_ids, attention_mask [B, L]  --text_encoder--->  tokens [B, L, Dt]
+    frames, masks, tokens             --heads---------->  mi, ta [B], mi_dist, ta_dist [B, K], ...
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .audio_encoder import AudioEncoder, load_muq_encoder
+from .config import ModelConfig
+from .heads import Heads
+from .text_encoder import TextEncoder
+
+
+class DeRAMOS(nn.Module):
+    def __init__(self, cfg: ModelConfig, seed: int = 0):
+        super().__init__()
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            if cfg.audio.source:
+                self.audio_encoder, self.ignored_checkpoint_keys = load_muq_encoder(cfg.audio.source, cfg.audio)
+                cfg.audio = self.audio_encoder.cfg
+            else:
+                self.audio_encoder, self.ignored_checkpoint_keys = AudioEncoder(cfg.audio), []
+            self.text_encoder = TextEncoder(cfg.text, seed=seed + 1)
+            self.heads = Heads(cfg.audio.hidden_size, self.text_encoder.hidden_size, cfg.heads)
+        self.cfg = cfg
+        if cfg.audio.frozen:
+            self.audio_encoder.requires_grad_(False)
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        if self.cfg.audio.frozen:
+            self.audio_encoder.eval()   # frozen: BatchNorm statistics and dropout stay fixed
+        return self
+
+    def forward(self, wave, lengths, input_ids, attention_mask) -> dict[str, torch.Tensor]:
+        frames, frame_mask = self.audio_encoder(wave, lengths)
+        tokens = self.text_encoder(input_ids, attention_mask)
+        return self.heads(frames, frame_mask, tokens, attention_mask.bool())
+
+    def stored_parameter_prefixes(self) -> tuple[str, ...]:
+        """Parts whose weights a checkpoint must carry: all but encoders loaded from a source."""
+        parts = ["heads."]
+        if not self.cfg.audio.source:
+            parts.append("audio_encoder.")
+        if not self.text_encoder.from_source:
+            parts.append("text_encoder.")
+        return tuple(parts)
+
+    def num_parameters(self) -> dict[str, int]:
+        count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+        return {"audio_encoder": count(self.audio_encoder), "text_encoder": count(self.text_encoder),
+                "heads": count(self.heads), "total": count(self)}

@@ -1,0 +1,317 @@
+"""`deramos-train`: train DeRA-MOS (or a baseline loss) on a MusicEval-layout directory.
+
+Runs alone or under `torchrun --nproc_per_node N` (DistributedDataParallel: gloo on CPU,
+nccl on GPU). Each epoch ends with a validation pass and an atomic save of `RUN/last/`
+(weights, optimiser, RNG), so a run killed at any moment resumes from its last full epoch.
+
+RUN/
+  config.json        the model config and the training arguments
+  metrics.jsonl      one line per epoch
+  best_loss/         lowest validation loss
+  best_mi_sys/       highest system-level MI SRCC on dev
+  best_combined/     highest (utterance MI SRCC + system TA SRCC) / 2 on dev
+  last/              the latest epoch, plus train_state.{json,safetensors} for resuming
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+import numpy as np
+import torch
+import torch.distributed as dist
+from tqdm.auto import tqdm
+
+from .checkpoint import save_checkpoint, save_tensors
+from .config import preset
+from .data import crop, load_examples
+from .features import Featurizer, predict
+from .losses import LOSS_KINDS, LossConfig, total_loss
+from .metrics import evaluate
+from .model import DeRAMOS
+from .musiceval import read_system_mos
+
+log = logging.getLogger("deramos")
+SELECTIONS = {  # checkpoint name -> (score from an epoch record, higher is better)
+    "best_loss": lambda r: -r["val_loss"],
+    "best_mi_sys": lambda r: r["dev"]["system"]["MI"]["SRCC"],
+    "best_combined": lambda r: (r["dev"]["utterance"]["MI"]["SRCC"] + r["dev"]["system"]["TA"]["SRCC"]) / 2,
+}
+
+
+@dataclass
+class TrainArgs:
+    data: str
+    out: str
+    preset: str = "small"
+    loss: str = "dera"
+    epochs: int = 100
+    batch_size: int = 24
+    lr: float = 5e-5
+    weight_decay: float = 0.01
+    patience: int = 15
+    seed: int = 1984
+    device: str = "cpu"
+    audio_encoder: str | None = None
+    text_encoder: str | None = None
+    window_policy: str = "variable"
+    cache_dir: str | None = None
+    max_steps_per_epoch: int | None = None
+    progress: bool = True
+    loss_options: dict = field(default_factory=dict)
+
+
+class TrainStep(torch.nn.Module):
+    """The part of a step with trainable parameters, as one module so DDP can wrap it."""
+
+    def __init__(self, model: DeRAMOS, featurizer: Featurizer):
+        super().__init__()
+        self.model, self.featurizer = model, featurizer
+
+    def forward(self, waves: list, prompts: list):
+        return self.featurizer.heads(waves, prompts)
+
+
+# ---------------------------------------------------------------------------------------------
+
+def setup_distributed(device: str) -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.startswith("cuda") else "gloo")
+    return (dist.get_rank() if world > 1 else 0), world
+
+
+def build_model(args: TrainArgs) -> DeRAMOS:
+    cfg = preset(args.preset)
+    if args.audio_encoder:
+        cfg.audio.source = args.audio_encoder
+    if args.text_encoder:
+        cfg.text.source = args.text_encoder
+    return DeRAMOS(cfg, seed=args.seed)
+
+
+def epoch_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
+    """The same shuffled batches on every rank and after a resume (seeded by epoch)."""
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
+
+
+def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch, rank, world) -> float:
+    step_module.train()
+    rng = np.random.default_rng([args.seed, epoch, rank])
+    window = step_module_cfg(step_module).audio.window_samples
+    random_crop = not step_module_cfg(step_module).audio.frozen
+    batches = epoch_batches(len(examples), args.batch_size, epoch, args.seed)[: args.max_steps_per_epoch]
+    losses = []
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not args.progress or rank != 0, leave=False)
+    for batch in bar:
+        shard = [examples[i] for i in batch[rank::world]]
+        if not shard:
+            continue
+        waves = [crop(e.wave, window, rng if random_crop else None) for e in shard]
+        out = step_module(waves, [e.clip.prompt for e in shard])
+        y_mi = torch.tensor([e.clip.mi for e in shard], dtype=torch.float32, device=out["mi"].device)
+        y_ta = torch.tensor([e.clip.ta for e in shard], dtype=torch.float32, device=out["mi"].device)
+        loss, _ = total_loss(out, y_mi, y_ta, centres, loss_cfg)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss))
+        bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    return float(np.mean(losses)) if losses else math.nan
+
+
+def step_module_cfg(step_module):
+    module = step_module.module if hasattr(step_module, "module") else step_module
+    return module.model.cfg
+
+
+@torch.no_grad()
+def validate(model, featurizer, examples, args, loss_cfg, centres, system_truth) -> dict:
+    model.eval()
+    window = model.cfg.audio.window_samples
+    losses, weights = [], []
+    for start in range(0, len(examples), args.batch_size):
+        batch = examples[start:start + args.batch_size]
+        out = featurizer.heads([crop(e.wave, window, None) for e in batch], [e.clip.prompt for e in batch])
+        y_mi = torch.tensor([e.clip.mi for e in batch], dtype=torch.float32)
+        y_ta = torch.tensor([e.clip.ta for e in batch], dtype=torch.float32)
+        loss, _ = total_loss({k: v.cpu() for k, v in out.items()}, y_mi, y_ta, centres, loss_cfg)
+        losses.append(float(loss))
+        weights.append(len(batch))
+    mi, ta = predict(featurizer, [e.wave for e in examples], [e.clip.prompt for e in examples], args.batch_size)
+    true = {"MI": np.array([e.clip.mi for e in examples]), "TA": np.array([e.clip.ta for e in examples])}
+    metrics = evaluate([e.clip.system_id for e in examples], {"MI": mi, "TA": ta}, true, system_truth)
+    return {"val_loss": float(np.average(losses, weights=weights)), "dev": metrics}
+
+
+# ---------------------------------------------------------------------------------------------
+# Resume state: optimiser tensors and RNG in safetensors, the rest in JSON (no pickle).
+
+def save_train_state(directory: Path, optimizer, state: dict) -> None:
+    opt = optimizer.state_dict()
+    tensors = {"torch_rng": torch.get_rng_state()}
+    for index, slots in opt["state"].items():
+        for name, value in slots.items():
+            tensors[f"opt.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
+    save_tensors(directory / "train_state.safetensors", tensors)
+    record = dict(state, param_groups=opt["param_groups"])
+    (directory / "train_state.json").write_text(json.dumps(record, indent=2))
+
+
+def load_train_state(directory: Path, optimizer) -> dict:
+    from safetensors.torch import load_file
+
+    record = json.loads((directory / "train_state.json").read_text())
+    tensors = load_file(str(directory / "train_state.safetensors"))
+    slots: dict[int, dict] = {}
+    for key, value in tensors.items():
+        if key.startswith("opt."):
+            _, index, name = key.split(".", 2)
+            slots.setdefault(int(index), {})[name] = value
+    optimizer.load_state_dict({"state": slots, "param_groups": record.pop("param_groups")})
+    torch.set_rng_state(tensors["torch_rng"])
+    return record
+
+
+def resume_if_possible(run: Path, model, optimizer) -> dict:
+    state_file = run / "last" / "train_state.json"
+    if not state_file.exists():
+        return {"epoch": 0, "best": {}, "stale_epochs": 0}
+    from safetensors.torch import load_file
+
+    model.load_state_dict(load_file(str(run / "last" / "model.safetensors")), strict=False)
+    state = load_train_state(run / "last", optimizer)
+    _truncate_metrics(run / "metrics.jsonl", state["epoch"])
+    log.info("resuming %s after epoch %d", run, state["epoch"])
+    return state
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drop records of an epoch that was interrupted before its state was saved."""
+    if path.exists():
+        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
+        path.write_text("".join(line + "\n" for line in keep))
+
+
+def record_epoch(run: Path, model, optimizer, record: dict, state: dict, args: TrainArgs) -> None:
+    """Save the selection checkpoints that improved, then `last/` with its resume state, then
+    the metrics line: after a crash, metrics never mention an epoch that was not saved."""
+    extra = {"training": asdict(args)}
+    for name, score_of in SELECTIONS.items():
+        score = score_of(record)
+        score = -math.inf if score is None or math.isnan(score) else score
+        if score > state["best"].get(name, -math.inf):
+            state["best"][name] = score
+            save_checkpoint(model, run / name, dict(extra, epoch=record["epoch"], selection=name))
+    save_checkpoint(model, run / "last", dict(extra, epoch=record["epoch"]))
+    save_train_state(run / "last", optimizer, state)
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def run_training(args: TrainArgs) -> Path:
+    rank, world = setup_distributed(args.device)
+    torch.manual_seed(args.seed)
+    run = Path(args.out)
+    model = build_model(args).to(args.device)
+    loss_cfg = LossConfig(kind=args.loss, **args.loss_options)
+    cache = args.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deramos" / "features")
+    featurizer = Featurizer(model, cache_dir=cache, device=args.device, window_policy=args.window_policy)
+    train, _ = load_examples(args.data, "train", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
+    dev, _ = load_examples(args.data, "dev", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
+    if not train or not dev:
+        raise click.ClickException(f"{args.data}: need clips in both the train and the dev list")
+    system_truth = _system_truth(args.data)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    if rank == 0:
+        run.mkdir(parents=True, exist_ok=True)
+        (run / "config.json").write_text(json.dumps({"model": model.cfg.to_dict(), "training": asdict(args)}, indent=2))
+    state = resume_if_possible(run, model, optimizer)
+    step_module = TrainStep(model, featurizer)
+    if world > 1:
+        step_module = torch.nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
+    centres = model.heads.bins.centres
+    for epoch in range(state["epoch"] + 1, args.epochs + 1):
+        started = time.time()
+        train_loss = train_epoch(step_module, optimizer, train, args, loss_cfg, centres.to(args.device), epoch, rank, world)
+        record = {"epoch": epoch, "train_loss": train_loss}
+        record.update(validate(model, featurizer, dev, args, loss_cfg, centres.cpu(), system_truth))
+        record["seconds"] = round(time.time() - started, 2)
+        improved = record["val_loss"] < state.get("best_val_loss", math.inf)
+        state["best_val_loss"] = min(record["val_loss"], state.get("best_val_loss", math.inf))
+        state["stale_epochs"] = 0 if improved else state["stale_epochs"] + 1
+        state["epoch"] = epoch
+        if rank == 0:
+            record_epoch(run, model, optimizer, record, state, args)
+            _print_epoch(record)
+        if world > 1:
+            dist.barrier()
+        if state["stale_epochs"] >= args.patience:
+            if rank == 0:
+                click.echo(f"early stop: no validation improvement for {args.patience} epochs", err=True)
+            break
+    if world > 1:
+        dist.destroy_process_group()
+    return run
+
+
+def _system_truth(root):
+    try:
+        return read_system_mos(root)
+    except FileNotFoundError:
+        return None
+
+
+def _print_epoch(r: dict) -> None:
+    u, s = r["dev"]["utterance"], r["dev"]["system"]
+    click.echo(f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  "
+               f"SRCC utt MI {u['MI']['SRCC']:.3f} TA {u['TA']['SRCC']:.3f}  "
+               f"sys MI {s['MI']['SRCC']:.3f} TA {s['TA']['SRCC']:.3f}  ({r['seconds']:.1f} s)", err=True)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="MusicEval-layout directory.")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
+@click.option("--preset", type=click.Choice(["paper", "small", "tiny"]), default="small", show_default=True)
+@click.option("--loss", type=click.Choice(LOSS_KINDS), default="dera", show_default=True,
+              help="dera = distributional + listwise (MI) + alignment (TA); the others are baselines.")
+@click.option("--epochs", default=100, show_default=True)
+@click.option("--batch-size", default=24, show_default=True)
+@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--patience", default=15, show_default=True, help="Early stopping on validation loss.")
+@click.option("--seed", default=1984, show_default=True)
+@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@click.option("--audio-encoder", type=click.Path(exists=True, file_okay=False), help="MuQ checkpoint directory (config.json + model.safetensors).")
+@click.option("--text-encoder", type=click.Path(exists=True, file_okay=False), help="Hugging Face encoder directory (with its tokenizer).")
+@click.option("--window-policy", type=click.Choice(["variable", "pad"]), default="variable", show_default=True)
+@click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
+@click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
+@click.option("--rank-weight", type=float, help="λ_r of the listwise loss [0.01].")
+@click.option("--align-weight", type=float, help="λ_a of the alignment loss [0.2].")
+@click.option("--no-progress", is_flag=True, help="No progress bars.")
+def main(**opts):
+    """Train DeRA-MOS on a MusicEval-layout directory.
+
+    Example: deramos-train --data /tmp/se --preset tiny --epochs 3 --out /tmp/run
+    """
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    loss_options = {k2: opts.pop(k) for k, k2 in (("rank_weight", "rank_weight"), ("align_weight", "align_weight"))
+                    if opts.get(k) is not None}
+    opts.pop("rank_weight", None), opts.pop("align_weight", None)
+    progress = not opts.pop("no_progress")
+    args = TrainArgs(**opts, progress=progress, loss_options=loss_options)
+    run = run_training(args)
+    if int(os.environ.get("RANK", "0")) == 0:
+        click.echo(f"run saved in {run}")
+
+
+if __name__ == "__main__":
+    main()

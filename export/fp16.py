@@ -1,0 +1,156 @@
+"""FP32 -> FP16 graphs, with the numerically sensitive parts kept in FP32.
+
+Kept in FP32 (the "fp32 region"):
+- the whole mel front-end: power spectra span ~20 orders of magnitude before the log; FP16
+  would flush quiet bins to zero (log -> -inf) and overflow loud ones;
+- normalisations and reductions whose FP16 accumulation drifts: LayerNormalization,
+  ReduceMean/ReduceSum, Pow/Sqrt, Softmax (the score-bin softmax decides MI and TA), Log/Exp;
+- ops whose float inputs must stay FP32 by definition (Range and friends).
+Inputs and outputs stay FP32, so the runtime feeds every precision alike.
+
+Why not onnxruntime.transformers.float16: it wraps each blocked node in its own casts, so a
+tensor between two blocked nodes still makes a round trip through FP16 — the front-end's
+clamp(1e-10) -> log then becomes log(0). Here a tensor is cast only where it crosses from
+the FP32 region into the FP16 one or back.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .graphs import save_onnx
+
+FP32_OPS = {"LayerNormalization", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Softmax", "Log", "Exp",
+            "Range", "CumSum", "TopK", "Resize", "RandomUniformLike", "RandomNormalLike"}
+FP32_NODE_PREFIXES = ("/encoder/frontend/",)
+
+
+def convert_to_fp16(src: Path, dst: Path) -> list[Path]:
+    import onnx
+
+    model = onnx.load(str(src), load_external_data=True)
+    return save_onnx(to_fp16(model), dst)
+
+
+def _in_fp32_region(node) -> bool:
+    return node.op_type in FP32_OPS or node.name.startswith(FP32_NODE_PREFIXES)
+
+
+def to_fp16(model):
+    import numpy as np
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    graph = model.graph
+    float_tensors = _float_tensors(model)
+    consumers: dict[str, list] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_fp16_consumers(name: str) -> bool:
+        users = consumers.get(name, [])
+        return bool(users) and not any(_in_fp32_region(n) for n in users) and name not in outputs
+
+    outputs = {o.name for o in graph.output}
+    home: dict[str, int] = {}   # float tensor -> the precision it is produced in
+    for value in graph.input:
+        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
+            home[value.name] = TensorProto.FLOAT
+    for init in graph.initializer:
+        if init.data_type == TensorProto.FLOAT and only_fp16_consumers(init.name):
+            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+            home[init.name] = TensorProto.FLOAT16
+        elif init.data_type == TensorProto.FLOAT:
+            home[init.name] = TensorProto.FLOAT
+
+    new_nodes, casts = [], {}
+
+    def cast_to(name: str, dtype: int) -> str:
+        key = (name, dtype)
+        if key not in casts:
+            casts[key] = f"{name}_as_{'fp16' if dtype == TensorProto.FLOAT16 else 'fp32'}"
+            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=dtype, name=casts[key] + "_cast"))
+        return casts[key]
+
+    for node in graph.node:
+        fp16_node = not _in_fp32_region(node)
+        if node.op_type == "Constant" and fp16_node and all(only_fp16_consumers(o) for o in node.output):
+            _constant_to_fp16(node)
+        want = TensorProto.FLOAT16 if fp16_node else TensorProto.FLOAT
+        for i, name in enumerate(node.input):
+            if name in home and home[name] != want:
+                node.input[i] = cast_to(name, want)
+        if node.op_type == "Cast" and fp16_node and _attr(node, "to") == TensorProto.FLOAT:
+            _set_attr(node, "to", TensorProto.FLOAT16)
+        produced = TensorProto.FLOAT16 if fp16_node and node.op_type != "Constant" else TensorProto.FLOAT
+        if node.op_type == "Constant":
+            produced = TensorProto.FLOAT16 if _constant_is_fp16(node) else TensorProto.FLOAT
+        for name in node.output:
+            if name in float_tensors:
+                home[name] = produced
+        new_nodes.append(node)
+
+    # Graph outputs keep their FP32 type: rename the FP16 producer's tensor and cast back.
+    for value in graph.output:
+        if home.get(value.name) == TensorProto.FLOAT16:
+            inner = value.name + "_fp16"
+            for node in new_nodes:
+                node.output[:] = [inner if o == value.name else o for o in node.output]
+                node.input[:] = [inner if i == value.name else i for i in node.input]
+            new_nodes.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT, name=value.name + "_out_cast"))
+    del graph.node[:]
+    graph.node.extend(new_nodes)
+    del graph.value_info[:]   # stale FP32 annotations; ONNX Runtime re-infers
+    onnx.checker.check_model(model) if model.ByteSize() < 1_900_000_000 else None
+    return model
+
+
+def _float_tensors(model) -> set[str]:
+    import onnx
+    from onnx import TensorProto
+
+    try:
+        inferred = onnx.shape_inference.infer_shapes(model)
+    except Exception:  # noqa: BLE001 - >2 GB protobufs: fall back to what the graph declares
+        inferred = model
+    values = list(inferred.graph.value_info) + list(inferred.graph.output) + list(inferred.graph.input)
+    names = {v.name for v in values if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and _constant_is_float(node):
+            names.update(node.output)
+    return names
+
+
+def _constant_is_float(node) -> bool:
+    from onnx import TensorProto
+
+    value = next((a for a in node.attribute if a.name == "value"), None)
+    return value is not None and value.t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)
+
+
+def _constant_is_fp16(node) -> bool:
+    from onnx import TensorProto
+
+    value = next((a for a in node.attribute if a.name == "value"), None)
+    return value is not None and value.t.data_type == TensorProto.FLOAT16
+
+
+def _constant_to_fp16(node) -> None:
+    import numpy as np
+    from onnx import TensorProto, numpy_helper
+
+    for attr in node.attribute:
+        if attr.name == "value" and attr.t.data_type == TensorProto.FLOAT:
+            attr.t.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(attr.t).astype(np.float16), attr.t.name))
+
+
+def _attr(node, name):
+    from onnx import helper
+
+    return next((helper.get_attribute_value(a) for a in node.attribute if a.name == name), None)
+
+
+def _set_attr(node, name, value) -> None:
+    for attr in node.attribute:
+        if attr.name == name:
+            attr.i = value

@@ -1,0 +1,140 @@
+"""Every export is checked against the PyTorch model it came from (Optimum-style).
+
+The reference is the eager model with its torch.stft front-end, i.e. not the DFT-basis
+convolution that went into the graph, so the front-end is checked too. The candidate chains
+ONNX Runtime (CPU) sessions: audio_encoder -> heads <- text_encoder.
+
+Tolerances (MI and TA are on the 1-5 scale):
+    fp32: |ΔMI|, |ΔTA| <= 1e-3; encoder outputs cosine >= 0.9999 (per clip / per prompt)
+    fp16: |ΔMI|, |ΔTA| <= 0.05; SRCC of the clip ranking vs PyTorch >= 0.99 (MI and TA)
+    int8: see calibration/drift.py (MAE <= 0.15, SRCC >= 0.97 on a held-out set)
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..metrics import spearman
+from ..runtime.text import PromptTokenizer
+from .samples import SampleSet, batches
+
+TOLERANCES = {
+    "fp32": {"score_abs": 1e-3, "encoder_cosine": 0.9999},
+    "fp16": {"score_abs": 0.05, "srcc": 0.99},
+}
+
+
+class ValidationError(RuntimeError):
+    pass
+
+
+@dataclass
+class Outputs:
+    mi: np.ndarray
+    ta: np.ndarray
+    frames: list[np.ndarray]     # per clip, valid frames only
+    tokens: list[np.ndarray]     # per clip, real tokens only
+
+
+def ort_sessions(paths: dict[str, Path], threads: int | None = None) -> dict:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+    options.log_severity_level = 3
+    return {name: ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+            for name, path in paths.items()}
+
+
+def _batch_inputs(samples: SampleSet, index: list[int], tokenizer: PromptTokenizer):
+    waves = [samples.waves[i] for i in index]
+    width = max(len(w) for w in waves)
+    wave = np.zeros((len(waves), width), np.float32)
+    for row, w in enumerate(waves):
+        wave[row, :len(w)] = w
+    lengths = np.array([len(w) for w in waves], np.int64)
+    ids, mask = tokenizer.encode([samples.prompts[i] for i in index])
+    return wave, lengths, ids, mask
+
+
+def _split_valid(frames, mask, rows):
+    return [frames[r][mask[r].astype(bool)] for r in range(rows)]
+
+
+@torch.no_grad()
+def torch_outputs(model, samples: SampleSet, tokenizer: PromptTokenizer) -> Outputs:
+    model.eval()
+    parts = []
+    for index in batches(len(samples.waves)):
+        wave, lengths, ids, mask = _batch_inputs(samples, index, tokenizer)
+        wave_t, lengths_t = torch.from_numpy(wave), torch.from_numpy(lengths)
+        frames, frame_mask = model.audio_encoder(wave_t, lengths_t)
+        tokens = model.text_encoder(torch.from_numpy(ids), torch.from_numpy(mask))
+        out = model.heads(frames, frame_mask, tokens, torch.from_numpy(mask).bool())
+        parts.append((out["mi"].numpy(), out["ta"].numpy(),
+                      _split_valid(frames.numpy(), frame_mask.numpy(), len(index)),
+                      _split_valid(tokens.numpy(), mask, len(index))))
+    return _concat(parts)
+
+
+def onnx_outputs(sessions: dict, samples: SampleSet, tokenizer: PromptTokenizer) -> Outputs:
+    parts = []
+    for index in batches(len(samples.waves)):
+        wave, lengths, ids, mask = _batch_inputs(samples, index, tokenizer)
+        frames, frame_mask = sessions["audio_encoder"].run(None, {"waveform": wave, "lengths": lengths})
+        (tokens,) = sessions["text_encoder"].run(None, {"input_ids": ids, "attention_mask": mask})
+        mi, ta, _, _ = sessions["heads"].run(None, {"frames": frames, "frame_mask": frame_mask,
+                                                    "tokens": tokens, "token_mask": mask})
+        parts.append((mi, ta, _split_valid(frames, frame_mask, len(index)), _split_valid(tokens, mask, len(index))))
+    return _concat(parts)
+
+
+def _concat(parts) -> Outputs:
+    return Outputs(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+                   [f for p in parts for f in p[2]], [t for p in parts for t in p[3]])
+
+
+def _min_cosine(a: list[np.ndarray], b: list[np.ndarray]) -> float:
+    worst = 1.0
+    for x, y in zip(a, b):
+        x, y = x.ravel().astype(np.float64), y.ravel().astype(np.float64)
+        denom = np.linalg.norm(x) * np.linalg.norm(y)
+        worst = min(worst, float(x @ y / denom) if denom > 0 else float(np.allclose(x, y)))
+    return worst
+
+
+def compare(reference: Outputs, candidate: Outputs, precision: str) -> dict:
+    """A report with the measured differences, the tolerances and `passed`."""
+    tol = TOLERANCES[precision]
+    report = {"clips": int(len(reference.mi)), "tolerance": tol,
+              "mi_max_abs": float(np.max(np.abs(reference.mi - candidate.mi))),
+              "ta_max_abs": float(np.max(np.abs(reference.ta - candidate.ta))),
+              "audio_cosine_min": _min_cosine(reference.frames, candidate.frames),
+              "text_cosine_min": _min_cosine(reference.tokens, candidate.tokens),
+              "mi_srcc": spearman(candidate.mi, reference.mi),
+              "ta_srcc": spearman(candidate.ta, reference.ta)}
+    failures = []
+    for score in ("mi", "ta"):
+        if report[f"{score}_max_abs"] > tol["score_abs"]:
+            failures.append(f"heads output {score}: max |Δ| {report[f'{score}_max_abs']:.2e} > {tol['score_abs']:g}")
+        if "srcc" in tol and not report[f"{score}_srcc"] >= tol["srcc"]:
+            failures.append(f"heads output {score}: ranking SRCC {report[f'{score}_srcc']:.4f} < {tol['srcc']}")
+    if "encoder_cosine" in tol:
+        for graph, key, output in (("audio_encoder", "audio_cosine_min", "frames"), ("text_encoder", "text_cosine_min", "tokens")):
+            if report[key] < tol["encoder_cosine"]:
+                failures.append(f"{graph} output {output}: min cosine {report[key]:.6f} < {tol['encoder_cosine']}")
+    report["failures"] = failures
+    report["passed"] = not failures
+    return report
+
+
+def format_report(precision: str, report: dict) -> str:
+    verdict = "PASS" if report["passed"] else "FAIL"
+    line = (f"{precision:5s} {verdict}  clips {report['clips']}  max|ΔMI| {report['mi_max_abs']:.2e}  "
+            f"max|ΔTA| {report['ta_max_abs']:.2e}  SRCC MI {report['mi_srcc']:.4f} TA {report['ta_srcc']:.4f}  "
+            f"cos audio {report['audio_cosine_min']:.6f} text {report['text_cosine_min']:.6f}")
+    return "\n".join([line] + [f"      {f}" for f in report["failures"]])

@@ -1,0 +1,192 @@
+"""Audio loading for the runtime: any libsndfile format in, float32 mono at the model's rate out.
+
+Only numpy, soundfile and soxr are used here so that an edge device can score clips without
+torch installed. Every problem with an input clip is raised as an ``AudioError`` whose message is
+a single line of the form ``<item>: <cause>``, ready to be printed next to the item in a batch log.
+"""
+
+from __future__ import annotations
+
+import numbers
+import os
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+import soxr
+
+__all__ = ["AudioError", "load_audio", "prepare_waveform", "to_mono", "resample"]
+
+# A 2-D array whose first axis is this short (or shorter) and shorter than the second axis is
+# read as (channels, samples); no real recording has more channels than this and fewer samples.
+MAX_CHANNELS_FIRST = 16
+
+
+class AudioError(ValueError):
+    """One-line, human-readable error naming the item and the cause."""
+
+    def __init__(self, name: str, cause: str) -> None:
+        self.name = name
+        self.cause = cause
+        super().__init__(_one_line(f"{name}: {cause}"))
+
+
+def load_audio(
+    path: str | os.PathLike[str],
+    target_rate: int,
+    *,
+    max_seconds: float = 3600.0,
+    min_seconds: float = 0.1,
+) -> np.ndarray:
+    """Read an audio file and return it as float32 mono samples at ``target_rate``."""
+    _check_target_rate(target_rate)
+    name = str(path)
+    _check_file(Path(path), name)
+    rate = _check_header(Path(path), name, max_seconds)
+    try:
+        data, rate = sf.read(path, dtype="float32", always_2d=True)
+    except (sf.SoundFileError, RuntimeError) as error:
+        raise AudioError(name, f"cannot decode audio ({_libsndfile_reason(error)})") from error
+    # Mix down here, where the (samples, channels) layout is known for certain, rather than
+    # letting prepare_waveform guess it from the shape (a short 32-channel file would fool it).
+    mono = np.ascontiguousarray(data.mean(axis=1, dtype=np.float64), dtype=np.float32)
+    return prepare_waveform(
+        mono,
+        rate,
+        target_rate,
+        name=name,
+        max_seconds=max_seconds,
+        min_seconds=min_seconds,
+    )
+
+
+def prepare_waveform(
+    wave: np.ndarray,
+    sample_rate: int,
+    target_rate: int,
+    *,
+    name: str = "<array>",
+    max_seconds: float = 3600.0,
+    min_seconds: float = 0.1,
+) -> np.ndarray:
+    """Validate an in-memory waveform and return it as float32 mono at ``target_rate``.
+
+    ``wave`` is 1-D (samples) or 2-D: (channels, samples) when the first axis is the shorter
+    one and at most 16 long, otherwise (samples, channels). Integer samples are scaled to
+    [-1, 1) the way WAV files store them.
+    """
+    _check_target_rate(target_rate)
+    sample_rate = _check_sample_rate(sample_rate, name)
+    samples = _to_float32(np.asarray(wave), name)
+    if samples.ndim not in (1, 2):
+        raise AudioError(name, f"expected a 1-D or 2-D array, got {samples.ndim}-D")
+    if samples.size == 0:
+        raise AudioError(name, "no samples")
+    if not np.all(np.isfinite(samples)):
+        raise AudioError(name, "contains NaN or infinite samples")
+    mono = to_mono(samples)
+    _check_duration(len(mono) / sample_rate, name, min_seconds, max_seconds)
+    return resample(mono, sample_rate, target_rate)
+
+
+def to_mono(wave: np.ndarray) -> np.ndarray:
+    """Average the channels of a 1-D or 2-D waveform into float32 mono (layout as in prepare_waveform)."""
+    wave = np.asarray(wave)
+    if wave.ndim == 1:
+        return np.ascontiguousarray(wave, dtype=np.float32)
+    if wave.ndim != 2:
+        raise ValueError(f"expected a 1-D or 2-D array, got {wave.ndim}-D")
+    channel_axis = 0 if _is_channels_first(wave.shape) else 1
+    # Accumulate in float64: the mean of many float32 channels then rounds only once.
+    return np.ascontiguousarray(wave.mean(axis=channel_axis, dtype=np.float64), dtype=np.float32)
+
+
+def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
+    """Resample float mono (or (samples, channels)) audio with soxr 'HQ'; float32 out."""
+    if rate_in <= 0 or rate_out <= 0:
+        raise ValueError(f"sample rates must be positive, got {rate_in} -> {rate_out}")
+    wave = np.ascontiguousarray(wave, dtype=np.float32)
+    if rate_in == rate_out:
+        return wave
+    return np.asarray(soxr.resample(wave, rate_in, rate_out, quality="HQ"), dtype=np.float32)
+
+
+# --- checks -------------------------------------------------------------------------------------
+
+
+def _check_file(path: Path, name: str) -> None:
+    """Catch the common file-system problems before libsndfile turns them into vaguer errors."""
+    if path.is_dir():
+        raise AudioError(name, "is a directory")
+    if not path.exists():
+        raise AudioError(name, "file not found")
+    if path.stat().st_size == 0:
+        raise AudioError(name, "empty file (0 bytes)")
+
+
+def _check_header(path: Path, name: str, max_seconds: float) -> int:
+    """Read the header only, so a huge file is rejected before it is decoded into memory."""
+    try:
+        info = sf.info(str(path))
+    except (sf.SoundFileError, RuntimeError) as error:
+        raise AudioError(name, f"cannot decode audio ({_libsndfile_reason(error)})") from error
+    if info.frames <= 0:
+        raise AudioError(name, "no samples")
+    if info.samplerate <= 0:
+        raise AudioError(name, f"invalid sample rate {info.samplerate} in header")
+    _check_duration(info.frames / info.samplerate, name, 0.0, max_seconds)
+    return int(info.samplerate)
+
+
+def _check_duration(seconds: float, name: str, min_seconds: float, max_seconds: float) -> None:
+    if seconds < min_seconds:
+        raise AudioError(name, f"too short ({seconds:.3f} s < {min_seconds:.3f} s minimum)")
+    if seconds > max_seconds:
+        raise AudioError(name, f"too long ({seconds:.1f} s > {max_seconds:.1f} s maximum)")
+
+
+def _check_sample_rate(sample_rate: object, name: str) -> int:
+    # bool is an Integral in Python, but True is never a sample rate.
+    is_number = isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, bool)
+    if not is_number or not float(sample_rate).is_integer() or sample_rate <= 0:
+        raise AudioError(name, f"invalid sample rate {sample_rate!r} (must be a positive integer)")
+    return int(sample_rate)
+
+
+def _check_target_rate(target_rate: object) -> None:
+    # A bad target rate is the caller's mistake, not the item's: plain ValueError.
+    if isinstance(target_rate, bool) or not isinstance(target_rate, numbers.Integral) or target_rate <= 0:
+        raise ValueError(f"target_rate must be a positive integer, got {target_rate!r}")
+
+
+# --- conversions --------------------------------------------------------------------------------
+
+
+def _to_float32(wave: np.ndarray, name: str) -> np.ndarray:
+    """Scale integer PCM to [-1, 1) and cast floats to float32."""
+    kind = wave.dtype.kind
+    if kind == "f":
+        # A float64 beyond float32's range becomes inf here and is caught as non-finite.
+        with np.errstate(over="ignore"):
+            return wave.astype(np.float32, copy=False)
+    if kind in ("i", "u"):
+        half_range = float(2 ** (wave.dtype.itemsize * 8 - 1))
+        # Unsigned PCM (WAV's 8-bit) is offset binary: the midpoint is silence.
+        offset = half_range if kind == "u" else 0.0
+        return ((wave.astype(np.float64) - offset) / half_range).astype(np.float32)
+    raise AudioError(name, f"unsupported sample type {wave.dtype}")
+
+
+def _is_channels_first(shape: tuple[int, ...]) -> bool:
+    rows, cols = shape
+    return rows < cols and rows <= MAX_CHANNELS_FIRST
+
+
+def _libsndfile_reason(error: Exception) -> str:
+    """libsndfile's short reason ('Format not recognised.') rather than the full 'Error opening ...'."""
+    reason = getattr(error, "error_string", "") or str(error)
+    return _one_line(reason).rstrip(".") or type(error).__name__
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())

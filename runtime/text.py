@@ -1,0 +1,54 @@
+"""Prompt tokenisation with a `tokenizers` fast tokenizer (no transformers needed).
+
+Training, export and the runtime all tokenise through this class, so the ids a model was
+trained on are exactly the ids the runtime feeds it.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>")
+
+
+class PromptError(ValueError):
+    """A prompt that cannot be scored (empty, not a string)."""
+
+
+class PromptTokenizer:
+    def __init__(self, tokenizer_file: str | Path, max_tokens: int):
+        from tokenizers import Tokenizer
+
+        self.path = Path(tokenizer_file)
+        self.max_tokens = int(max_tokens)
+        self._tokenizer = Tokenizer.from_file(str(self.path))
+        self._tokenizer.no_padding()
+        self._tokenizer.enable_truncation(max_length=self.max_tokens)
+        self.pad_id = self._find_pad_id()
+
+    def _find_pad_id(self) -> int:
+        for token in PAD_CANDIDATES:
+            token_id = self._tokenizer.token_to_id(token)
+            if token_id is not None:
+                return int(token_id)
+        return 0
+
+    @staticmethod
+    def check(prompt, name: str = "prompt") -> str:
+        if not isinstance(prompt, str):
+            raise PromptError(f"{name}: expected a string, got {type(prompt).__name__}")
+        if not prompt.strip():
+            raise PromptError(f"{name}: empty prompt")
+        return prompt
+
+    def encode(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """prompts -> input_ids, attention_mask, both int64 [B, L] (L = longest, <= max_tokens)."""
+        encodings = self._tokenizer.encode_batch([self.check(p) for p in prompts])
+        length = max(len(e.ids) for e in encodings)
+        ids = np.full((len(encodings), length), self.pad_id, dtype=np.int64)
+        mask = np.zeros((len(encodings), length), dtype=np.int64)
+        for row, enc in enumerate(encodings):
+            ids[row, : len(enc.ids)] = enc.ids
+            mask[row, : len(enc.ids)] = 1
+        return ids, mask

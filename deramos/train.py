@@ -38,6 +38,8 @@ from .model import DeRAMOS
 from .musiceval import read_system_mos
 
 log = logging.getLogger("deramos")
+# Frozen pretrained encoders (paper) want the paper's small step; encoders trained from scratch a larger one.
+DEFAULT_LR = {"paper": 5e-5, "small": 1e-3, "tiny": 1e-3}
 SELECTIONS = {  # checkpoint name -> (score from an epoch record, higher is better)
     "best_loss": lambda r: -r["val_loss"],
     "best_mi_sys": lambda r: r["dev"]["system"]["MI"]["SRCC"],
@@ -53,7 +55,7 @@ class TrainArgs:
     loss: str = "dera"
     epochs: int = 100
     batch_size: int = 24
-    lr: float = 5e-5
+    lr: float | None = None      # None: the preset's default (DEFAULT_LR)
     weight_decay: float = 0.01
     patience: int = 15
     seed: int = 1984
@@ -122,7 +124,7 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
     return float(np.mean(losses)) if losses else math.nan
 
@@ -230,7 +232,7 @@ def run_training(args: TrainArgs) -> Path:
         raise click.ClickException(f"{args.data}: need clips in both the train and the dev list")
     system_truth = _system_truth(args.data)
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr, weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=args.lr or DEFAULT_LR[args.preset], weight_decay=args.weight_decay)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps({"model": model.cfg.to_dict(), "training": asdict(args)}, indent=2))
@@ -285,7 +287,7 @@ def _print_epoch(r: dict) -> None:
               help="dera = distributional + listwise (MI) + alignment (TA); the others are baselines.")
 @click.option("--epochs", default=100, show_default=True)
 @click.option("--batch-size", default=24, show_default=True)
-@click.option("--lr", default=5e-5, show_default=True)
+@click.option("--lr", type=float, help="AdamW learning rate [paper 5e-5; small, tiny 1e-3].")
 @click.option("--patience", default=15, show_default=True, help="Early stopping on validation loss.")
 @click.option("--seed", default=1984, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")

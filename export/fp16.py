@@ -15,6 +15,7 @@ the FP32 region into the FP16 one or back.
 """
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 from .graphs import save_onnx
@@ -28,7 +29,10 @@ def convert_to_fp16(src: Path, dst: Path) -> list[Path]:
     import onnx
 
     model = onnx.load(str(src), load_external_data=True)
-    return save_onnx(to_fp16(model), dst)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")   # numpy_helper's deprecation chatter on float16 arrays
+        converted = to_fp16(model)
+    return save_onnx(converted, dst)
 
 
 def _in_fp32_region(node) -> bool:

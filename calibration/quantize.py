@@ -1,0 +1,154 @@
+"""INT8 as QDQ graphs (ONNX Runtime static quantisation), with a reusable calibration cache.
+
+Scheme (what TensorRT consumes from explicit-precision graphs): symmetric INT8 activations,
+per-channel symmetric INT8 weights, a dedicated Q/DQ pair per consumer.
+
+Defaults, chosen for accuracy where it is cheap to keep it:
+- quantised ops: MatMul, Gemm and Conv (where the FLOPs are);
+- kept in FP32: the mel front-end (a dB scale over ~200 dB of range does not fit 8 bits) and
+  the heads graph (<1% of the FLOPs; its score-bin softmax decides MI/TA directly), so an
+  INT8 bundle's heads entry points at heads.onnx.
+
+The measured ranges are stored as `calibration/<graph>.ranges.json`, keyed by the FP32 graph's
+sha256 and the method: the next export reuses them unless `--recalibrate`; a cache whose graph
+hash or method does not match is rebuilt.
+"""
+from __future__ import annotations
+
+import json
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from ..runtime.bundle import graph_file_name, sha256_file
+from ..runtime.text import PromptTokenizer
+from .dataset import load_calibration_set
+
+QUANTIZED_GRAPHS = ("audio_encoder", "text_encoder")
+QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+EXCLUDED_NODE_PREFIXES = ("/encoder/frontend/",)
+METHODS = ("minmax", "entropy", "percentile")
+CACHE_VERSION = 1
+
+
+def _method(name: str):
+    from onnxruntime.quantization import CalibrationMethod
+
+    return {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
+            "percentile": CalibrationMethod.Percentile}[name]
+
+
+class FeedReader:
+    """onnxruntime CalibrationDataReader over a list of feed dicts."""
+
+    def __init__(self, feeds: list[dict]):
+        self._feeds = iter(feeds)
+
+    def get_next(self):
+        return next(self._feeds, None)
+
+    def rewind(self):  # ORT >= 1.17 asks for it
+        pass
+
+
+def encoder_feeds(clips, tokenizer: PromptTokenizer, batch: int = 4) -> dict[str, list[dict]]:
+    audio, text = [], []
+    for start in range(0, len(clips.waves), batch):
+        waves = clips.waves[start:start + batch]
+        wave = np.zeros((len(waves), max(len(w) for w in waves)), np.float32)
+        for row, w in enumerate(waves):
+            wave[row, :len(w)] = w
+        audio.append({"waveform": wave, "lengths": np.array([len(w) for w in waves], np.int64)})
+        ids, mask = tokenizer.encode(clips.prompts[start:start + batch])
+        text.append({"input_ids": ids, "attention_mask": mask})
+    return {"audio_encoder": audio, "text_encoder": text}
+
+
+def ranges_path(out: Path, graph: str) -> Path:
+    return out / "calibration" / f"{graph}.ranges.json"
+
+
+def load_ranges(path: Path, graph_sha: str, method: str) -> dict | None:
+    """The cached ranges, or None when absent, unreadable or made for another graph/method."""
+    try:
+        cached = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    if cached.get("version") != CACHE_VERSION or cached.get("graph_sha256") != graph_sha or cached.get("method") != method:
+        return None
+    return cached["ranges"]
+
+
+def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list[float]]:
+    from onnxruntime.quantization import create_calibrator
+
+    with tempfile.TemporaryDirectory() as tmp:
+        calibrator = create_calibrator(str(fp32_path), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method=_method(method),
+                                       extra_options={"symmetric": True, "num_bins": 2048, "percentile": 99.99})
+        calibrator.collect_data(FeedReader(feeds))
+        tensors = calibrator.compute_data()
+    # Ranges are scalars or per-channel arrays: stored as (nested) lists.
+    return {name: [np.asarray(d.range_value[0], np.float32).tolist(), np.asarray(d.range_value[1], np.float32).tolist()]
+            for name, d in tensors.data.items()}
+
+
+def quantize(fp32_path: Path, int8_path: Path, ranges: dict[str, list[float]], method: str) -> list[Path]:
+    import onnx
+    from onnxruntime.quantization import QDQQuantizer, QuantType
+    from onnxruntime.quantization.calibrate import TensorData, TensorsData
+
+    from ..export.graphs import save_onnx
+
+    model = onnx.load(str(fp32_path), load_external_data=True)
+    excluded = [n.name for n in model.graph.node if n.name.startswith(EXCLUDED_NODE_PREFIXES)]
+    tensors = TensorsData(_method(method), {name: TensorData(lowest=np.asarray(lo, np.float32), highest=np.asarray(hi, np.float32))
+                                            for name, (lo, hi) in ranges.items()})
+    quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QInt8, tensors, [], excluded,
+                             QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                             "DedicatedQDQPair": True})
+    quantizer.quantize_model()
+    return save_onnx(quantizer.model.model, int8_path)
+
+
+def build_int8_graphs(model, out: Path, files: dict, options, say) -> dict:
+    """Calibrate (or reuse the cache), write the INT8 graphs, measure the drift."""
+    from .drift import measure_drift
+
+    cfg = model.cfg
+    if options.calib_method not in METHODS:
+        raise ValueError(f"unknown calibration method {options.calib_method!r}; choose from {METHODS}")
+    tokenizer = PromptTokenizer(out / "tokenizer.json", cfg.text.max_tokens)
+    clips = None
+    info = {"method": options.calib_method, "quantized_graphs": list(QUANTIZED_GRAPHS),
+            "quantized_ops": QUANTIZED_OPS, "fp32_kept": ["mel front-end", "heads"], "files": [], "reused_cache": {}}
+    for graph in QUANTIZED_GRAPHS:
+        fp32 = out / files[graph]["fp32"][0]
+        graph_sha = sha256_file(fp32)
+        cache = ranges_path(out, graph)
+        ranges = None if options.recalibrate else load_ranges(cache, graph_sha, options.calib_method)
+        info["reused_cache"][graph] = ranges is not None
+        if ranges is None:
+            if clips is None:
+                clips = load_calibration_set(options.calib, cfg.audio.sample_rate, cfg.audio.window_seconds,
+                                             options.calib_clips, seed=options.seed)
+                if not clips.waves:
+                    raise ValueError(f"calibration set {clips.source}: no usable clips ({'; '.join(clips.problems[:3])})")
+                say(f"calibrating on {len(clips.waves)} clips from {clips.source} ({options.calib_method})")
+                info["calibration_set"] = {"source": clips.source, "clips": len(clips.waves)}
+            ranges = calibrate(fp32, encoder_feeds(clips, tokenizer)[graph], options.calib_method)
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            cache.write_text(json.dumps({"version": CACHE_VERSION, "graph_sha256": graph_sha,
+                                         "method": options.calib_method, "ranges": ranges}))
+        else:
+            say(f"{graph}: reusing calibration cache {cache.relative_to(out)}")
+        written = quantize(fp32, out / graph_file_name(graph, "int8"), ranges, options.calib_method)
+        files[graph]["int8"] = [p.name for p in written]
+        info["files"].append(str(cache.relative_to(out)))
+    files["heads"]["int8"] = list(files["heads"]["fp32"])
+    drift = measure_drift(model, out, files, options, tokenizer, say)
+    (out / "calibration" / "drift_report.json").write_text(json.dumps(drift, indent=2))
+    info["files"].append("calibration/drift_report.json")
+    info["drift"] = drift
+    return info

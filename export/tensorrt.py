@@ -1,0 +1,174 @@
+"""TensorRT engines from a bundle's ONNX graphs, built FOR the GPU they run on.
+
+    bundle/trt/<device-tag>/<graph>.<precision>.engine
+    bundle/trt/<device-tag>/build.json     TensorRT version, GPU name, compute capability,
+                                           precision, optimisation profiles, files
+    bundle/trt/<device-tag>/timing.cache   reused by the next build on that device
+
+Precision lives in the ONNX (FP16 graphs, INT8 QDQ graphs), so the network is parsed as
+strongly typed where the TensorRT version supports it (10.x: the STRONGLY_TYPED flag; 11.x:
+always, the precision builder flags are gone). TensorRT 8.6 takes the FP16/INT8 builder
+flags instead. Nothing here runs without `tensorrt` and a CUDA GPU: `available()` says why.
+"""
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..runtime.bundle import GRAPHS, load_bundle
+
+
+class TensorRTUnavailable(RuntimeError):
+    pass
+
+
+@dataclass
+class Profiles:
+    """min/opt/max shapes. Defaults suit a reward loop: a handful of candidates per step."""
+
+    batch: tuple[int, int, int] = (1, 4, 8)
+    tokens: tuple[int, int, int] = (1, 16, 0)          # 0: the bundle's max tokens
+    seconds: tuple[float, float, float] = (0.5, 10.0, 0.0)   # 0: the bundle's window
+    extra: dict = field(default_factory=dict)
+
+
+def available() -> tuple[bool, str]:
+    try:
+        import tensorrt as trt  # noqa: F401
+    except ImportError:
+        return False, "TensorRT is not installed (pip install 'deramos[gpu]' on a machine with an NVIDIA GPU)"
+    try:
+        device_name()
+    except TensorRTUnavailable as err:
+        return False, str(err)
+    return True, ""
+
+
+def _cudart():
+    import ctypes
+    import ctypes.util
+
+    for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", ctypes.util.find_library("cudart")):
+        if name:
+            try:
+                return ctypes.CDLL(name)
+            except OSError:
+                continue
+    raise TensorRTUnavailable("no CUDA runtime library (libcudart) found: no usable NVIDIA GPU here")
+
+
+def device_name() -> dict:
+    """{"name", "compute_capability"} of GPU 0, via the CUDA runtime (no torch, no pycuda)."""
+    import ctypes
+
+    cudart = _cudart()
+    count = ctypes.c_int(0)
+    if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value == 0:
+        raise TensorRTUnavailable("no CUDA GPU visible (cudaGetDeviceCount found none)")
+    major, minor = ctypes.c_int(), ctypes.c_int()
+    cudart.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0)   # cudaDevAttrComputeCapabilityMajor
+    cudart.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0)   # cudaDevAttrComputeCapabilityMinor
+    name = _device_name_string(cudart)
+    return {"name": name, "compute_capability": f"{major.value}.{minor.value}"}
+
+
+def _device_name_string(cudart) -> str:
+    import ctypes
+
+    # cudaDeviceProp starts with `char name[256]`; a generous buffer covers every CUDA version's struct.
+    buffer = ctypes.create_string_buffer(4096)
+    if cudart.cudaGetDeviceProperties(buffer, 0) != 0:
+        return "unknown-gpu"
+    return buffer.value.decode(errors="replace")
+
+
+def device_tag(device: dict, trt_version: str) -> str:
+    name = re.sub(r"[^A-Za-z0-9]+", "-", device["name"]).strip("-").lower()
+    return f"{name}-sm{device['compute_capability'].replace('.', '')}-trt{trt_version}"
+
+
+def _major(version: str) -> int:
+    return int(version.split(".")[0])
+
+
+def _shapes(graph: str, bundle, profiles: Profiles) -> dict[str, tuple[tuple, tuple, tuple]]:
+    cfg = bundle.manifest["model"]["config"]
+    b = profiles.batch
+    max_tokens = profiles.tokens[2] or bundle.max_tokens
+    t = (profiles.tokens[0], min(profiles.tokens[1], max_tokens), max_tokens)
+    window = profiles.seconds[2] or bundle.manifest["window_seconds"]
+    n = tuple(int(s * bundle.sample_rate) for s in (profiles.seconds[0], min(profiles.seconds[1], window), window))
+    frames = tuple(max(1, x // bundle.samples_per_frame) for x in n)
+    da, dt = cfg["audio"]["hidden_size"], cfg["text"]["hidden_size"]
+    if graph == "audio_encoder":
+        return {"waveform": tuple((b[i], n[i]) for i in range(3)), "lengths": tuple((b[i],) for i in range(3))}
+    if graph == "text_encoder":
+        return {name: tuple((b[i], t[i]) for i in range(3)) for name in ("input_ids", "attention_mask")}
+    return {"frames": tuple((b[i], frames[i], da) for i in range(3)),
+            "frame_mask": tuple((b[i], frames[i]) for i in range(3)),
+            "tokens": tuple((b[i], t[i], dt) for i in range(3)),
+            "token_mask": tuple((b[i], t[i]) for i in range(3))}
+
+
+def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Profiles | None = None,
+                  say=print) -> Path:
+    """Build one engine per graph for this GPU; returns the engine directory."""
+    ok, why = available()
+    if not ok:
+        raise TensorRTUnavailable(why)
+    import tensorrt as trt
+
+    bundle = load_bundle(bundle_dir)
+    profiles = profiles or Profiles()
+    device = device_name()
+    out = Path(bundle_dir) / "trt" / device_tag(device, trt.__version__)
+    out.mkdir(parents=True, exist_ok=True)
+    logger = trt.Logger(trt.Logger.WARNING)
+    record = {"tensorrt_version": trt.__version__, "gpu_name": device["name"],
+              "compute_capability": device["compute_capability"], "precision": precision, "engines": {}, "profiles": {}}
+    for graph in GRAPHS:
+        onnx_path = bundle.graph_path(graph, precision)
+        shapes = _shapes(graph, bundle, profiles)
+        engine = _build_one(trt, logger, onnx_path, shapes, precision, out / "timing.cache")
+        name = f"{graph}.{precision}.engine"
+        (out / name).write_bytes(engine)
+        record["engines"][graph] = name
+        record["profiles"][graph] = {k: [list(s) for s in v] for k, v in shapes.items()}
+        say(f"TensorRT {graph} ({precision}) -> {out / name}")
+    (out / "build.json").write_text(json.dumps(record, indent=2))
+    return out
+
+
+def _build_one(trt, logger, onnx_path: Path, shapes: dict, precision: str, cache_path: Path) -> bytes:
+    builder = trt.Builder(logger)
+    major = _major(trt.__version__)
+    flags = 0
+    if major < 10:
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+    if major >= 10 and hasattr(trt.NetworkDefinitionCreationFlag, "STRONGLY_TYPED"):
+        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    network = builder.create_network(flags)
+    parser = trt.OnnxParser(network, logger)
+    if not parser.parse_from_file(str(onnx_path)):
+        errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+        raise RuntimeError(f"{onnx_path.name}: TensorRT could not parse the graph: {errors}")
+    config = builder.create_builder_config()
+    if major < 10:   # 8.x: no strong typing, precision by builder flags
+        if precision == "fp16":
+            config.set_flag(trt.BuilderFlag.FP16)
+        if precision == "int8":
+            config.set_flag(trt.BuilderFlag.INT8)
+            config.set_flag(trt.BuilderFlag.FP16)
+    cache = config.create_timing_cache(cache_path.read_bytes() if cache_path.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    profile = builder.create_optimization_profile()
+    for name, (low, opt, high) in shapes.items():
+        profile.set_shape(name, low, opt, high)
+    config.add_optimization_profile(profile)
+    serialized = builder.build_serialized_network(network, config)
+    if serialized is None:
+        raise RuntimeError(f"{onnx_path.name}: TensorRT engine build failed (see the TensorRT log above)")
+    cache_path.write_bytes(memoryview(config.get_timing_cache().serialize()))
+    return bytes(serialized)

@@ -51,7 +51,7 @@ def measure_drift(model, out, files, options, tokenizer, say) -> dict:
 
     cfg = model.cfg
     held = held_out_set(options.calib, cfg.audio.sample_rate, cfg.audio.window_seconds,
-                        max(64, options.validate_clips), seed=options.seed + 4242)
+                        options.validate_clips, seed=options.seed + 4242)
     scores = {}
     for precision in ("fp32", "int8"):
         sessions = ort_sessions({g: out / files[g][precision][0] for g in GRAPHS})

@@ -20,8 +20,9 @@ FORMAT_VERSION = 1
 CHECKPOINT_KINDS = ("best_combined", "best_mi_sys", "best_loss", "last")
 
 
-def save_checkpoint(model, directory: str | Path, extra: dict | None = None) -> Path:
-    """Write atomically: a crash mid-write leaves the previous checkpoint intact."""
+def save_checkpoint(model, directory: str | Path, extra: dict | None = None, write_more=None) -> Path:
+    """Write atomically: a crash mid-write leaves the previous checkpoint intact.
+    `write_more(tmp_dir)` adds files (e.g. resume state) that must land together with the weights."""
     from safetensors.torch import save_file
 
     from .text_encoder import tokenizer_file
@@ -36,18 +37,29 @@ def save_checkpoint(model, directory: str | Path, extra: dict | None = None) -> 
     meta = {"format_version": FORMAT_VERSION, "model": model.cfg.to_dict(), "stored": list(prefixes)}
     meta.update(extra or {})
     (tmp / "config.json").write_text(json.dumps(meta, indent=2, sort_keys=True))
-    shutil.copyfile(tokenizer_file(model.cfg.text, tmp), tmp / "tokenizer.json")
+    tokenizer = tokenizer_file(model.cfg.text)
+    shutil.copyfile(tokenizer, tmp / "tokenizer.json")
+    if write_more is not None:
+        write_more(tmp)
     _replace_dir(tmp, directory)
     return directory
 
 
 def _replace_dir(new: Path, target: Path) -> None:
+    """Two renames; `recover_dir` repairs a crash between them."""
     old = target.with_name(target.name + ".old")
     shutil.rmtree(old, ignore_errors=True)
     if target.exists():
         os.replace(target, old)
     os.replace(new, target)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def recover_dir(target: Path) -> None:
+    """After a crash inside `_replace_dir` the previous version sits at `<target>.old`."""
+    old = target.with_name(target.name + ".old")
+    if not target.exists() and old.exists():
+        os.replace(old, target)
 
 
 def resolve_checkpoint(path: str | Path, kind: str = "best_combined") -> Path:

@@ -59,6 +59,10 @@ class Featurizer:
     # -- audio -----------------------------------------------------------------------------
     def audio(self, waves: list[np.ndarray]) -> tuple[torch.Tensor, torch.Tensor]:
         """-> frames [B, T, Da], mask [B, T] bool. Waves must fit the window."""
+        shortest = min(len(w) for w in waves)
+        if shortest < self.cfg.audio.samples_per_frame:
+            raise ValueError(f"clip too short: {shortest} samples < {self.cfg.audio.samples_per_frame} "
+                             f"(one encoder frame at {self.cfg.audio.sample_rate} Hz)")
         if not self.cfg.audio.frozen:
             wave, lengths = pad_batch(waves, self.policy, self.window)
             return self.model.audio_encoder(wave.to(self.device), lengths.to(self.device))

@@ -43,11 +43,11 @@ class DeRAMOS(nn.Module):
         return self.heads(frames, frame_mask, tokens, attention_mask.bool())
 
     def stored_parameter_prefixes(self) -> tuple[str, ...]:
-        """Parts whose weights a checkpoint must carry: all but encoders loaded from a source."""
+        """Parts whose weights a checkpoint must carry: all but frozen encoders loaded from a source."""
         parts = ["heads."]
-        if not self.cfg.audio.source:
+        if not self.cfg.audio.source or not self.cfg.audio.frozen:
             parts.append("audio_encoder.")
-        if not self.text_encoder.from_source:
+        if not self.text_encoder.from_source or not self.cfg.text.frozen:
             parts.append("text_encoder.")
         return tuple(parts)
 

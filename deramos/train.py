@@ -28,7 +28,7 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import save_checkpoint, save_tensors
+from .checkpoint import recover_dir, save_checkpoint, save_tensors
 from .config import preset
 from .data import crop, load_examples
 from .features import Featurizer, predict
@@ -156,15 +156,16 @@ def validate(model, featurizer, examples, args, loss_cfg, centres, system_truth)
 # ---------------------------------------------------------------------------------------------
 # Resume state: optimiser tensors and RNG in safetensors, the rest in JSON (no pickle).
 
-def save_train_state(directory: Path, optimizer, state: dict) -> None:
+def save_train_state(directory: Path, optimizer, state: dict, record: dict) -> None:
     opt = optimizer.state_dict()
     tensors = {"torch_rng": torch.get_rng_state()}
     for index, slots in opt["state"].items():
         for name, value in slots.items():
             tensors[f"opt.{index}.{name}"] = value if torch.is_tensor(value) else torch.tensor(value)
     save_tensors(directory / "train_state.safetensors", tensors)
-    record = dict(state, param_groups=opt["param_groups"])
-    (directory / "train_state.json").write_text(json.dumps(record, indent=2))
+    # The epoch's metrics travel with the state, so metrics.jsonl can always be repaired from it.
+    (directory / "train_state.json").write_text(json.dumps(dict(state, param_groups=opt["param_groups"],
+                                                                record=record), indent=2))
 
 
 def load_train_state(directory: Path, optimizer) -> dict:
@@ -183,28 +184,40 @@ def load_train_state(directory: Path, optimizer) -> dict:
 
 
 def resume_if_possible(run: Path, model, optimizer) -> dict:
+    recover_dir(run / "last")
     state_file = run / "last" / "train_state.json"
     if not state_file.exists():
+        _repair_metrics(run / "metrics.jsonl", 0, None)
         return {"epoch": 0, "best": {}, "stale_epochs": 0}
     from safetensors.torch import load_file
 
     model.load_state_dict(load_file(str(run / "last" / "model.safetensors")), strict=False)
     state = load_train_state(run / "last", optimizer)
-    _truncate_metrics(run / "metrics.jsonl", state["epoch"])
+    _repair_metrics(run / "metrics.jsonl", state["epoch"], state.pop("record", None))
     log.info("resuming %s after epoch %d", run, state["epoch"])
     return state
 
 
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop records of an epoch that was interrupted before its state was saved."""
-    if path.exists():
-        keep = [line for line in path.read_text().splitlines() if line and json.loads(line)["epoch"] <= last_epoch]
-        path.write_text("".join(line + "\n" for line in keep))
+def _repair_metrics(path: Path, last_epoch: int, last_record: dict | None) -> None:
+    """metrics.jsonl = exactly one line per saved epoch: drop lines of unsaved epochs and a line
+    torn by a crash mid-write; restore the saved epoch's line if the crash came before it."""
+    if not path.exists() and last_record is None:
+        return
+    records = []
+    for line in (path.read_text().splitlines() if path.exists() else []):
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    kept = {r["epoch"]: r for r in records if r.get("epoch", 0) <= last_epoch}
+    if last_record is not None:
+        kept.setdefault(last_record["epoch"], last_record)
+    path.write_text("".join(json.dumps(kept[e]) + "\n" for e in sorted(kept)))
 
 
 def record_epoch(run: Path, model, optimizer, record: dict, state: dict, args: TrainArgs) -> None:
-    """Save the selection checkpoints that improved, then `last/` with its resume state, then
-    the metrics line: after a crash, metrics never mention an epoch that was not saved."""
+    """Save the selection checkpoints that improved, then `last/` together with its resume
+    state (one atomic directory swap), then the metrics line."""
     extra = {"training": asdict(args)}
     for name, score_of in SELECTIONS.items():
         score = score_of(record)
@@ -212,8 +225,8 @@ def record_epoch(run: Path, model, optimizer, record: dict, state: dict, args: T
         if score > state["best"].get(name, -math.inf):
             state["best"][name] = score
             save_checkpoint(model, run / name, dict(extra, epoch=record["epoch"], selection=name))
-    save_checkpoint(model, run / "last", dict(extra, epoch=record["epoch"]))
-    save_train_state(run / "last", optimizer, state)
+    save_checkpoint(model, run / "last", dict(extra, epoch=record["epoch"]),
+                    write_more=lambda tmp: save_train_state(tmp, optimizer, state, record))
     with open(run / "metrics.jsonl", "a") as handle:
         handle.write(json.dumps(record) + "\n")
 
@@ -226,8 +239,11 @@ def run_training(args: TrainArgs) -> Path:
     loss_cfg = LossConfig(kind=args.loss, **args.loss_options)
     cache = args.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deramos" / "features")
     featurizer = Featurizer(model, cache_dir=cache, device=args.device, window_policy=args.window_policy)
-    train, _ = load_examples(args.data, "train", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
-    dev, _ = load_examples(args.data, "dev", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
+    try:
+        train, _ = load_examples(args.data, "train", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
+        dev, _ = load_examples(args.data, "dev", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
+    except FileNotFoundError as err:
+        raise click.ClickException(str(err)) from None
     if not train or not dev:
         raise click.ClickException(f"{args.data}: need clips in both the train and the dev list")
     system_truth = _system_truth(args.data)

@@ -1,0 +1,192 @@
+"""`deramos-bench`: every backend on the same inputs, in one run, as ratios to PyTorch eager.
+
+Rows: PyTorch eager (the training model), ONNX Runtime CPU FP32 / FP16 / INT8, and the
+GPU backends (TensorRT, ONNX Runtime CUDA/TensorRT) where they load. Each row runs in its own
+process (bench/worker.py) so its peak resident memory is its own. Then, in this process with
+the runtime only: the cost of encoding a prompt with and without the prompt cache, and a
+reward loop (best-of-8 for 16 prompts) through `Scorer.select`.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+CPU_ROWS = [("torch-eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8")]
+GPU_ROWS = [("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnxruntime-tensorrt", "fp16"), ("onnxruntime-cuda", "fp32"),
+            ("onnxruntime-cuda", "fp16")]
+
+
+def make_inputs(bundle, clips: int, seconds: float, path: Path, seed: int = 0) -> None:
+    """`clips` rendered music clips of `seconds` each and their prompts, tokenised."""
+    from ..runtime.audio import resample
+    from ..runtime.text import PromptTokenizer
+    from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
+
+    rng = np.random.default_rng(seed)
+    waves, prompts = [], []
+    for _ in range(clips):
+        attrs = random_attributes(rng)
+        audio = resample(render_clip(attrs, rng, SAMPLE_RATE, seconds), SAMPLE_RATE, bundle.sample_rate)
+        waves.append(np.resize(audio, int(seconds * bundle.sample_rate)))
+        prompts.append(prompt_for(attrs, rng))
+    ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(prompts)
+    np.savez(path, waves=np.stack(waves).astype(np.float32), lengths=np.array([len(w) for w in waves], np.int64),
+             input_ids=ids, attention_mask=mask, prompts=np.array(prompts))
+
+
+def run_worker(spec: dict, workdir: Path) -> dict:
+    spec_path = workdir / f"spec-{spec['backend']}-{spec['precision']}.json"
+    spec_path.write_text(json.dumps(spec))
+    done = subprocess.run([sys.executable, "-m", "deramos.bench.worker", str(spec_path)],
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
+    if not lines:
+        tail = " ".join(done.stderr.split()[-30:])
+        return {"backend": spec["backend"], "precision": spec["precision"], "error": f"worker failed: {tail}"}
+    return json.loads(lines[-1])
+
+
+def prompt_cache_cost(bundle, threads: int, repeats: int = 20) -> dict:
+    """ms to encode one prompt through the text graph vs. a prompt-cache hit."""
+    from ..runtime.scorer import Scorer
+
+    scorer = Scorer.load(str(bundle.root), backend="onnxruntime-cpu", threads=threads)
+    prompts = [f"a calm piano piece number {i} with soft strings" for i in range(repeats)]
+    start = time.perf_counter()
+    for prompt in prompts:
+        scorer._prompt_tokens(prompt)          # miss: runs the text encoder
+    miss = (time.perf_counter() - start) / repeats
+    start = time.perf_counter()
+    for prompt in prompts:
+        scorer._prompt_tokens(prompt)          # hit
+    hit = (time.perf_counter() - start) / repeats
+    scorer.close()
+    return {"uncached_ms": 1000 * miss, "cached_ms": 1000 * hit, "speedup": miss / max(hit, 1e-9)}
+
+
+def reward_loop(bundle, backend: str, threads: int, seconds: float, prompts: int = 16, candidates: int = 8) -> dict:
+    """Best-of-`candidates` for `prompts` prompts: what a generator's sampling loop would do."""
+    from ..runtime.scorer import Scorer
+    from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
+
+    rng = np.random.default_rng(7)
+    pool = [render_clip(random_attributes(rng), rng, SAMPLE_RATE, seconds) for _ in range(candidates)]
+    texts = [prompt_for(random_attributes(rng), rng) for _ in range(prompts)]
+    scorer = Scorer.load(str(bundle.root), backend=backend, threads=threads, batch_size=candidates)
+    scorer.select(pool, texts[0], sample_rate=SAMPLE_RATE, k=1)   # warm-up
+    start = time.perf_counter()
+    for text in texts:
+        scorer.select(pool, text, sample_rate=SAMPLE_RATE, k=1)
+    total = time.perf_counter() - start
+    scorer.close()
+    return {"prompts": prompts, "candidates": candidates, "clip_seconds": seconds, "total_s": total,
+            "per_prompt_ms": 1000 * total / prompts, "candidates_per_second": prompts * candidates / total}
+
+
+def ensure_bundle(bundle_dir: str | None, preset_name: str, workdir: Path, say) -> Path:
+    if bundle_dir:
+        return Path(bundle_dir)
+    out = workdir / f"bundle-{preset_name}"
+    cmd = [sys.executable, "-m", "deramos.export.cli", "--out", str(out), "--fp16", "--int8",
+           "--calib-clips", "8", "--validate-clips", "16"]
+    from ..paths import default_checkpoint_dir
+
+    if preset_name == "small" and default_checkpoint_dir() is not None:
+        cmd += ["--checkpoint", str(default_checkpoint_dir())]
+    else:
+        cmd += ["--preset", preset_name, "--no-validate"]
+    say(f"exporting a {preset_name} bundle for the benchmark: {' '.join(cmd[2:])}")
+    subprocess.run(cmd, check=True)
+    return out
+
+
+def format_table(report: dict) -> str:
+    rows = report["rows"]
+    base = {b: r["batch"][b]["clips_per_second"] for r in rows if r["backend"] == "torch-eager" and "batch" in r
+            for b in r["batch"]}
+    flops = report.get("flops_per_clip")
+    lines = [f"{'backend':22s} {'prec':5s} {'batch':>5s} {'clips/s':>8s} {'p50 ms':>9s} {'p95 ms':>9s} "
+             f"{'peak MB':>8s} {'x eager':>7s} {'GFLOP/s':>8s}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['backend']:22s} {r['precision']:5s}  skipped: {r['error'][:90]}")
+            continue
+        for b, m in r["batch"].items():
+            ratio = m["clips_per_second"] / base[b] if b in base else float("nan")
+            gflops = flops * m["clips_per_second"] / 1e9 if flops else float("nan")
+            lines.append(f"{r['backend']:22s} {r['precision']:5s} {b:>5s} {m['clips_per_second']:8.2f} {m['p50_ms']:9.1f} "
+                         f"{m['p95_ms']:9.1f} {r['peak_rss_mb']:8.0f} {ratio:7.2f} {gflops:8.1f}")
+    if report.get("matmul_gflops"):
+        lines.append(f"machine fp32 matmul: {report['matmul_gflops']:.1f} GFLOP/s ({report['threads']} threads); "
+                     f"model: {flops / 1e9:.1f} GFLOP per {report['clip_seconds']:g} s clip")
+    if "prompt_cache" in report:
+        p = report["prompt_cache"]
+        lines.append(f"prompt encoding: {p['uncached_ms']:.2f} ms uncached, {p['cached_ms']:.4f} ms cached "
+                     f"({p['speedup']:.0f}x)")
+    if "reward_loop" in report:
+        r = report["reward_loop"]
+        lines.append(f"reward loop best-of-{r['candidates']} x {r['prompts']} prompts ({r['clip_seconds']:g} s clips): "
+                     f"{r['per_prompt_ms']:.0f} ms per prompt, {r['candidates_per_second']:.1f} candidates/s")
+    return "\n".join(lines)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--preset", "preset_name", type=click.Choice(["small", "paper", "tiny"]), default="small", show_default=True,
+              help="Model to measure when no --bundle is given (paper: random weights; speed does not depend on them).")
+@click.option("--bundle", type=click.Path(exists=True, file_okay=False), help="Measure this bundle instead.")
+@click.option("--batch-sizes", default="1,8", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--seconds", default=10.0, show_default=True, help="Time budget per backend and batch size.")
+@click.option("--clip-seconds", type=float, help="Length of each input clip [the model's window].")
+@click.option("--threads", type=int, default=lambda: os.cpu_count(), show_default="all cores", help="Same for every backend.")
+@click.option("--gpu/--no-gpu", default=True, show_default=True, help="Try the GPU backends.")
+@click.option("--no-extras", is_flag=True, help="Skip the prompt-cache and reward-loop measurements.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report here.")
+def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, no_extras, json_path):
+    """Throughput, latency and memory of every backend on the same inputs, vs PyTorch eager.
+
+    \b
+    Examples:
+      deramos-bench --batch-sizes 1,8 --json bench.json
+      deramos-bench --preset paper --batch-sizes 4 --clip-seconds 30 --seconds 60
+    """
+    from ..runtime.bundle import load_bundle
+
+    say = lambda text: click.echo(text, err=True)  # noqa: E731
+    sizes = [int(s) for s in batch_sizes.split(",")]
+    with tempfile.TemporaryDirectory(prefix="deramos-bench-") as tmp:
+        workdir = Path(tmp)
+        bundle_obj = load_bundle(ensure_bundle(bundle, preset_name, workdir, say))
+        clip_seconds = clip_seconds or bundle_obj.manifest["window_seconds"]
+        make_inputs(bundle_obj, max(sizes), clip_seconds, workdir / "inputs.npz")
+        base = {"inputs": str(workdir / "inputs.npz"), "batch_sizes": sizes, "seconds": seconds, "threads": threads,
+                "bundle": str(bundle_obj.root), "config": bundle_obj.manifest["model"]["config"]}
+        rows = []
+        for backend, precision in CPU_ROWS + (GPU_ROWS if gpu else []):
+            if precision not in bundle_obj.precisions():
+                continue
+            say(f"measuring {backend} {precision} ...")
+            rows.append(run_worker(dict(base, backend=backend, precision=precision), workdir))
+        eager = next((r for r in rows if r["backend"] == "torch-eager" and "error" not in r), {})
+        report = {"bundle": str(bundle), "model": bundle_obj.manifest["model"]["name"], "threads": threads,
+                  "clip_seconds": clip_seconds, "batch_sizes": sizes, "rows": rows,
+                  "flops_per_clip": eager.get("flops_per_clip"), "matmul_gflops": eager.get("matmul_gflops")}
+        if not no_extras:
+            say("measuring the prompt cache and a reward loop ...")
+            report["prompt_cache"] = prompt_cache_cost(bundle_obj, threads)
+            report["reward_loop"] = reward_loop(bundle_obj, "onnxruntime-cpu", threads, min(10.0, clip_seconds))
+    click.echo(format_table(report))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
+        say(f"report written to {json_path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Shared test fixtures."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def torch_single_thread():
+    """Run torch on one intra-op thread for the module, then restore the setting.
+
+    The model tests run many tiny ops; on a small shared CPU, OpenMP's thread hand-off costs
+    milliseconds per op (the same tests run ~10x slower with 2 threads on a busy 2-core box)."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory):
+    """A small synthetic MusicEval-layout corpus (48 clips, 4 systems, 2-3 s) for training and
+    evaluation tests. Treat it as read-only: copy it before changing anything."""
+    from deramos.synth import generate_corpus
+
+    root = tmp_path_factory.mktemp("tiny_corpus") / "data"
+    generate_corpus(root, clips=48, systems=4, seed=3, min_seconds=2.0, max_seconds=3.0, progress=False)
+    return root
+
+
+# --- runtime (deramos.runtime) -------------------------------------------------------------------
+
+
+def _spread_scores(model):
+    """Scale the last layer of both score MLPs so an untrained model's scores spread over the
+    1-5 range: parity then compares values that differ from clip to clip, not a constant."""
+    import torch
+
+    with torch.no_grad():
+        for mlp in (model.heads.mi.mlp, model.heads.ta.mlp):
+            [layer for layer in mlp if isinstance(layer, torch.nn.Linear)][-1].weight.mul_(60.0)
+    return model
+
+
+@pytest.fixture(scope="session")
+def runtime_model():
+    """The tiny DeRA-MOS model (seeded, eval mode) behind `runtime_bundle`; do not modify it."""
+    import torch
+
+    from deramos.config import preset
+    from deramos.model import DeRAMOS
+
+    torch.manual_seed(1234)
+    return _spread_scores(DeRAMOS(preset("tiny"))).eval()
+
+
+@pytest.fixture(scope="session")
+def runtime_bundle(runtime_model, tmp_path_factory):
+    """An exported bundle (fp32 + fp16) of `runtime_model`. Read-only: copy it to tamper with it."""
+    from deramos.export.api import ExportOptions, export_bundle
+
+    import torch
+
+    out = tmp_path_factory.mktemp("runtime") / "bundle"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # validation runs many tiny ops: see torch_single_thread
+    try:
+        export_bundle(runtime_model, out, ExportOptions(fp16=True, validate_clips=8, progress=False),
+                      say=lambda _: None)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+@pytest.fixture(scope="session")
+def runtime_scorer(runtime_bundle):
+    """A shared ONNX Runtime CPU scorer over `runtime_bundle`."""
+    from deramos.runtime import Scorer
+
+    scorer = Scorer.load(runtime_bundle, backend="onnxruntime-cpu")
+    yield scorer
+    scorer.close()

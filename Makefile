@@ -21,7 +21,16 @@ test: $(VENV)/.installed
 	$(PY) -m pytest -q tests
 
 demo: $(VENV)/.installed
-	$(VENV)/bin/bash scripts/demo.sh 2>/dev/null || bash scripts/demo.sh
+	BIN=$(VENV)/bin bash scripts/demo.sh
+
+default-model: $(VENV)/.installed
+	BIN=$(VENV)/bin bash scripts/train_default_model.sh
+
+ablation: $(VENV)/.installed
+	$(PY) -m deramos.ablation --out build/ablation --report docs/ablation.md
+
+bench: $(VENV)/.installed
+	$(VENV)/bin/deramos-bench --preset paper --batch-sizes 4 --clip-seconds 30 --seconds 30 --json build/bench-paper.json
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -30,7 +30,7 @@ class Profiles:
 
     batch: tuple[int, int, int] = (1, 4, 8)
     tokens: tuple[int, int, int] = (1, 16, 0)          # 0: the bundle's max tokens
-    seconds: tuple[float, float, float] = (0.5, 10.0, 0.0)   # 0: the bundle's window
+    seconds: tuple[float, float, float] = (0.1, 10.0, 0.0)   # 0: the bundle's window
     extra: dict = field(default_factory=dict)
 
 
@@ -126,19 +126,32 @@ def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Pro
     out = Path(bundle_dir) / "trt" / device_tag(device, trt.__version__)
     out.mkdir(parents=True, exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
-    record = {"tensorrt_version": trt.__version__, "gpu_name": device["name"],
-              "compute_capability": device["compute_capability"], "precision": precision, "engines": {}, "profiles": {}}
+    record = _existing_record(out / "build.json") or {
+        "tensorrt_version": trt.__version__, "gpu_name": device["name"],
+        "compute_capability": device["compute_capability"], "precision": [], "engines": {}, "profiles": {}}
+    # One build.json per device directory, listing every precision built there.
+    record["precision"] = sorted(set(record["precision"]) | {precision})
     for graph in GRAPHS:
         onnx_path = bundle.graph_path(graph, precision)
         shapes = _shapes(graph, bundle, profiles)
         engine = _build_one(trt, logger, onnx_path, shapes, precision, out / "timing.cache")
         name = f"{graph}.{precision}.engine"
         (out / name).write_bytes(engine)
-        record["engines"][graph] = name
-        record["profiles"][graph] = {k: [list(s) for s in v] for k, v in shapes.items()}
+        record["engines"][f"{graph}.{precision}"] = name
+        record["profiles"][f"{graph}.{precision}"] = {k: [list(s) for s in v] for k, v in shapes.items()}
         say(f"TensorRT {graph} ({precision}) -> {out / name}")
     (out / "build.json").write_text(json.dumps(record, indent=2))
     return out
+
+
+def _existing_record(path: Path) -> dict | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    precisions = record.get("precision", [])
+    record["precision"] = [precisions] if isinstance(precisions, str) else list(precisions)
+    return record
 
 
 def _build_one(trt, logger, onnx_path: Path, shapes: dict, precision: str, cache_path: Path) -> bytes:

@@ -82,3 +82,61 @@ def runtime_scorer(runtime_bundle):
     scorer = Scorer.load(runtime_bundle, backend="onnxruntime-cpu")
     yield scorer
     scorer.close()
+
+
+# --- export, calibration, bundle (test_export / test_calibration / test_bundle / test_tensorrt) ----
+
+
+class _Said(list):
+    """A `say` callback that keeps every message (export_bundle reports through it)."""
+
+    def __call__(self, text: str) -> None:
+        self.append(str(text))
+
+    @property
+    def text(self) -> str:
+        return "\n".join(self)
+
+
+@pytest.fixture(scope="session")
+def export_corpus(tmp_path_factory):
+    """The synthetic corpus the export tests' model is trained on (48 clips, 4 systems, 2-3 s).
+    Read-only (it is also the MusicEval-layout calibration source)."""
+    from deramos.synth import generate_corpus
+
+    root = tmp_path_factory.mktemp("export_corpus") / "data"
+    generate_corpus(root, clips=48, systems=4, seed=0, min_seconds=2, max_seconds=3, progress=False)
+    return root
+
+
+@pytest.fixture(scope="session")
+def export_run(export_corpus, tmp_path_factory):
+    """A deramos-train run of the tiny preset (3 epochs): its scores spread out, unlike a
+    random-init model's, so ranking checks (SRCC) mean something."""
+    from deramos.train import TrainArgs, run_training
+
+    base = tmp_path_factory.mktemp("export_run")
+    return run_training(TrainArgs(data=str(export_corpus), out=str(base / "run"), preset="tiny", epochs=3,
+                                  progress=False, cache_dir=str(base / "cache")))
+
+
+@pytest.fixture(scope="session")
+def export_model(export_run):
+    """The trained tiny model (eval mode, torch.stft front-end). Do not modify it."""
+    from deramos.checkpoint import load_checkpoint
+
+    return load_checkpoint(export_run)
+
+
+@pytest.fixture(scope="session")
+def export_bundle_dir(export_model, tmp_path_factory):
+    """One FP32 + FP16 + INT8 bundle of `export_model`, validated, shared by the export tests.
+    Read-only: copy it (shutil.copytree) before changing anything.
+    Returns (directory, manifest, messages said during the export)."""
+    from deramos.export.api import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("export_bundle") / "bundle"
+    said = _Said()
+    options = ExportOptions(fp16=True, int8=True, validate_clips=32, calib_clips=32, progress=False)
+    manifest = export_bundle(export_model, out, options, say=said)
+    return out, manifest, said

@@ -1,0 +1,122 @@
+"""Which bundle to use when none is named, and the default bundle's first-use export.
+
+Order: an explicit bundle (`--bundle DIR`) > $DERAMOS_BUNDLE > the default bundle, exported
+from the checkpoint embedded in the package (deramos/default_model/, or $DERAMOS_DEFAULT_CHECKPOINT)
+into the user cache: $XDG_CACHE_HOME/deramos/bundles/default-<hash> (~/.cache/... otherwise).
+The hash covers the checkpoint's files and the bundle format, so a new model or format gets a
+fresh bundle. The export runs `deramos-export` in a subprocess, so the scoring process never
+imports torch, and under a file lock, so concurrent first uses export once.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Callable
+
+from deramos import paths
+
+from .bundle import FORMAT_VERSION, BundleError
+
+ENV_BUNDLE = "DERAMOS_BUNDLE"
+ENV_CHECKPOINT = "DERAMOS_DEFAULT_CHECKPOINT"
+CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
+HOW_TO_GET_ONE = ("export one with `deramos-export --out DIR` and pass --bundle DIR (or set DERAMOS_BUNDLE), "
+                  "or install the export extra (pip install 'deramos[export]') to export the default model on first use")
+
+# Options of the first-use export (deramos-export, run as `python -m deramos.export.cli`).
+EXPORT_FLAGS = ("--fp16", "--validate-clips", "16")
+
+
+def default_checkpoint_location() -> Path:
+    """Where the embedded default checkpoint is looked for (it may not exist)."""
+    override = os.environ.get(ENV_CHECKPOINT)
+    return Path(override) if override else paths.PACKAGE_DIR / "default_model"
+
+
+def resolve_bundle_dir(bundle: str | os.PathLike | None = None, say: Callable[[str], None] | None = None) -> Path:
+    if bundle:
+        return Path(bundle)
+    if os.environ.get(ENV_BUNDLE):
+        return Path(os.environ[ENV_BUNDLE])
+    return default_bundle(say=say)
+
+
+def checkpoint_hash(checkpoint: Path) -> str:
+    digest = hashlib.sha256(f"deramos-bundle-format-{FORMAT_VERSION}".encode())
+    for name in CHECKPOINT_FILES:
+        path = checkpoint / name
+        digest.update(name.encode())
+        if path.is_file():
+            with open(path, "rb") as handle:
+                while block := handle.read(1 << 20):
+                    digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def default_bundle_dir(checkpoint: Path) -> Path:
+    return paths.cache_home() / "bundles" / f"default-{checkpoint_hash(checkpoint)}"
+
+
+def export_available() -> bool:
+    return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx", "deramos.export"))
+
+
+def default_bundle(say: Callable[[str], None] | None = None) -> Path:
+    """The cached default bundle, exported now if this is its first use."""
+    checkpoint = paths.default_checkpoint_dir()
+    if checkpoint is None:
+        raise BundleError(f"no bundle given and no default model in this install "
+                          f"({default_checkpoint_location()}); {HOW_TO_GET_ONE}")
+    target = default_bundle_dir(checkpoint)
+    if (target / "manifest.json").is_file():
+        return target
+    if not export_available():
+        raise BundleError(f"no bundle given and the default bundle is not exported yet; {HOW_TO_GET_ONE}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    with _file_lock(target.with_name(target.name + ".lock")):
+        if not (target / "manifest.json").is_file():   # another process may have finished it meanwhile
+            export_default_bundle(checkpoint, target, say or _stderr)
+    return target
+
+
+def export_default_bundle(checkpoint: Path, target: Path, say: Callable[[str], None]) -> None:
+    say(f"deramos: exporting the default model to {target} (first use; once)")
+    scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
+    shutil.rmtree(scratch, ignore_errors=True)
+    try:
+        command = [sys.executable, "-m", "deramos.export.cli", "--checkpoint", str(checkpoint),
+                   "--out", str(scratch), *EXPORT_FLAGS]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode != 0:
+            lines = [line for line in done.stderr.splitlines() if line.strip()]
+            raise BundleError(f"exporting the default model from {checkpoint} failed: "
+                              f"{lines[-1].strip() if lines else f'exit code {done.returncode}'}")
+        shutil.rmtree(target, ignore_errors=True)      # a half-written export without manifest
+        os.replace(scratch, target)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path):
+    try:
+        import fcntl
+    except ImportError:   # no fcntl (Windows): concurrent first uses may both export; harmless
+        yield
+        return
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _stderr(message: str) -> None:
+    print(message, file=sys.stderr)

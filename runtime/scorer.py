@@ -1,0 +1,416 @@
+"""The Scorer: clips + prompts in, MI and TA on the 1-5 scale out.
+
+    scorer = Scorer.load()                                      # default bundle, best backend
+    scorer.score("clip.wav", "calm solo piano")                 # Score(mi=3.4, ta=2.9)
+    scorer.score_batch(waves, "calm solo piano", sample_rate=32000)
+    scorer.select(waves, "calm solo piano", sample_rate=32000, k=2)   # reward filter
+
+It computes exactly what the PyTorch reference scorer (deramos.features.predict) computes:
+clips longer than the window are cut by `split_windows` and their window scores averaged,
+weighted by window length; each prompt is encoded alone and its tokens zero-padded per batch;
+windows are sorted by length so a batch wastes little padding.
+
+Bad input never raises out of score_batch: the item gets Score(error="<item>: <cause>") and
+the rest of the batch is scored. Files are decoded and resampled in a thread pool while the
+backend runs, and a Scorer may be shared between threads.
+"""
+from __future__ import annotations
+
+import math
+import os
+import threading
+from collections import OrderedDict, deque
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .audio import AudioError, load_audio, prepare_waveform
+from .backends import Backend, BackendReport, select_backend
+from .bundle import Bundle, load_bundle
+from .cuda import DEVICE_TO_DEVICE, DeviceArray, DeviceBuffers, cuda_runtime, device_array_of, is_cuda_array
+from .text import PromptError, PromptTokenizer
+from .windows import split_windows, weighted_mean
+
+MIN_SECONDS = 0.1           # shorter clips carry too little music to judge
+PROMPT_CACHE_SIZE = 256
+
+
+class ScoringError(ValueError):
+    """score() on a single item that cannot be scored; the message is one line."""
+
+
+@dataclass
+class Score:
+    mi: float | None
+    ta: float | None
+    error: str | None = None
+    name: str = ""
+    seconds: float | None = None    # clip duration
+    windows: int = 0                # windows the clip was scored in
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+    def weighted(self, weights: tuple[float, float] = (0.5, 0.5)) -> float | None:
+        """weights[0]*MI + weights[1]*TA (None for a failed item)."""
+        return None if not self.ok else weights[0] * self.mi + weights[1] * self.ta
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class Selection:
+    """The k best items by weighted score, best first."""
+
+    indices: list[int]
+    scores: list[Score]
+    values: list[float]                     # the weighted score of each selected item
+    all_scores: list[Score] = field(repr=False, default_factory=list)
+
+
+@dataclass(frozen=True)
+class Unscorable:
+    """An input already known to be bad (e.g. a malformed JSONL line): scored as that error,
+    in its place, so outputs stay in input order."""
+
+    name: str
+    cause: str
+
+
+@dataclass
+class _Prepared:
+    """One decoded input: float32 mono at the model's rate (host or GPU memory), or an error."""
+
+    name: str
+    prompt: str | None = None
+    wave: np.ndarray | DeviceArray | None = None
+    error: str | None = None
+
+    @property
+    def samples(self) -> int:
+        return self.wave.shape[0]
+
+
+class PromptCache:
+    """Bounded LRU of encoded prompts (tokens [L, Dt]); thread-safe."""
+
+    def __init__(self, capacity: int = PROMPT_CACHE_SIZE):
+        self.capacity = capacity
+        self._items: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, prompt: str) -> np.ndarray | None:
+        with self._lock:
+            tokens = self._items.get(prompt)
+            if tokens is not None:
+                self._items.move_to_end(prompt)
+            return tokens
+
+    def put(self, prompt: str, tokens: np.ndarray) -> None:
+        tokens.setflags(write=False)   # shared by every batch that uses the prompt
+        with self._lock:
+            self._items[prompt] = tokens
+            self._items.move_to_end(prompt)
+            while len(self._items) > self.capacity:
+                self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+class Scorer:
+    def __init__(self, bundle: Bundle, backend: Backend, batch_size: int = 8,
+                 prompt_cache_size: int = PROMPT_CACHE_SIZE, decode_workers: int | None = None):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.bundle, self.backend = bundle, backend
+        self.batch_size = min(batch_size, backend.max_batch or batch_size)
+        self.tokenizer = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens)
+        self.sample_rate = bundle.sample_rate
+        # A clip must give the encoder at least one frame, and 0.1 s in any case.
+        self.min_seconds = max(MIN_SECONDS, bundle.samples_per_frame / bundle.sample_rate)
+        self.prompts = PromptCache(prompt_cache_size)
+        self._decode_workers = decode_workers or min(4, os.cpu_count() or 1)
+        self._pool: ThreadPoolExecutor | None = None
+        self._pool_lock = threading.Lock()
+
+    @classmethod
+    def load(cls, bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
+             threads: int | None = None, batch_size: int = 8, *, verify: bool = True, build: bool = False,
+             say=None) -> "Scorer":
+        """bundle None -> $DERAMOS_BUNDLE -> the default bundle (exported on first use).
+        Raises BundleError / BackendUnavailable (one line) when it cannot load."""
+        from .default import resolve_bundle_dir
+
+        loaded = load_bundle(resolve_bundle_dir(bundle, say=say), verify=verify)
+        return cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size)
+
+    @property
+    def backend_report(self) -> BackendReport | None:
+        return self.backend.report
+
+    # -- public API -------------------------------------------------------------------------------
+    def score(self, item, prompt: str, sample_rate: int | None = None) -> Score:
+        """One clip; raises ScoringError with a one-line reason if it cannot be scored."""
+        (result,) = self.iter_scores([(item, prompt)], sample_rate)
+        if not result.ok:
+            raise ScoringError(result.error)
+        return result
+
+    def score_batch(self, items, prompts: str | list[str], sample_rate: int | None = None) -> list[Score]:
+        """N clips (paths, arrays, tensors, or an [N, samples] array) against 1 or N prompts."""
+        items = _as_item_list(items)
+        prompts = _as_prompt_list(prompts, len(items))
+        return list(self.iter_scores(zip(items, prompts), sample_rate))
+
+    def select(self, items, prompt: str, sample_rate: int | None = None, k: int = 1,
+               weights: tuple[float, float] = (0.5, 0.5)) -> Selection:
+        """Reward filter: the k items with the highest weights[0]*MI + weights[1]*TA, best first
+        (ties keep input order; items that failed are never selected)."""
+        weights = _check_weights(weights)
+        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+            raise ValueError(f"k must be a positive integer, got {k!r}")
+        scores = self.score_batch(items, prompt, sample_rate)
+        values = [s.weighted(weights) for s in scores]
+        ranked = sorted((i for i, v in enumerate(values) if v is not None), key=lambda i: -values[i])[:k]
+        return Selection(ranked, [scores[i] for i in ranked], [values[i] for i in ranked], scores)
+
+    def iter_scores(self, pairs: Iterable[tuple[object, str]], sample_rate: int | None = None) -> Iterator[Score]:
+        """Scores for (item, prompt) pairs, in input order, while later items are still decoding."""
+        chunk_size = max(4 * self.batch_size, 16)
+        lookahead = 2 * chunk_size
+        pool = self._decoder_pool()
+        numbered = enumerate(pairs)
+        pending: deque = deque()
+
+        def refill() -> None:
+            for index, (item, prompt) in numbered:
+                pending.append(pool.submit(self._prepare, index, item, prompt, sample_rate))
+                if len(pending) >= lookahead:
+                    return
+
+        refill()
+        while pending:
+            chunk = [pending.popleft().result() for _ in range(min(chunk_size, len(pending)))]
+            refill()   # keep the decoders busy while this chunk runs on the backend
+            yield from self._score_chunk(chunk)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+            self._pool = None
+        self.backend.close()
+
+    def __enter__(self) -> "Scorer":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    # -- decoding (thread pool) -------------------------------------------------------------------
+    def _decoder_pool(self) -> ThreadPoolExecutor:
+        with self._pool_lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(self._decode_workers, thread_name_prefix="deramos-decode")
+            return self._pool
+
+    def _prepare(self, index: int, item, prompt, sample_rate) -> _Prepared:
+        name = _item_name(item, index)
+        try:
+            if isinstance(item, Unscorable):
+                return _Prepared(name, error=_one_line(f"{item.name}: {item.cause}"))
+            prompt = PromptTokenizer.check(prompt, name)
+            return _Prepared(name, prompt, self._decode(item, name, sample_rate))
+        except (AudioError, PromptError, ValueError) as error:
+            return _Prepared(name, error=_one_line(error))
+        except Exception as error:  # whatever an odd input raises, it fails only itself
+            return _Prepared(name, error=_one_line(f"{name}: cannot read input ({type(error).__name__}: {error})"))
+
+    def _decode(self, item, name: str, sample_rate) -> np.ndarray | DeviceArray:
+        if isinstance(item, (str, os.PathLike)):
+            return load_audio(item, self.sample_rate, min_seconds=self.min_seconds)
+        if is_cuda_array(item):
+            return self._device_wave(item, name, sample_rate)
+        if sample_rate is None:
+            raise AudioError(name, "sample_rate is required for in-memory audio")
+        if hasattr(item, "__dlpack__") and not isinstance(item, np.ndarray):
+            item = _host_array_from_dlpack(item, name)
+        return prepare_waveform(np.asarray(item), sample_rate, self.sample_rate, name=name,
+                                min_seconds=self.min_seconds)
+
+    def _device_wave(self, item, name: str, sample_rate) -> DeviceArray:
+        if self.backend.device != "cuda":
+            raise AudioError(name, f"a CUDA tensor needs a GPU backend (this scorer runs {self.backend.name}); "
+                                   f"pass a CPU array (tensor.cpu()) or load the Scorer with backend="
+                                   f"'onnxruntime-cuda' or 'tensorrt'")
+        if sample_rate != self.sample_rate:
+            raise AudioError(name, f"CUDA audio must already be at the model's {self.sample_rate} Hz "
+                                   f"(got sample_rate={sample_rate}); resample on the GPU or pass a CPU array")
+        try:
+            wave = device_array_of(item)
+        except ValueError as error:
+            raise AudioError(name, str(error)) from None
+        seconds = wave.shape[0] / self.sample_rate
+        if seconds < self.min_seconds:
+            raise AudioError(name, f"too short ({seconds:.3f} s < {self.min_seconds:.3f} s minimum)")
+        return wave
+
+    # -- inference --------------------------------------------------------------------------------
+    def _score_chunk(self, chunk: list[_Prepared]) -> list[Score]:
+        pieces = []   # (position in chunk, start, end): one window of one clip
+        for position, prepared in enumerate(chunk):
+            if prepared.error is None:
+                spans = split_windows(prepared.samples, self.bundle.window_samples, self.bundle.min_tail_samples)
+                pieces += [(position, start, end) for start, end in spans]
+        pieces.sort(key=lambda piece: piece[2] - piece[1])
+        parts: dict[int, list[tuple[float, float, int]]] = {}
+        failures: dict[int, str] = {}
+        for start in range(0, len(pieces), self.batch_size):
+            batch = pieces[start:start + self.batch_size]
+            for piece, outcome in zip(batch, self._run_isolated(chunk, batch)):
+                if isinstance(outcome, str):
+                    failures.setdefault(piece[0], outcome)
+                else:
+                    parts.setdefault(piece[0], []).append((*outcome, piece[2] - piece[1]))
+        return [self._combine(prepared, parts.get(position, []), failures.get(position))
+                for position, prepared in enumerate(chunk)]
+
+    def _run_isolated(self, chunk: list[_Prepared], batch: list[tuple[int, int, int]]) -> list:
+        """(mi, ta) per piece; if the batch fails, each piece runs alone so that only the
+        piece that breaks the backend fails (as an error string)."""
+        try:
+            return list(zip(*self._run_batch(chunk, batch)))
+        except Exception as error:
+            if len(batch) == 1:
+                return [_one_line(f"{chunk[batch[0][0]].name}: inference failed ({error})")]
+        return [self._run_isolated(chunk, [piece])[0] for piece in batch]
+
+    def _run_batch(self, chunk: list[_Prepared], batch: list[tuple[int, int, int]]) -> tuple[list, list]:
+        tokens, token_mask = self._prompt_batch([chunk[position].prompt for position, _, _ in batch])
+        windows = [(chunk[position].wave, start, end) for position, start, end in batch]
+        with self._audio_feeds(windows) as feeds:
+            audio = self.backend.run("audio_encoder", feeds)
+        out = self.backend.run("heads", {"frames": audio["frames"], "frame_mask": audio["frame_mask"],
+                                         "tokens": tokens, "token_mask": token_mask})
+        return [float(v) for v in out["mi"]], [float(v) for v in out["ta"]]
+
+    def _combine(self, prepared: _Prepared, parts: list, failure: str | None) -> Score:
+        if prepared.error is not None or failure is not None:
+            return Score(None, None, prepared.error or failure, name=prepared.name)
+        mi = weighted_mean([p[0] for p in parts], [p[2] for p in parts])
+        ta = weighted_mean([p[1] for p in parts], [p[2] for p in parts])
+        seconds = prepared.samples / self.sample_rate
+        if not (math.isfinite(mi) and math.isfinite(ta)):
+            return Score(None, None, f"{prepared.name}: the model returned a non-finite score "
+                                     f"(NaN or inf in the input?)", prepared.name, seconds, len(parts))
+        return Score(mi, ta, None, prepared.name, seconds, len(parts))
+
+    # -- text: each prompt encoded alone, once, then zero-padded per batch ------------------------
+    def _prompt_tokens(self, prompt: str) -> np.ndarray:
+        tokens = self.prompts.get(prompt)
+        if tokens is None:
+            ids, mask = self.tokenizer.encode([prompt])
+            out = self.backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})
+            tokens = np.array(out["tokens"][0], dtype=np.float32)
+            self.prompts.put(prompt, tokens)
+        return tokens
+
+    def _prompt_batch(self, prompts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        encoded = [self._prompt_tokens(p) for p in prompts]
+        width = max(t.shape[0] for t in encoded)
+        tokens = np.zeros((len(encoded), width, encoded[0].shape[1]), np.float32)
+        mask = np.zeros((len(encoded), width), np.int64)
+        for row, item in enumerate(encoded):
+            tokens[row, :item.shape[0]] = item
+            mask[row, :item.shape[0]] = 1
+        return tokens, mask
+
+    # -- audio: windows zero-padded into one [B, N] batch, on the host or on the GPU ---------------
+    @contextmanager
+    def _audio_feeds(self, windows: list[tuple[np.ndarray | DeviceArray, int, int]]):
+        lengths = np.array([end - start for _, start, end in windows], np.int64)
+        width = max(int(lengths.max()), self.backend.min_samples)
+        if not any(isinstance(wave, DeviceArray) for wave, _, _ in windows):
+            batch = np.zeros((len(windows), width), np.float32)
+            for row, (wave, start, end) in enumerate(windows):
+                batch[row, :end - start] = wave[start:end]
+            yield {"waveform": batch, "lengths": lengths}
+            return
+        cuda = cuda_runtime()
+        cuda.set_device(self.backend.device_id)   # the current device is per host thread
+        cuda.synchronize()   # the producer may still be writing its tensors on its own stream
+        with DeviceBuffers(cuda) as buffers:
+            batch = buffers.alloc((len(windows), width), np.float32, self.backend.device_id)
+            row_bytes, item = width * 4, 4
+            cuda.memset_async(batch.ptr, 0, batch.nbytes, 0)
+            for row, (wave, start, end) in enumerate(windows):
+                destination = batch.ptr + row * row_bytes
+                if isinstance(wave, DeviceArray):
+                    cuda.memcpy_async(destination, wave.ptr + start * item, (end - start) * item, DEVICE_TO_DEVICE, 0)
+                else:
+                    cuda.upload(destination, wave[start:end], 0)
+            cuda.stream_synchronize(0)
+            yield {"waveform": batch, "lengths": lengths}
+
+
+# --- input normalisation -----------------------------------------------------------------------------
+
+
+def _as_item_list(items) -> list:
+    """One path -> [path]; an [N, ...] array or tensor -> its N rows; a list stays a list."""
+    if isinstance(items, (str, os.PathLike, Unscorable)):
+        return [items]
+    if isinstance(items, (list, tuple)):
+        return list(items)
+    if hasattr(items, "shape") and len(items.shape) >= 1:
+        if len(items.shape) == 1:
+            return [items]        # one mono clip
+        return [items[i] for i in range(items.shape[0])]
+    return list(items)
+
+
+def _as_prompt_list(prompts, count: int) -> list:
+    if isinstance(prompts, str) or prompts is None:
+        return [prompts] * count
+    prompts = list(prompts)
+    if len(prompts) == 1:
+        return prompts * count
+    if len(prompts) != count:
+        raise ValueError(f"got {len(prompts)} prompts for {count} items (give 1 prompt or one per item)")
+    return prompts
+
+
+def _check_weights(weights) -> tuple[float, float]:
+    try:
+        w_mi, w_ta = (float(w) for w in weights)
+    except (TypeError, ValueError):
+        raise ValueError(f"weights must be two numbers (MI, TA), got {weights!r}") from None
+    if not (math.isfinite(w_mi) and math.isfinite(w_ta)) or w_mi < 0 or w_ta < 0 or w_mi + w_ta == 0:
+        raise ValueError(f"weights must be non-negative and not both zero, got {weights!r}")
+    return w_mi, w_ta
+
+
+def _item_name(item, index: int) -> str:
+    if isinstance(item, (str, os.PathLike)):
+        return str(item)
+    if isinstance(item, Unscorable):
+        return item.name
+    return f"item {index}"
+
+
+def _host_array_from_dlpack(tensor, name: str) -> np.ndarray:
+    """A CPU tensor (torch, JAX, ...) viewed as numpy without copying and without importing it."""
+    try:
+        return np.from_dlpack(tensor)
+    except Exception as error:  # e.g. torch refuses tensors that require grad
+        raise AudioError(name, f"cannot read the tensor ({error}); pass tensor.detach() or a numpy array") from None
+
+
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+

@@ -1,0 +1,283 @@
+"""Bad input never crashes and never stops a batch: through the API and through deramos-run."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import soundfile as sf
+from runtime_helpers import RATE, error_lines, music, run_cli, write_wav
+
+from deramos.runtime import BundleError, Scorer, ScoringError
+from deramos.runtime.bundle import load_bundle
+
+PROMPT = "a calm piano piece"
+TEN_MINUTES = 600.0
+
+
+def tone(seconds: float, rate: int = RATE) -> np.ndarray:
+    """500 Hz at 16 kHz repeats every 32 samples, so every 6 s window of it is identical."""
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 500 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("inputs")
+    good = music(3.0, seed=1)
+    nan_wave = good.copy()
+    nan_wave[100] = np.nan
+    inf_wave = good.copy()
+    inf_wave[-1] = np.inf
+    six_channels = np.stack([music(2.0, seed=10 + c, rate=96000) for c in range(6)], axis=1)
+    (root / "empty.wav").write_bytes(b"")
+    (root / "garbage.wav").write_bytes(bytes(np.random.default_rng(0).integers(0, 256, 4000, dtype=np.uint8)))
+    paths = {
+        "good": write_wav(root / "good.wav", good),
+        "missing": root / "missing.wav",
+        "empty": root / "empty.wav",
+        "garbage": root / "garbage.wav",
+        "zero_frames": write_wav(root / "zero_frames.wav", np.zeros(0, np.float32)),
+        "ten_ms": write_wav(root / "ten_ms.wav", good[:160]),
+        "silence": write_wav(root / "silence.wav", np.zeros(2 * RATE, np.float32)),
+        "nan": write_wav(root / "nan.wav", nan_wave, subtype="FLOAT"),
+        "inf": write_wav(root / "inf.wav", inf_wave, subtype="FLOAT"),
+        "pcm_u8": write_wav(root / "pcm_u8.wav", good, subtype="PCM_U8"),
+        "float32": write_wav(root / "float32.wav", good, subtype="FLOAT"),
+        "six_channels_96k": write_wav(root / "six.flac", six_channels, rate=96000, subtype="PCM_24"),
+        "ten_minutes": write_wav(root / "ten_minutes.wav", tone(TEN_MINUTES)),
+    }
+    assert sf.info(str(paths["pcm_u8"])).subtype == "PCM_U8" and sf.info(str(paths["six_channels_96k"])).channels == 6
+    return paths
+
+
+# name -> the one-line error (after "<path>: "), or None when the clip must be scored
+FILE_CASES = {
+    "missing": "file not found",
+    "empty": "empty file (0 bytes)",
+    "garbage": "cannot decode audio (",
+    "zero_frames": "no samples",
+    "ten_ms": "too short (0.010 s < 0.100 s minimum)",
+    "nan": "contains NaN or infinite samples",
+    "inf": "contains NaN or infinite samples",
+    "silence": None,
+    "pcm_u8": None,
+    "float32": None,
+    "six_channels_96k": None,
+    "ten_minutes": None,
+}
+
+
+# --- API -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_file_inputs_through_the_api(runtime_scorer, files, case):
+    path, expected = files[case], FILE_CASES[case]
+    scores = runtime_scorer.score_batch([files["good"], path, files["good"]], PROMPT)
+    assert scores[0].ok and scores[2].ok                        # the batch mates are scored
+    assert scores[0].mi == scores[2].mi
+    if expected is None:
+        assert scores[1].ok, scores[1].error
+        assert 1.0 <= scores[1].mi <= 5.0 and 1.0 <= scores[1].ta <= 5.0
+    else:
+        assert scores[1].mi is None and scores[1].ta is None
+        assert scores[1].error.startswith(f"{path}: {expected}")
+        assert "\n" not in scores[1].error
+        with pytest.raises(ScoringError) as raised:
+            runtime_scorer.score(path, PROMPT)
+        assert str(raised.value) == scores[1].error
+
+
+def test_ten_minute_clip_is_scored_in_windows(runtime_scorer, files):
+    whole = runtime_scorer.score(files["ten_minutes"], PROMPT)
+    decoded = sf.read(str(files["ten_minutes"]), dtype="float32", frames=6 * RATE)[0]   # PCM_16-rounded
+    one_window = runtime_scorer.score(decoded, PROMPT, sample_rate=RATE)
+    assert whole.windows == 100 and whole.seconds == pytest.approx(TEN_MINUTES)
+    assert whole.mi == pytest.approx(one_window.mi, abs=1e-4)    # identical windows, same mean
+    assert whole.ta == pytest.approx(one_window.ta, abs=1e-4)
+
+
+def test_decoded_formats_score_like_the_array(runtime_scorer, files):
+    reference = runtime_scorer.score(sf.read(str(files["float32"]), dtype="float32")[0], PROMPT, sample_rate=RATE)
+    assert runtime_scorer.score(files["float32"], PROMPT).mi == pytest.approx(reference.mi, abs=1e-6)
+    assert runtime_scorer.score(files["pcm_u8"], PROMPT).mi == pytest.approx(reference.mi, abs=0.05)
+    six, rate = sf.read(str(files["six_channels_96k"]), dtype="float32")
+    from_file = runtime_scorer.score(files["six_channels_96k"], PROMPT)
+    from_array = runtime_scorer.score(six, PROMPT, sample_rate=rate)       # (samples, 6) at 96 kHz
+    assert from_file.mi == pytest.approx(from_array.mi, abs=1e-6) and from_file.seconds == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("wave, expected", [
+    (np.zeros(0, np.float32), "no samples"),
+    (np.ones(160, np.float32) * 0.1, "too short (0.010 s < 0.100 s minimum)"),
+    (np.array([0.1, np.nan] * 8000, np.float32), "contains NaN or infinite samples"),
+    (np.array([0.1, -np.inf] * 8000, np.float64), "contains NaN or infinite samples"),
+    (np.zeros((2, 3, 4000), np.float32), "expected a 1-D or 2-D array, got 3-D"),
+], ids=["zero-length", "10ms", "nan", "inf", "3d"])
+def test_bad_arrays_fail_alone(runtime_scorer, wave, expected):
+    good = music(2.0, seed=3)
+    scores = runtime_scorer.score_batch([good, wave, good], PROMPT, sample_rate=RATE)
+    assert scores[0].ok and scores[2].ok
+    assert scores[1].error == f"item 1: {expected}"
+
+
+def test_digital_silence_array_is_scored(runtime_scorer):
+    score = runtime_scorer.score(np.zeros(3 * RATE, np.float32), PROMPT, sample_rate=RATE)
+    assert score.ok and 1.0 <= score.mi <= 5.0
+
+
+@pytest.mark.parametrize("prompt", ["", "   \t\n "])
+def test_empty_prompts_are_item_errors(runtime_scorer, files, prompt):
+    scores = runtime_scorer.score_batch([files["good"], files["good"]], [prompt, PROMPT])
+    assert scores[0].error == f"{files['good']}: empty prompt"
+    assert scores[1].ok
+
+
+def test_a_20000_character_prompt_is_truncated(runtime_scorer, files):
+    huge = ("calm piano with strings " * 900)[:20000]
+    assert len(huge) == 20000
+    scored = runtime_scorer.score(files["good"], huge)
+    prefix = runtime_scorer.score(files["good"], "calm piano with strings " * 40)   # > 32 tokens too
+    assert scored.ta == pytest.approx(prefix.ta, abs=1e-6)
+
+
+@pytest.mark.parametrize("prompt", ["música tranquila para piano", "穏やかなピアノ曲", "🎹 calm piano 🎻", "Ärger über ñ"])
+def test_non_ascii_prompts_are_scored(runtime_scorer, files, prompt):
+    score = runtime_scorer.score(files["good"], prompt)
+    assert score.ok and 1.0 <= score.ta <= 5.0
+
+
+# --- CLI -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", sorted(FILE_CASES))
+def test_file_inputs_through_the_cli(runtime_bundle, files, case):
+    path, expected = files[case], FILE_CASES[case]
+    result = run_cli(["--bundle", runtime_bundle, "--json", "--prompt", PROMPT, files["good"], path])
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["path"] for row in rows] == [str(files["good"]), str(path)]
+    assert rows[0]["error"] is None and 1.0 <= rows[0]["mi"] <= 5.0
+    assert "Traceback" not in result.stderr
+    if expected is None:
+        assert result.exit_code == 0, result.stderr
+        assert rows[1]["error"] is None and 1.0 <= rows[1]["mi"] <= 5.0
+    else:
+        assert result.exit_code == 1
+        assert rows[1]["mi"] is None and rows[1]["error"].startswith(f"{path}: {expected}")
+        assert error_lines(result.stderr) == [f"error: {rows[1]['error']}"]
+
+
+def test_cli_text_output_for_a_person(runtime_bundle, files):
+    result = run_cli(["--bundle", runtime_bundle, files["good"], PROMPT])
+    assert result.exit_code == 0
+    line = result.stdout.strip()
+    assert line.startswith(f"{files['good']}  MI ") and "  TA " in line
+    mi = float(line.split("MI ")[1].split()[0])
+    assert 1.0 <= mi <= 5.0
+
+
+def test_cli_many_files_one_bad(runtime_bundle, files):
+    result = run_cli(["--bundle", runtime_bundle, "--prompt", PROMPT, files["good"], files["missing"], files["silence"]])
+    assert result.exit_code == 1
+    assert [line.split("  ")[0] for line in result.stdout.splitlines()] == [str(files["good"]), str(files["silence"])]
+    assert error_lines(result.stderr) == [f"error: {files['missing']}: file not found"]
+
+
+@pytest.mark.parametrize("prompt", ["", "  "])
+def test_cli_empty_prompt(runtime_bundle, files, prompt):
+    result = run_cli(["--bundle", runtime_bundle, files["good"], prompt])
+    assert result.exit_code == 1 and result.stdout == ""
+    assert error_lines(result.stderr) == [f"error: {files['good']}: empty prompt"]
+
+
+def test_cli_huge_and_non_ascii_prompts(runtime_bundle, files):
+    lines = [json.dumps({"path": str(files["good"]), "prompt": p}, ensure_ascii=False)
+             for p in ("calm piano " * 2000, "穏やかなピアノ曲 🎹", "música tranquila")]
+    result = run_cli(["--bundle", runtime_bundle, "--jsonl", "-"], stdin="\n".join(lines) + "\n")
+    assert result.exit_code == 0, result.stderr
+    rows = [json.loads(line) for line in result.stdout.splitlines()]
+    assert [row["prompt"] for row in rows] == [json.loads(line)["prompt"] for line in lines]
+    assert all(row["error"] is None and 1.0 <= row["ta"] <= 5.0 for row in rows)
+
+
+def test_cli_jsonl_bad_lines_are_item_errors_in_order(runtime_bundle, files, tmp_path):
+    lines = [
+        json.dumps({"path": str(files["good"]), "prompt": PROMPT, "id": "a"}),
+        "{not json",
+        json.dumps({"prompt": PROMPT}),
+        json.dumps({"path": str(files["good"])}),
+        json.dumps(["a list"]),
+        "",                                                      # blank lines are skipped
+        json.dumps({"path": str(files["garbage"]), "prompt": PROMPT}),
+        json.dumps({"path": str(files["silence"]), "prompt": PROMPT, "id": "z"}),
+    ]
+    source = tmp_path / "items.jsonl"
+    source.write_text("\n".join(lines) + "\n")
+    out = tmp_path / "scores.jsonl"
+    result = run_cli(["--bundle", runtime_bundle, "--jsonl", source, "--out", out])
+    assert result.exit_code == 1 and result.stdout == ""
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(rows) == 7
+    assert rows[0]["id"] == "a" and rows[0]["error"] is None and 1.0 <= rows[0]["mi"] <= 5.0
+    assert rows[1] == {"line": 2, "mi": None, "ta": None, "error": "line 2: not valid JSON (Expecting property name enclosed in double quotes)"}
+    assert rows[2]["error"] == 'line 3: missing "path" (a string)'
+    assert rows[3]["error"] == f'line 4 ({files["good"]}): missing "prompt" (a string)'
+    assert rows[4]["error"].startswith("line 5: expected an object")
+    assert rows[5]["error"].startswith(f"{files['garbage']}: cannot decode audio")
+    assert rows[6]["id"] == "z" and rows[6]["error"] is None
+    assert len(error_lines(result.stderr)) == 5
+
+
+# --- broken bundles --------------------------------------------------------------------------
+
+
+@pytest.fixture
+def bundle_copy(runtime_bundle, tmp_path):
+    return shutil.copytree(runtime_bundle, tmp_path / "bundle")
+
+
+def _bundle_failure(bundle, files) -> tuple[str, str]:
+    with pytest.raises(BundleError) as raised:
+        Scorer.load(bundle, backend="onnxruntime-cpu")
+    result = run_cli(["--bundle", bundle, files["good"], PROMPT])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
+    return str(raised.value), result.stderr.strip()
+
+
+def test_bundle_with_a_missing_file(bundle_copy, files):
+    (bundle_copy / "heads.onnx").unlink()
+    api, cli = _bundle_failure(bundle_copy, files)
+    assert api == f"{bundle_copy / 'heads.onnx'}: missing from the bundle (listed in manifest.json)"
+    assert cli == f"error: {api}"
+
+
+def test_bundle_with_a_tampered_file(bundle_copy, files):
+    graph = bundle_copy / "text_encoder.onnx"
+    data = bytearray(graph.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    api, cli = _bundle_failure(bundle_copy, files)
+    assert api == f"{graph}: sha256 does not match manifest.json (file modified or corrupt)"
+    assert cli == f"error: {api}"
+
+
+def test_bundle_from_a_newer_format(bundle_copy, files):
+    manifest = json.loads((bundle_copy / "manifest.json").read_text())
+    manifest["format_version"] = 99
+    (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
+    api, cli = _bundle_failure(bundle_copy, files)
+    assert "bundle format 99 is newer than this runtime supports (1); upgrade deramos" in api
+    assert cli == f"error: {api}"
+
+
+def test_missing_bundle_directory(tmp_path, files):
+    result = run_cli(["--bundle", tmp_path / "nowhere", files["good"], PROMPT])
+    assert result.exit_code == 2
+    assert result.stderr == f"error: {tmp_path / 'nowhere'}: bundle directory not found\n"
+
+
+def test_bundle_loads_unchanged(runtime_bundle):
+    assert load_bundle(runtime_bundle).precisions() == ["fp32", "fp16"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -134,7 +135,7 @@ class FeatureCache:
         path = self._path(key)
         path.parent.mkdir(parents=True, exist_ok=True)
         tensor = tensor.detach().cpu().contiguous()
-        tmp = path.with_name(path.name + ".tmp")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")   # ranks may write the same entry
         save_file({"value": tensor}, str(tmp), metadata={"sha256": _payload_hash(tensor)})
         tmp.replace(path)
 

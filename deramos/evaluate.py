@@ -55,8 +55,11 @@ def main(data, checkpoint, split, list_file, kind, answer, as_json, batch_size, 
     Example: deramos-eval --data /tmp/se --checkpoint /tmp/run --split test --answer answer.txt
     """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    result = evaluate_checkpoint(data, checkpoint, split, kind=kind, batch_size=batch_size, device=device,
-                                 progress=sys.stderr.isatty(), list_file=list_file)
+    try:
+        result = evaluate_checkpoint(data, checkpoint, split, kind=kind, batch_size=batch_size, device=device,
+                                     progress=sys.stderr.isatty(), list_file=list_file)
+    except (FileNotFoundError, ValueError) as err:
+        raise click.ClickException(" ".join(str(err).split())) from None
     if answer:
         ids = list(result["predictions"])
         write_answer(answer, ids, [result["predictions"][i][0] for i in ids], [result["predictions"][i][1] for i in ids])

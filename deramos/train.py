@@ -113,9 +113,9 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
     losses = []
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not args.progress or rank != 0, leave=False)
     for batch in bar:
+        if len(batch) < world:
+            continue   # every rank needs a clip, or the gradient all-reduce would wait forever
         shard = [examples[i] for i in batch[rank::world]]
-        if not shard:
-            continue
         waves = [crop(e.wave, window, rng if random_crop else None) for e in shard]
         out = step_module(waves, [e.clip.prompt for e in shard])
         y_mi = torch.tensor([e.clip.mi for e in shard], dtype=torch.float32, device=out["mi"].device)
@@ -126,7 +126,12 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
-    return float(np.mean(losses)) if losses else math.nan
+    mean = float(np.mean(losses)) if losses else math.nan
+    if world > 1:   # report the loss of the whole batch, not of rank 0's shard
+        total = torch.tensor([mean], dtype=torch.float64)
+        dist.all_reduce(total)
+        mean = float(total) / world
+    return mean
 
 
 def step_module_cfg(step_module):

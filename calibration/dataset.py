@@ -91,10 +91,11 @@ def _from_jsonl(path: Path, sample_rate, window_seconds, limit) -> ClipSet:
             continue
         try:
             item = json.loads(line)
-            audio = Path(item["path"])
+            audio, prompt = Path(item["path"]), str(item["prompt"])
             audio = audio if audio.is_absolute() else path.parent / audio
-            out.waves.append(_crop(load_audio(audio, sample_rate), window_seconds, sample_rate))
-            out.prompts.append(str(item["prompt"]))
+            wave = _crop(load_audio(audio, sample_rate), window_seconds, sample_rate)
+            out.waves.append(wave)      # both or neither: clips and prompts stay paired
+            out.prompts.append(prompt)
         except (json.JSONDecodeError, KeyError, TypeError) as err:
             out.problems.append(f"{path}:{number}: bad line ({err.__class__.__name__})")
         except AudioError as err:

@@ -52,15 +52,27 @@ class FeedReader:
         pass
 
 
-def encoder_feeds(clips, tokenizer: PromptTokenizer, batch: int = 4) -> dict[str, list[dict]]:
+def encoder_feeds(clips, tokenizer: PromptTokenizer, batch: int = 4, same_shapes: bool = False) -> dict[str, list[dict]]:
+    """Feeds for the two encoders. `same_shapes`: every batch padded to one shape (ONNX Runtime's
+    histogram calibrators, used by entropy and percentile, cannot stack tensors of varying shape)."""
+    waves, prompts = list(clips.waves), list(clips.prompts)
+    if same_shapes:
+        while len(waves) % batch:              # fill the last batch with repeats
+            waves.append(waves[len(waves) % len(clips.waves)])
+            prompts.append(prompts[len(prompts) % len(clips.prompts)])
+    width = max(len(w) for w in waves)
+    ids_all, mask_all = tokenizer.encode(prompts)
     audio, text = [], []
-    for start in range(0, len(clips.waves), batch):
-        waves = clips.waves[start:start + batch]
-        wave = np.zeros((len(waves), max(len(w) for w in waves)), np.float32)
-        for row, w in enumerate(waves):
+    for start in range(0, len(waves), batch):
+        chunk = waves[start:start + batch]
+        wave = np.zeros((len(chunk), width if same_shapes else max(len(w) for w in chunk)), np.float32)
+        for row, w in enumerate(chunk):
             wave[row, :len(w)] = w
-        audio.append({"waveform": wave, "lengths": np.array([len(w) for w in waves], np.int64)})
-        ids, mask = tokenizer.encode(clips.prompts[start:start + batch])
+        audio.append({"waveform": wave, "lengths": np.array([len(w) for w in chunk], np.int64)})
+        ids, mask = ids_all[start:start + batch], mask_all[start:start + batch]
+        if not same_shapes:
+            keep = int(mask.sum(axis=1).max())
+            ids, mask = ids[:, :keep], mask[:, :keep]
         text.append({"input_ids": ids, "attention_mask": mask})
     return {"audio_encoder": audio, "text_encoder": text}
 
@@ -69,22 +81,30 @@ def ranges_path(out: Path, graph: str) -> Path:
     return out / "calibration" / f"{graph}.ranges.json"
 
 
-def load_ranges(path: Path, graph_sha: str, method: str) -> dict | None:
-    """The cached ranges, or None when absent, unreadable or made for another graph/method."""
+def cache_key(graph_sha: str, method: str, calib: str | None, clips: int) -> dict:
+    """What the ranges depend on: the graph, the method and the calibration data asked for."""
+    return {"version": CACHE_VERSION, "graph_sha256": graph_sha, "method": method,
+            "calib": str(Path(calib).resolve()) if calib else "synthetic", "clips": clips}
+
+
+def load_ranges(path: Path, key: dict) -> dict | None:
+    """The cached ranges, or None when absent, unreadable or made for another graph/method/data."""
     try:
         cached = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    if cached.get("version") != CACHE_VERSION or cached.get("graph_sha256") != graph_sha or cached.get("method") != method:
+    if any(cached.get(name) != value for name, value in key.items()):
         return None
-    return cached["ranges"]
+    return cached.get("ranges")
 
 
 def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list[float]]:
     from onnxruntime.quantization import create_calibrator
 
     with tempfile.TemporaryDirectory() as tmp:
-        calibrator = create_calibrator(str(fp32_path), None, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
+        # Only the inputs of the ops that get quantised: histogramming every tensor would include
+        # the attention masks' huge constants (and take minutes for nothing).
+        calibrator = create_calibrator(str(fp32_path), QUANTIZED_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=_method(method),
                                        extra_options={"symmetric": True, "num_bins": 2048, "percentile": 99.99})
         calibrator.collect_data(FeedReader(feeds))
@@ -125,9 +145,9 @@ def build_int8_graphs(model, out: Path, files: dict, options, say) -> dict:
             "quantized_ops": QUANTIZED_OPS, "fp32_kept": ["mel front-end", "heads"], "files": [], "reused_cache": {}}
     for graph in QUANTIZED_GRAPHS:
         fp32 = out / files[graph]["fp32"][0]
-        graph_sha = sha256_file(fp32)
+        key = cache_key(sha256_file(fp32), options.calib_method, options.calib, options.calib_clips)
         cache = ranges_path(out, graph)
-        ranges = None if options.recalibrate else load_ranges(cache, graph_sha, options.calib_method)
+        ranges = None if options.recalibrate else load_ranges(cache, key)
         info["reused_cache"][graph] = ranges is not None
         if ranges is None:
             if clips is None:
@@ -136,11 +156,13 @@ def build_int8_graphs(model, out: Path, files: dict, options, say) -> dict:
                 if not clips.waves:
                     raise ValueError(f"calibration set {clips.source}: no usable clips ({'; '.join(clips.problems[:3])})")
                 say(f"calibrating on {len(clips.waves)} clips from {clips.source} ({options.calib_method})")
-                info["calibration_set"] = {"source": clips.source, "clips": len(clips.waves)}
-            ranges = calibrate(fp32, encoder_feeds(clips, tokenizer)[graph], options.calib_method)
+                for problem in clips.problems:
+                    say(f"calibration: skipped {problem}")
+                info["calibration_set"] = {"source": clips.source, "clips": len(clips.waves), "skipped": clips.problems}
+            feeds = encoder_feeds(clips, tokenizer, same_shapes=options.calib_method != "minmax")
+            ranges = calibrate(fp32, feeds[graph], options.calib_method)
             cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps({"version": CACHE_VERSION, "graph_sha256": graph_sha,
-                                         "method": options.calib_method, "ranges": ranges}))
+            cache.write_text(json.dumps(dict(key, ranges=ranges)))
         else:
             say(f"{graph}: reusing calibration cache {cache.relative_to(out)}")
         written = quantize(fp32, out / graph_file_name(graph, "int8"), ranges, options.calib_method)

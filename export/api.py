@@ -74,7 +74,8 @@ def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
             failed.append("int8")
         if failed:
             (out / "validation_report.json").write_text(json.dumps({"parity": parity, "calibration": calibration}, indent=2))
-            raise ExportFailed(f"validation failed for {', '.join(failed)}; report in {out / 'validation_report.json'}; "
+            reasons = [f"{p}: {f}" for p in failed for f in (parity.get(p) or calibration.get("drift", {})).get("failures", [])]
+            raise ExportFailed(f"validation failed for {', '.join(failed)} ({'; '.join(reasons)}); report in {out / 'validation_report.json'}; "
                                "manifest.json not written (use --no-validate to skip)")
     manifest = build_manifest(model, out, files, tokenizer, parity, calibration, options)
     (out / "manifest.json").write_text(json.dumps(manifest, indent=2))

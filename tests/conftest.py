@@ -87,6 +87,22 @@ def runtime_scorer(runtime_bundle):
 # --- export, calibration, bundle (test_export / test_calibration / test_bundle / test_tensorrt) ----
 
 
+class _one_torch_thread:  # noqa: N801 - used like a function: `with _one_torch_thread():`
+    """Torch on one intra-op thread for a heavy fixture (see torch_single_thread: OpenMP's
+    hand-off makes many small ops far slower with 2 threads on a busy 2-core box)."""
+
+    def __enter__(self):
+        import torch
+
+        self.previous = torch.get_num_threads()
+        torch.set_num_threads(1)
+
+    def __exit__(self, *exc):
+        import torch
+
+        torch.set_num_threads(self.previous)
+
+
 class _Said(list):
     """A `say` callback that keeps every message (export_bundle reports through it)."""
 
@@ -116,8 +132,9 @@ def export_run(export_corpus, tmp_path_factory):
     from deramos.train import TrainArgs, run_training
 
     base = tmp_path_factory.mktemp("export_run")
-    return run_training(TrainArgs(data=str(export_corpus), out=str(base / "run"), preset="tiny", epochs=3,
-                                  progress=False, cache_dir=str(base / "cache")))
+    with _one_torch_thread():
+        return run_training(TrainArgs(data=str(export_corpus), out=str(base / "run"), preset="tiny", epochs=3,
+                                      progress=False, cache_dir=str(base / "cache")))
 
 
 @pytest.fixture(scope="session")
@@ -130,13 +147,15 @@ def export_model(export_run):
 
 @pytest.fixture(scope="session")
 def export_bundle_dir(export_model, tmp_path_factory):
-    """One FP32 + FP16 + INT8 bundle of `export_model`, validated, shared by the export tests.
+    """One FP32 + FP16 + INT8 bundle of `export_model`, validated on 64 clips (the INT8 drift on a
+    64-clip synthetic held-out set), shared by the export tests.
     Read-only: copy it (shutil.copytree) before changing anything.
     Returns (directory, manifest, messages said during the export)."""
     from deramos.export.api import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("export_bundle") / "bundle"
     said = _Said()
-    options = ExportOptions(fp16=True, int8=True, validate_clips=32, calib_clips=32, progress=False)
-    manifest = export_bundle(export_model, out, options, say=said)
+    options = ExportOptions(fp16=True, int8=True, validate_clips=64, calib_clips=32, progress=False)
+    with _one_torch_thread():
+        manifest = export_bundle(export_model, out, options, say=said)
     return out, manifest, said

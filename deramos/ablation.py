@@ -78,7 +78,7 @@ def markdown(table: dict, settings: dict, command: str) -> str:
 @click.option("--clips", default=600, show_default=True)
 @click.option("--heldout-clips", default=400, show_default=True)
 @click.option("--epochs", default=8, show_default=True)
-@click.option("--batch-size", default=24, show_default=True)
+@click.option("--batch-size", default=16, show_default=True)
 @click.option("--seeds", default="1,2,3", show_default=True)
 @click.option("--losses", default=",".join(LOSS_KINDS), show_default=True)
 def main(out, report, preset, clips, heldout_clips, epochs, batch_size, seeds, losses):
@@ -88,9 +88,9 @@ def main(out, report, preset, clips, heldout_clips, epochs, batch_size, seeds, l
     started = time.time()
     corpus, heldout = out / "corpus", out / "heldout"
     if not (corpus / "sets").is_dir():
-        generate_corpus(corpus, clips=clips, systems=10, seed=31, min_seconds=3, max_seconds=6, progress=False)
+        generate_corpus(corpus, clips=clips, systems=10, seed=31, min_seconds=3, max_seconds=4, progress=False)
     if not (heldout / "sets").is_dir():
-        generate_corpus(heldout, clips=heldout_clips, systems=10, seed=32, min_seconds=3, max_seconds=6, progress=False)
+        generate_corpus(heldout, clips=heldout_clips, systems=10, seed=32, min_seconds=3, max_seconds=4, progress=False)
     heldout_list = heldout / "all_mos_list.txt"
     heldout_list.write_text("".join((heldout / "sets" / f"{s}_mos_list.txt").read_text() for s in ("train", "dev", "test")))
     args = {"preset": preset, "epochs": epochs, "batch_size": batch_size}

@@ -39,7 +39,7 @@ from .musiceval import read_system_mos
 
 log = logging.getLogger("deramos")
 # Frozen pretrained encoders (paper) want the paper's small step; encoders trained from scratch a larger one.
-DEFAULT_LR = {"paper": 5e-5, "small": 1e-3, "tiny": 1e-3}
+DEFAULT_LR = {"paper": 5e-5, "small": 3e-4, "tiny": 1e-3}
 SELECTIONS = {  # checkpoint name -> (score from an epoch record, higher is better)
     "best_loss": lambda r: -r["val_loss"],
     "best_mi_sys": lambda r: r["dev"]["system"]["MI"]["SRCC"],
@@ -67,6 +67,12 @@ class TrainArgs:
     max_steps_per_epoch: int | None = None
     progress: bool = True
     loss_options: dict = field(default_factory=dict)
+    warmup_steps: int = 200
+    grad_clip: float = 1.0
+    # Negative prompts (off in the paper's recipe): this share of a batch's clips is paired with
+    # another clip's prompt and a low TA target, so the TA branch must look at the text.
+    negative_prompts: float = 0.0
+    negative_ta: float = 1.5
 
 
 class TrainStep(torch.nn.Module):
@@ -104,25 +110,43 @@ def epoch_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.nda
     return [order[i:i + batch_size] for i in range(0, n, batch_size)]
 
 
+def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
+    """Linear warm-up, then cosine decay to 10%: a function of the global step alone, so a
+    resumed run follows the same schedule without saving scheduler state."""
+    if step < warmup:
+        return base * (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
 def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch, rank, world) -> float:
     step_module.train()
     rng = np.random.default_rng([args.seed, epoch, rank])
     window = step_module_cfg(step_module).audio.window_samples
     random_crop = not step_module_cfg(step_module).audio.frozen
     batches = epoch_batches(len(examples), args.batch_size, epoch, args.seed)[: args.max_steps_per_epoch]
+    total_steps = len(batches) * args.epochs
+    base_lr = args.lr or DEFAULT_LR[args.preset]
+    warmup = min(args.warmup_steps, max(1, total_steps // 10))   # short runs warm up for 10% of their steps
+    params = [p for group in optimizer.param_groups for p in group["params"]]
     losses = []
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not args.progress or rank != 0, leave=False)
-    for batch in bar:
+    for index, batch in enumerate(bar):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(base_lr, (epoch - 1) * len(batches) + index, total_steps, warmup)
         if len(batch) < world:
             continue   # every rank needs a clip, or the gradient all-reduce would wait forever
         shard = [examples[i] for i in batch[rank::world]]
         waves = [crop(e.wave, window, rng if random_crop else None) for e in shard]
-        out = step_module(waves, [e.clip.prompt for e in shard])
+        prompts, ta_targets = negative_pairs(shard, examples, args, rng)
+        out = step_module(waves, prompts)
         y_mi = torch.tensor([e.clip.mi for e in shard], dtype=torch.float32, device=out["mi"].device)
-        y_ta = torch.tensor([e.clip.ta for e in shard], dtype=torch.float32, device=out["mi"].device)
+        y_ta = torch.tensor(ta_targets, dtype=torch.float32, device=out["mi"].device)
         loss, _ = total_loss(out, y_mi, y_ta, centres, loss_cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
+        if args.grad_clip:
+            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
         optimizer.step()
         losses.append(loss.item())
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
@@ -132,6 +156,18 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
         dist.all_reduce(total)
         mean = float(total) / world
     return mean
+
+
+def negative_pairs(shard, examples, args, rng) -> tuple[list[str], list[float]]:
+    """Prompts and TA targets for a shard; with --negative-prompts some clips get another clip's
+    prompt (a different text) and the TA target `negative_ta`."""
+    prompts, targets = [e.clip.prompt for e in shard], [e.clip.ta for e in shard]
+    for i, example in enumerate(shard):
+        if args.negative_prompts and rng.random() < args.negative_prompts:
+            other = examples[int(rng.integers(len(examples)))].clip.prompt
+            if other != example.clip.prompt:
+                prompts[i], targets[i] = other, args.negative_ta
+    return prompts, targets
 
 
 def step_module_cfg(step_module):
@@ -308,7 +344,9 @@ def _print_epoch(r: dict) -> None:
               help="dera = distributional + listwise (MI) + alignment (TA); the others are baselines.")
 @click.option("--epochs", default=100, show_default=True)
 @click.option("--batch-size", default=24, show_default=True)
-@click.option("--lr", type=float, help="AdamW learning rate [paper 5e-5; small, tiny 1e-3].")
+@click.option("--lr", type=float, help="Peak AdamW learning rate [paper 5e-5, small 3e-4, tiny 1e-3].")
+@click.option("--warmup-steps", default=200, show_default=True, help="Linear warm-up, then cosine decay to 10%.")
+@click.option("--grad-clip", default=1.0, show_default=True, help="Gradient norm clip (0: off).")
 @click.option("--patience", default=15, show_default=True, help="Early stopping on validation loss.")
 @click.option("--seed", default=1984, show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
@@ -319,6 +357,9 @@ def _print_epoch(r: dict) -> None:
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--rank-weight", type=float, help="λ_r of the listwise loss [0.01].")
 @click.option("--align-weight", type=float, help="λ_a of the alignment loss [0.2].")
+@click.option("--negative-prompts", default=0.0, show_default=True,
+              help="Share of clips trained with another clip's prompt and a low TA target (0 = the paper's recipe).")
+@click.option("--negative-ta", default=1.5, show_default=True, help="TA target of a negative prompt.")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(**opts):
     """Train DeRA-MOS on a MusicEval-layout directory.

@@ -5,15 +5,15 @@
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 WORK=${WORK:-build/default-model}
-CLIPS=${CLIPS:-2000}
-EPOCHS=${EPOCHS:-30}
+CLIPS=${CLIPS:-6000}
+EPOCHS=${EPOCHS:-20}
 export HF_HUB_OFFLINE=1
 
-"$BIN/deramos-synth" --out "$WORK/corpus" --clips "$CLIPS" --systems 12 --seed 11 --min-seconds 3 --max-seconds 6 --no-progress
-"$BIN/deramos-train" --data "$WORK/corpus" --preset small --epochs "$EPOCHS" --patience 8 --seed 1984 \
-    --batch-size 24 --out "$WORK/run" --cache-dir "$WORK/cache" --no-progress
+"$BIN/deramos-synth" --out "$WORK/corpus" --clips "$CLIPS" --systems 12 --seed 11 --min-seconds 3 --max-seconds 4 --no-progress
+"$BIN/deramos-train" --data "$WORK/corpus" --preset small --epochs "$EPOCHS" --patience 6 --seed 1984 \
+    --batch-size 16 --out "$WORK/run" --cache-dir "$WORK/cache" --no-progress
 
-"$BIN/deramos-synth" --out "$WORK/heldout" --clips 600 --systems 12 --seed 12 --min-seconds 3 --max-seconds 6 --no-progress
+"$BIN/deramos-synth" --out "$WORK/heldout" --clips 600 --systems 12 --seed 12 --min-seconds 3 --max-seconds 4 --no-progress
 cat "$WORK"/heldout/sets/{train,dev,test}_mos_list.txt > "$WORK/heldout/all_mos_list.txt"
 "$BIN/deramos-eval" --data "$WORK/heldout" --checkpoint "$WORK/run" --list "$WORK/heldout/all_mos_list.txt" --json \
     > "$WORK/heldout-metrics.json"

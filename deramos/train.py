@@ -73,6 +73,7 @@ class TrainArgs:
     # another clip's prompt and a low TA target, so the TA branch must look at the text.
     negative_prompts: float = 0.0
     negative_ta: float = 1.5
+    stop_after: int | None = None   # end this invocation after that epoch; the schedule still spans `epochs`
 
 
 class TrainStep(torch.nn.Module):
@@ -313,6 +314,8 @@ def run_training(args: TrainArgs) -> Path:
             _print_epoch(record)
         if world > 1:
             dist.barrier()
+        if args.stop_after is not None and epoch >= args.stop_after:
+            break
         if state["stale_epochs"] >= args.patience:
             if rank == 0:
                 click.echo(f"early stop: no validation improvement for {args.patience} epochs", err=True)
@@ -355,6 +358,7 @@ def _print_epoch(r: dict) -> None:
 @click.option("--window-policy", type=click.Choice(["variable", "pad"]), default="variable", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
+@click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")
 @click.option("--rank-weight", type=float, help="λ_r of the listwise loss [0.01].")
 @click.option("--align-weight", type=float, help="λ_a of the alignment loss [0.2].")
 @click.option("--negative-prompts", default=0.0, show_default=True,

@@ -169,9 +169,10 @@ def test_same_seed_same_run_other_seed_differs(cli_run, tiny_corpus, cache_dir, 
 # ---------------------------------------------------------------------------------------------
 # 3. resume
 
-def test_resume_equals_uninterrupted_run(cli_run, tiny_corpus, cache_dir, tmp_path):
-    run = tmp_path / "resumed"
-    shutil.copytree(cli_run, run)
+def test_resume_equals_uninterrupted_run(tiny_corpus, cache_dir, tmp_path):
+    # The LR schedule spans --epochs, so the interruption is a 4-epoch run stopped after epoch 2.
+    run = run_training(targs(tiny_corpus, tmp_path / "resumed", cache_dir, epochs=4, stop_after=2))
+    assert epochs_of(run) == [1, 2]
     first_lines = (run / "metrics.jsonl").read_text().splitlines()
 
     run_training(targs(tiny_corpus, run, cache_dir, epochs=4))

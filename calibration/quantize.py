@@ -52,7 +52,7 @@ class FeedReader:
         pass
 
 
-def encoder_feeds(clips, tokenizer: PromptTokenizer, batch: int = 4, same_shapes: bool = False) -> dict[str, list[dict]]:
+def encoder_feeds(clips, tokenizer: PromptTokenizer, batch: int = 2, same_shapes: bool = False) -> dict[str, list[dict]]:
     """Feeds for the two encoders. `same_shapes`: every batch padded to one shape (ONNX Runtime's
     histogram calibrators, used by entropy and percentile, cannot stack tensors of varying shape)."""
     waves, prompts = list(clips.waves), list(clips.prompts)
@@ -107,7 +107,10 @@ def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list
         calibrator = create_calibrator(str(fp32_path), QUANTIZED_OPS, augmented_model_path=str(Path(tmp) / "augmented.onnx"),
                                        calibrate_method=_method(method),
                                        extra_options={"symmetric": True, "num_bins": 2048, "percentile": 99.99})
-        calibrator.collect_data(FeedReader(feeds))
+        # One batch per call: the calibrator reduces and drops its intermediate tensors after
+        # each call, so memory stays at one batch's activations (paper preset: ~GBs per batch).
+        for feed in feeds:
+            calibrator.collect_data(FeedReader([feed]))
         tensors = calibrator.compute_data()
     # Ranges are scalars or per-channel arrays: stored as (nested) lists.
     return {name: [np.asarray(d.range_value[0], np.float32).tolist(), np.asarray(d.range_value[1], np.float32).tolist()]

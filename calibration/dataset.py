@@ -55,7 +55,8 @@ def held_out_set(spec: str | None, sample_rate: int, window_seconds: float, limi
     from ..synth import generate_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
-        generate_corpus(tmp, clips=limit, systems=8, seed=seed, min_seconds=3.0,
+        systems = max(2, min(8, limit // 3))   # the synthesiser renders >= 3 clips per system
+        generate_corpus(tmp, clips=max(limit, 6), systems=systems, seed=seed, min_seconds=3.0,
                         max_seconds=min(10.0, window_seconds), progress=False)
         return _from_musiceval(Path(tmp), ("train", "dev", "test"), sample_rate, window_seconds, limit, seed,
                                source="synthetic held-out corpus")

@@ -7,11 +7,13 @@ BIN=${BIN:-.venv/bin}
 WORK=${WORK:-build/default-model}
 CLIPS=${CLIPS:-6000}
 EPOCHS=${EPOCHS:-20}
+# The shipped model is time-boxed: the LR schedule spans $EPOCHS epochs, training stops after $STOP_AFTER.
+STOP_AFTER=${STOP_AFTER:-9}
 export HF_HUB_OFFLINE=1
 
 "$BIN/deramos-synth" --out "$WORK/corpus" --clips "$CLIPS" --systems 12 --seed 11 --min-seconds 3 --max-seconds 4 --no-progress
 "$BIN/deramos-train" --data "$WORK/corpus" --preset small --epochs "$EPOCHS" --patience 6 --seed 1984 \
-    --batch-size 16 --out "$WORK/run" --cache-dir "$WORK/cache" --no-progress
+    --batch-size 16 --stop-after "$STOP_AFTER" --out "$WORK/run" --cache-dir "$WORK/cache" --no-progress
 
 "$BIN/deramos-synth" --out "$WORK/heldout" --clips 600 --systems 12 --seed 12 --min-seconds 3 --max-seconds 4 --no-progress
 cat "$WORK"/heldout/sets/{train,dev,test}_mos_list.txt > "$WORK/heldout/all_mos_list.txt"

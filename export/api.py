@@ -25,6 +25,7 @@ class ExportOptions:
     validate: bool = True
     validate_clips: int = 64
     calib_clips: int = 64
+    int8_graphs: tuple[str, ...] = ("audio_encoder",)   # the others stay FP32 (calibration/quantize.py)
     seed: int = 0
     progress: bool = True
     timings: dict = field(default_factory=dict)

@@ -37,13 +37,15 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--calib-clips", default=64, show_default=True, help="Clips used to calibrate.")
 @click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
+@click.option("--int8-graphs", default="audio_encoder", show_default=True,
+              help="Graphs to quantise (comma-separated: audio_encoder,text_encoder); the rest stay FP32.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU (needs tensorrt + CUDA).")
 @click.option("--trt-precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Graph the engines are built from [int8 if --int8, else fp16 if --fp16, else fp32].")
 @click.option("--max-batch", default=8, show_default=True, help="TensorRT profile: largest batch.")
 @click.option("--opset", default=17, show_default=True)
 @click.option("--no-validate", is_flag=True, help="Skip the PyTorch-vs-ONNX Runtime checks (experts).")
 @click.option("--validate-clips", default=64, show_default=True, help="Clips compared in validation.")
-def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_clips, recalibrate, trt,
+def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_clips, recalibrate, int8_graphs, trt,
          trt_precision, max_batch, opset, no_validate, validate_clips):
     """Export DeRA-MOS to ONNX (FP32, optionally FP16 / INT8) and TensorRT, validated against PyTorch.
 
@@ -61,7 +63,8 @@ def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_cl
     say = lambda text: click.echo(text, err=True)  # noqa: E731
     say(f"exporting {source} -> {out}")
     options = ExportOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, recalibrate=recalibrate,
-                            opset=opset, validate=not no_validate, validate_clips=validate_clips, calib_clips=calib_clips)
+                            opset=opset, validate=not no_validate, validate_clips=validate_clips, calib_clips=calib_clips,
+                            int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()))
     try:
         manifest = export_bundle(model, out, options, say=say)
     except ExportFailed as err:

@@ -7,8 +7,8 @@ BIN=${BIN:-.venv/bin}
 WORK=${WORK:-build/default-model}
 CLIPS=${CLIPS:-6000}
 EPOCHS=${EPOCHS:-20}
-# The shipped model is time-boxed: the LR schedule spans $EPOCHS epochs, training stops after $STOP_AFTER.
-STOP_AFTER=${STOP_AFTER:-9}
+# STOP_AFTER < EPOCHS time-boxes a run: the LR schedule still spans $EPOCHS epochs.
+STOP_AFTER=${STOP_AFTER:-$EPOCHS}
 export HF_HUB_OFFLINE=1
 
 "$BIN/deramos-synth" --out "$WORK/corpus" --clips "$CLIPS" --systems 12 --seed 11 --min-seconds 3 --max-seconds 4 --no-progress

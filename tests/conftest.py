@@ -155,7 +155,8 @@ def export_bundle_dir(export_model, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("export_bundle") / "bundle"
     said = _Said()
-    options = ExportOptions(fp16=True, int8=True, validate_clips=64, calib_clips=32, progress=False)
+    options = ExportOptions(fp16=True, int8=True, validate_clips=64, calib_clips=32, progress=False,
+                            int8_graphs=("audio_encoder", "text_encoder"))   # both, so both are tested
     with _one_torch_thread():
         manifest = export_bundle(export_model, out, options, say=said)
     return out, manifest, said

@@ -44,7 +44,14 @@ def _ort(path: Path):
     return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
 
+BOTH = ("audio_encoder", "text_encoder")   # the shared bundle quantises both (tests/conftest.py)
+
+
 # -- the INT8 graphs -------------------------------------------------------------------------------
+
+
+def test_default_int8_quantises_the_audio_encoder_only():
+    assert ExportOptions().int8_graphs == q.QUANTIZED_GRAPHS == ("audio_encoder",)
 
 
 def test_int8_files_and_heads_entry(bundle):
@@ -190,35 +197,35 @@ def cache_runs(bundle, export_model, export_corpus, jsonl_source, tmp_path_facto
     2. audio_encoder's graph_sha256 edited: that cache is rebuilt (calibration: a JSONL file);
     3. text_encoder's ranges edited (key intact), --recalibrate: both rebuilt."""
     root = Path(shutil.copytree(bundle[0], tmp_path_factory.mktemp("cache") / "bundle"))
-    before = {g: q.ranges_path(root, g).read_bytes() for g in q.QUANTIZED_GRAPHS}
+    before = {g: q.ranges_path(root, g).read_bytes() for g in BOTH}
     runs = {"before": before}
 
     said: list[str] = []
-    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, calib_clips=32),
+    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, int8_graphs=BOTH, calib_clips=32),
                              say=said.append)
-    runs["reuse"] = (manifest, said, {g: q.ranges_path(root, g).read_bytes() for g in q.QUANTIZED_GRAPHS})
+    runs["reuse"] = (manifest, said, {g: q.ranges_path(root, g).read_bytes() for g in BOTH})
 
     cached = _ranges(root, "audio_encoder")
     cached["graph_sha256"] = "0" * 64
     q.ranges_path(root, "audio_encoder").write_text(json.dumps(cached))
     said = []
-    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, calib_clips=32),
+    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, int8_graphs=BOTH, calib_clips=32),
                              say=said.append)
-    runs["mismatch"] = (manifest, said, {g: _ranges(root, g) for g in q.QUANTIZED_GRAPHS})
+    runs["mismatch"] = (manifest, said, {g: _ranges(root, g) for g in BOTH})
     runs["mismatch_sha"] = sha256_file(q.ranges_path(root, "audio_encoder"))
 
     said = []   # other calibration data asked for: both caches are rebuilt from it
-    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, calib=str(jsonl_source),
+    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, int8_graphs=BOTH, calib=str(jsonl_source),
                                                                calib_clips=8), say=said.append)
-    runs["other_data"] = (manifest, said, {g: _ranges(root, g) for g in q.QUANTIZED_GRAPHS})
+    runs["other_data"] = (manifest, said, {g: _ranges(root, g) for g in BOTH})
 
     cached = _ranges(root, "text_encoder")
     cached["ranges"] = {name: [[-123.0], [123.0]] for name in cached["ranges"]}
     q.ranges_path(root, "text_encoder").write_text(json.dumps(cached))
     said = []
-    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, recalibrate=True,
+    manifest = export_bundle(export_model, root, ExportOptions(int8=True, validate=False, progress=False, int8_graphs=BOTH, recalibrate=True,
                                                                calib_clips=8), say=said.append)
-    runs["recalibrate"] = (manifest, said, {g: _ranges(root, g) for g in q.QUANTIZED_GRAPHS})
+    runs["recalibrate"] = (manifest, said, {g: _ranges(root, g) for g in BOTH})
     runs["root"] = root
     return runs
 
@@ -374,7 +381,7 @@ def test_each_source_calibrates_both_encoders(kind, bundle, tok, export_corpus, 
     clips = load_calibration_set(spec, 16000, 6.0, limit=4, seed=0)
     assert len(clips.waves) == len(clips.prompts) == 4
     feeds = q.encoder_feeds(clips, tok)
-    for graph in q.QUANTIZED_GRAPHS:
+    for graph in BOTH:
         ranges = q.calibrate(root / f"{graph}.onnx", feeds[graph], "minmax")
         target = tmp_path / f"{graph}.int8.onnx"
         q.quantize(root / f"{graph}.onnx", target, ranges, "minmax")

@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.bundle import GRAPHS, graph_file_name, sha256_file
+from ..runtime.audio import pad_waves
 from ..runtime.text import PromptTokenizer
 from .dataset import load_calibration_set
 
@@ -67,11 +68,8 @@ def encoder_feeds(clips, tokenizer: PromptTokenizer, batch: int = 2, same_shapes
     ids_all, mask_all = tokenizer.encode(prompts)
     audio, text = [], []
     for start in range(0, len(waves), batch):
-        chunk = waves[start:start + batch]
-        wave = np.zeros((len(chunk), width if same_shapes else max(len(w) for w in chunk)), np.float32)
-        for row, w in enumerate(chunk):
-            wave[row, :len(w)] = w
-        audio.append({"waveform": wave, "lengths": np.array([len(w) for w in chunk], np.int64)})
+        wave, lengths = pad_waves(waves[start:start + batch], width if same_shapes else None)
+        audio.append({"waveform": wave, "lengths": lengths})
         ids, mask = ids_all[start:start + batch], mask_all[start:start + batch]
         if not same_shapes:
             keep = int(mask.sum(axis=1).max())

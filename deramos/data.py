@@ -23,7 +23,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .musiceval import Clip, read_split
-from .runtime.audio import AudioError, load_audio
+from .runtime.audio import AudioError, load_audio, pad_waves
 
 log = logging.getLogger("deramos")
 WINDOW_POLICIES = ("variable", "pad")
@@ -62,12 +62,10 @@ def pad_batch(waves: list[np.ndarray], policy: str, window: int) -> tuple[torch.
     """-> wave [B, N] float32, lengths [B] int64."""
     if policy not in WINDOW_POLICIES:
         raise ValueError(f"unknown window policy {policy!r}; choose from {WINDOW_POLICIES}")
-    width = window if policy == "pad" else max(len(w) for w in waves)
-    batch = np.zeros((len(waves), width), dtype=np.float32)
-    for row, wave in enumerate(waves):
-        batch[row, :len(wave)] = wave
-    lengths = [width] * len(waves) if policy == "pad" else [len(w) for w in waves]
-    return torch.from_numpy(batch), torch.tensor(lengths, dtype=torch.int64)
+    batch, lengths = pad_waves(waves, window if policy == "pad" else None)
+    if policy == "pad":          # the padding counts as signal
+        lengths[:] = window
+    return torch.from_numpy(batch), torch.from_numpy(lengths)
 
 
 def pad_sequences(items: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,11 +7,16 @@ from pathlib import Path
 PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def default_checkpoint_dir() -> Path | None:
-    """The embedded default checkpoint shipped inside the package (config.json +
-    model.safetensors + tokenizer.json); `$DERAMOS_DEFAULT_CHECKPOINT` overrides it."""
+def default_checkpoint_location() -> Path:
+    """Where the embedded default checkpoint is looked for (config.json + model.safetensors +
+    tokenizer.json inside the package); `$DERAMOS_DEFAULT_CHECKPOINT` overrides it."""
     override = os.environ.get("DERAMOS_DEFAULT_CHECKPOINT")
-    path = Path(override) if override else PACKAGE_DIR / "default_model"
+    return Path(override) if override else PACKAGE_DIR / "default_model"
+
+
+def default_checkpoint_dir() -> Path | None:
+    """The default checkpoint's directory, or None when there is none."""
+    path = default_checkpoint_location()
     return path if (path / "model.safetensors").is_file() else None
 
 

@@ -127,7 +127,7 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
     random_crop = not step_module_cfg(step_module).audio.frozen
     batches = epoch_batches(len(examples), args.batch_size, epoch, args.seed)[: args.max_steps_per_epoch]
     total_steps = len(batches) * args.epochs
-    base_lr = args.lr or DEFAULT_LR[args.preset]
+    base_lr = optimizer.defaults["lr"]      # the preset default or --lr, resolved once in run_training
     warmup = min(args.warmup_steps, max(1, total_steps // 10))   # short runs warm up for 10% of their steps
     params = [p for group in optimizer.param_groups for p in group["params"]]
     losses = []
@@ -371,9 +371,7 @@ def main(**opts):
     Example: deramos-train --data /tmp/se --preset tiny --epochs 3 --out /tmp/run
     """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    loss_options = {k2: opts.pop(k) for k, k2 in (("rank_weight", "rank_weight"), ("align_weight", "align_weight"))
-                    if opts.get(k) is not None}
-    opts.pop("rank_weight", None), opts.pop("align_weight", None)
+    loss_options = {k: v for k in ("rank_weight", "align_weight") if (v := opts.pop(k)) is not None}
     progress = not opts.pop("no_progress")
     args = TrainArgs(**opts, progress=progress, loss_options=loss_options)
     run = run_training(args)

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..metrics import spearman
+from ..runtime.audio import pad_waves
 from ..runtime.text import PromptTokenizer
 from .samples import SampleSet, batches
 
@@ -51,12 +52,7 @@ def ort_sessions(paths: dict[str, Path], threads: int | None = None) -> dict:
 
 
 def _batch_inputs(samples: SampleSet, index: list[int], tokenizer: PromptTokenizer):
-    waves = [samples.waves[i] for i in index]
-    width = max(len(w) for w in waves)
-    wave = np.zeros((len(waves), width), np.float32)
-    for row, w in enumerate(waves):
-        wave[row, :len(w)] = w
-    lengths = np.array([len(w) for w in waves], np.int64)
+    wave, lengths = pad_waves([samples.waves[i] for i in index])
     ids, mask = tokenizer.encode([samples.prompts[i] for i in index])
     return wave, lengths, ids, mask
 

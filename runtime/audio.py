@@ -15,7 +15,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
-__all__ = ["AudioError", "load_audio", "prepare_waveform", "to_mono", "resample"]
+__all__ = ["AudioError", "load_audio", "prepare_waveform", "to_mono", "resample", "pad_waves"]
 
 # A 2-D array whose first axis is this short (or shorter) and shorter than the second axis is
 # read as (channels, samples); no real recording has more channels than this and fewer samples.
@@ -87,6 +87,15 @@ def prepare_waveform(
     mono = to_mono(samples)
     _check_duration(len(mono) / sample_rate, name, min_seconds, max_seconds)
     return resample(mono, sample_rate, target_rate)
+
+
+def pad_waves(waves, width: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Clips -> zero-padded batch [B, width or longest] float32 and their lengths [B] int64."""
+    width = width or max(len(w) for w in waves)
+    batch = np.zeros((len(waves), width), np.float32)
+    for row, wave in enumerate(waves):
+        batch[row, :len(wave)] = wave
+    return batch, np.array([len(w) for w in waves], np.int64)
 
 
 def to_mono(wave: np.ndarray) -> np.ndarray:

@@ -33,10 +33,7 @@ HOW_TO_GET_ONE = ("export one with `deramos-export --out DIR` and pass --bundle 
 EXPORT_FLAGS = ("--fp16", "--validate-clips", "16")
 
 
-def default_checkpoint_location() -> Path:
-    """Where the embedded default checkpoint is looked for (it may not exist)."""
-    override = os.environ.get(ENV_CHECKPOINT)
-    return Path(override) if override else paths.PACKAGE_DIR / "default_model"
+default_checkpoint_location = paths.default_checkpoint_location
 
 
 def resolve_bundle_dir(bundle: str | os.PathLike | None = None, say: Callable[[str], None] | None = None) -> Path:

@@ -85,10 +85,18 @@ class Featurizer:
                     self.audio_cache.put(keys[i], found[i])
         return found
 
-    def heads(self, waves: list[np.ndarray], prompts: list[str]) -> dict[str, torch.Tensor]:
+    def heads(self, waves: list[np.ndarray], prompts: list[str],
+              counterfactual: list[str] | None = None) -> dict[str, torch.Tensor]:
+        """Head outputs; with `counterfactual` prompts (one per clip) the TA branch also runs on
+        them over the same audio frames, as cf_ta, cf_ta_logits, cf_text_emb."""
         frames, frame_mask = self.audio(waves)
         tokens, token_mask = self.text(prompts)
-        return self.model.heads(frames, frame_mask, tokens, token_mask)
+        out = self.model.heads(frames, frame_mask, tokens, token_mask)
+        if counterfactual is not None:
+            tokens, token_mask = self.text(counterfactual)
+            logits, _, text_emb = self.model.heads.ta(frames, frame_mask, tokens, token_mask)
+            out.update(cf_ta=self.model.heads.bins(logits)[0], cf_ta_logits=logits, cf_text_emb=text_emb)
+        return out
 
 
 def min_tail_samples(cfg) -> int:

@@ -65,6 +65,17 @@ class LossConfig:
             raise ValueError(f"unknown loss {self.kind!r}; choose from {', '.join(LOSS_KINDS)}")
 
 
+def with_counterfactuals(out: dict[str, torch.Tensor], y_ta: torch.Tensor,
+                         y_cf: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+    """Counterfactual (clip, prompt) pairs are more TA examples: append them to the TA outputs
+    (the audio embedding repeats: same clip) so every TA term of the loss sees both."""
+    merged = dict(out)
+    for key in ("ta", "ta_logits", "text_emb"):
+        merged[key] = torch.cat([out[key], out[f"cf_{key}"]])
+    merged["audio_emb"] = torch.cat([out["audio_emb"], out["audio_emb"]])
+    return merged, torch.cat([y_ta, y_cf])
+
+
 def total_loss(out: dict[str, torch.Tensor], y_mi: torch.Tensor, y_ta: torch.Tensor,
                centres: torch.Tensor, cfg: LossConfig) -> tuple[torch.Tensor, dict[str, float]]:
     """The training objective for cfg.kind; returns the loss and its parts (floats, for logging)."""

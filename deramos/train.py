@@ -32,7 +32,7 @@ from .checkpoint import recover_dir, save_checkpoint, save_tensors
 from .config import preset
 from .data import crop, load_examples
 from .features import Featurizer, predict
-from .losses import LOSS_KINDS, LossConfig, total_loss
+from .losses import LOSS_KINDS, LossConfig, total_loss, with_counterfactuals
 from .metrics import evaluate
 from .model import DeRAMOS
 from .musiceval import read_system_mos
@@ -69,10 +69,12 @@ class TrainArgs:
     loss_options: dict = field(default_factory=dict)
     warmup_steps: int = 200
     grad_clip: float = 1.0
-    # Negative prompts (off in the paper's recipe): this share of a batch's clips is paired with
-    # another clip's prompt and a low TA target, so the TA branch must look at the text.
-    negative_prompts: float = 0.0
-    negative_ta: float = 1.5
+    # Counterfactual prompts (synthetic corpora only; 0 = off, the paper's recipe): per clip this
+    # many prompts that get one or two attributes wrong, with the TA the simulated raters would
+    # give; each step pairs every clip with one of them as well as with its own prompt.
+    counterfactual_prompts: int = 0
+    init_audio_encoder: str | None = None   # a deramos-pretrain output: start from its encoder
+    freeze_audio_encoder: bool = False      # train the heads only (the paper's recipe with MuQ)
     stop_after: int | None = None   # end this invocation after that epoch; the schedule still spans `epochs`
 
 
@@ -83,8 +85,8 @@ class TrainStep(torch.nn.Module):
         super().__init__()
         self.model, self.featurizer = model, featurizer
 
-    def forward(self, waves: list, prompts: list):
-        return self.featurizer.heads(waves, prompts)
+    def forward(self, waves: list, prompts: list, counterfactual: list | None = None):
+        return self.featurizer.heads(waves, prompts, counterfactual)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -98,6 +100,8 @@ def setup_distributed(device: str) -> tuple[int, int]:
 
 def build_model(args: TrainArgs) -> DeRAMOS:
     cfg = preset(args.preset)
+    if args.freeze_audio_encoder:
+        cfg.audio.frozen = True
     if args.audio_encoder:
         cfg.audio.source = args.audio_encoder
     if args.text_encoder:
@@ -120,7 +124,8 @@ def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch, rank, world) -> float:
+def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch, rank, world,
+                counterfactuals=None) -> float:
     step_module.train()
     rng = np.random.default_rng([args.seed, epoch, rank])
     window = step_module_cfg(step_module).audio.window_samples
@@ -139,10 +144,13 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
             continue   # every rank needs a clip, or the gradient all-reduce would wait forever
         shard = [examples[i] for i in batch[rank::world]]
         waves = [crop(e.wave, window, rng if random_crop else None) for e in shard]
-        prompts, ta_targets = negative_pairs(shard, examples, args, rng)
-        out = step_module(waves, prompts)
-        y_mi = torch.tensor([e.clip.mi for e in shard], dtype=torch.float32, device=out["mi"].device)
-        y_ta = torch.tensor(ta_targets, dtype=torch.float32, device=out["mi"].device)
+        cf_prompts, cf_targets = pick_counterfactuals(shard, counterfactuals, rng)
+        out = step_module(waves, [e.clip.prompt for e in shard], cf_prompts)
+        device = out["mi"].device
+        y_mi = torch.tensor([e.clip.mi for e in shard], dtype=torch.float32, device=device)
+        y_ta = torch.tensor([e.clip.ta for e in shard], dtype=torch.float32, device=device)
+        if cf_prompts is not None:
+            out, y_ta = with_counterfactuals(out, y_ta, torch.tensor(cf_targets, dtype=torch.float32, device=device))
         loss, _ = total_loss(out, y_mi, y_ta, centres, loss_cfg)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -159,16 +167,29 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
     return mean
 
 
-def negative_pairs(shard, examples, args, rng) -> tuple[list[str], list[float]]:
-    """Prompts and TA targets for a shard; with --negative-prompts some clips get another clip's
-    prompt (a different text) and the TA target `negative_ta`."""
-    prompts, targets = [e.clip.prompt for e in shard], [e.clip.ta for e in shard]
-    for i, example in enumerate(shard):
-        if args.negative_prompts and rng.random() < args.negative_prompts:
-            other = examples[int(rng.integers(len(examples)))].clip.prompt
-            if other != example.clip.prompt:
-                prompts[i], targets[i] = other, args.negative_ta
-    return prompts, targets
+def pick_counterfactuals(shard, counterfactuals, rng) -> tuple[list[str] | None, list[float] | None]:
+    """One counterfactual (prompt, TA) per clip of the shard, or (None, None) when off."""
+    if not counterfactuals:
+        return None, None
+    picked = [counterfactuals[e.clip.path.name][int(rng.integers(len(counterfactuals[e.clip.path.name])))]
+              for e in shard]
+    return [p for p, _ in picked], [t for _, t in picked]
+
+
+def load_train_counterfactuals(args: TrainArgs, train: list) -> dict | None:
+    if not args.counterfactual_prompts:
+        return None
+    from .synth.counterfactual import load_counterfactuals
+
+    try:
+        table = load_counterfactuals(args.data, args.counterfactual_prompts, args.seed)
+    except FileNotFoundError as err:
+        raise click.ClickException(f"--counterfactual-prompts: {err}") from None
+    missing = [e.clip.path.name for e in train if e.clip.path.name not in table]
+    if missing:
+        raise click.ClickException(f"--counterfactual-prompts: {missing[0]} (and {len(missing) - 1} more) "
+                                   f"not in {args.data}/synth_meta.jsonl")
+    return table
 
 
 def step_module_cfg(step_module):
@@ -277,7 +298,15 @@ def run_training(args: TrainArgs) -> Path:
     rank, world = setup_distributed(args.device)
     torch.manual_seed(args.seed)
     run = Path(args.out)
-    model = build_model(args).to(args.device)
+    model = build_model(args)
+    if args.init_audio_encoder:
+        from .pretrain import load_pretrained_encoder
+
+        try:
+            load_pretrained_encoder(model, args.init_audio_encoder)
+        except (FileNotFoundError, ValueError) as err:
+            raise click.ClickException(f"--init-audio-encoder: {err}") from None
+    model = model.to(args.device)
     loss_cfg = LossConfig(kind=args.loss, **args.loss_options)
     cache = args.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deramos" / "features")
     featurizer = Featurizer(model, cache_dir=cache, device=args.device, window_policy=args.window_policy)
@@ -289,6 +318,7 @@ def run_training(args: TrainArgs) -> Path:
     if not train or not dev:
         raise click.ClickException(f"{args.data}: need clips in both the train and the dev list")
     system_truth = _system_truth(args.data)
+    counterfactuals = load_train_counterfactuals(args, train)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=args.lr or DEFAULT_LR[args.preset], weight_decay=args.weight_decay)
     if rank == 0:
@@ -301,7 +331,8 @@ def run_training(args: TrainArgs) -> Path:
     centres = model.heads.bins.centres
     for epoch in range(state["epoch"] + 1, args.epochs + 1):
         started = time.time()
-        train_loss = train_epoch(step_module, optimizer, train, args, loss_cfg, centres.to(args.device), epoch, rank, world)
+        train_loss = train_epoch(step_module, optimizer, train, args, loss_cfg, centres.to(args.device), epoch, rank,
+                                 world, counterfactuals)
         record = {"epoch": epoch, "train_loss": train_loss}
         record.update(validate(model, featurizer, dev, args, loss_cfg, centres.cpu(), system_truth))
         record["seconds"] = round(time.time() - started, 2)
@@ -355,15 +386,19 @@ def _print_epoch(r: dict) -> None:
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
 @click.option("--audio-encoder", type=click.Path(exists=True, file_okay=False), help="MuQ checkpoint directory (config.json + model.safetensors).")
 @click.option("--text-encoder", type=click.Path(exists=True, file_okay=False), help="Hugging Face encoder directory (with its tokenizer).")
+@click.option("--init-audio-encoder", type=click.Path(exists=True),
+              help="Start the audio encoder from a deramos-pretrain output (from-scratch presets).")
+@click.option("--freeze-audio-encoder", is_flag=True,
+              help="Keep the audio encoder fixed and train the heads only (e.g. after --init-audio-encoder).")
 @click.option("--window-policy", type=click.Choice(["variable", "pad"]), default="variable", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")
 @click.option("--rank-weight", type=float, help="λ_r of the listwise loss [0.01].")
 @click.option("--align-weight", type=float, help="λ_a of the alignment loss [0.2].")
-@click.option("--negative-prompts", default=0.0, show_default=True,
-              help="Share of clips trained with another clip's prompt and a low TA target (0 = the paper's recipe).")
-@click.option("--negative-ta", default=1.5, show_default=True, help="TA target of a negative prompt.")
+@click.option("--counterfactual-prompts", default=0, show_default=True, metavar="K",
+              help="deramos-synth corpora only: also train TA on K prompts per clip that get 1-2 attributes "
+                   "wrong, scored like the simulated raters would (0 = off, the paper's recipe).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(**opts):
     """Train DeRA-MOS on a MusicEval-layout directory.

@@ -18,6 +18,7 @@ from deramos.losses import (
     pairwise_margin,
     pointwise_l1,
     total_loss,
+    with_counterfactuals,
 )
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -253,6 +254,26 @@ def test_total_loss_backpropagates(kind):
             "pairwise": ("mi_logits", "ta_logits")}[kind]
     for name in used:
         assert leaves[name].grad is not None and leaves[name].grad.abs().sum() > 0, name
+
+
+def test_counterfactuals_join_the_ta_terms_only():
+    out = model_output(6)
+    gen = torch.Generator().manual_seed(9)
+    cf = {"cf_ta_logits": torch.randn(4, K, generator=gen), "cf_text_emb": torch.randn(4, 6, generator=gen)}
+    cf["cf_ta"] = (torch.softmax(cf["cf_ta_logits"], -1) * C).sum(-1)
+    y_cf = t([1.5, 2.5, 3.5, 4.5])
+    merged, y_ta = with_counterfactuals({**out, **cf}, Y_TA4, y_cf)
+    assert torch.equal(y_ta, torch.cat([Y_TA4, y_cf]))
+    assert torch.equal(merged["ta_logits"], torch.cat([out["ta_logits"], cf["cf_ta_logits"]]))
+    assert torch.equal(merged["audio_emb"], torch.cat([out["audio_emb"], out["audio_emb"]]))
+    assert merged["mi"] is out["mi"]                                   # MI sees the real pairs only
+    loss, parts = total_loss(merged, Y_MI, y_ta, C, LossConfig())
+    both_kl = (float(gaussian_kl(out["ta_logits"], Y_TA4, C)) + float(gaussian_kl(cf["cf_ta_logits"], y_cf, C))) / 2
+    assert parts["kl_ta"] == pytest.approx(both_kl, rel=1e-6)
+    assert parts["kl_mi"] == pytest.approx(float(gaussian_kl(out["mi_logits"], Y_MI, C)), rel=1e-6)
+    both_align = (float(alignment(out["audio_emb"], out["text_emb"], Y_TA4))
+                  + float(alignment(out["audio_emb"], cf["cf_text_emb"], y_cf))) / 2
+    assert parts["align_ta"] == pytest.approx(0.2 * both_align, rel=1e-6)
 
 
 def test_unknown_kind_raises():

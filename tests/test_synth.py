@@ -339,3 +339,57 @@ def test_too_few_clips_per_system_is_refused(tmp_path):
         generate_corpus(tmp_path, clips=5, systems=2, progress=False)
     result = CliRunner().invoke(cli_main, ["--out", str(tmp_path), "--clips", "5", "--systems", "2"])
     assert result.exit_code != 0 and "3 clips per system" in result.output
+
+
+# --------------------------------------------------------------------------- counterfactual prompts
+
+
+def test_counterfactual_changes_one_or_two_kinds_and_moves_ta_by_their_weight():
+    from deramos.synth.corpus import TA_WEIGHTS
+    from deramos.synth.counterfactual import counterfactual
+
+    asked = ClipAttributes(instrument="flute", tempo_bpm=70.0, mode="minor", genre="waltz", dynamics="soft")
+    rng = np.random.default_rng(5)
+    sizes = set()
+    for _ in range(40):
+        other, prompt, ta = counterfactual(asked, asked, 4.4, rng)     # the clip honours its own prompt
+        changed = [kind for kind, same in attribute_matches(asked, other).items() if not same]
+        sizes.add(len(changed))
+        assert 1 <= len(changed) <= 2
+        assert ta == pytest.approx(max(1.0, 4.4 - 3.7 * sum(TA_WEIGHTS[k] for k in changed)), abs=1e-3)
+        for kind in ("instrument", "genre"):
+            phrases = VOCABULARY[kind][other.kind_value(kind)]
+            assert any(p.lower() in prompt.lower() for p in phrases), (kind, prompt)
+    assert sizes == {1, 2}
+
+
+def test_counterfactual_can_raise_ta_when_it_asks_for_what_was_rendered():
+    from deramos.synth.counterfactual import counterfactual
+
+    asked = ClipAttributes(instrument="flute", genre="waltz")
+    heard = ClipAttributes(instrument="organ", genre="waltz")      # the system got the instrument wrong
+    rng = np.random.default_rng(0)
+    raised = [ta for other, _, ta in (counterfactual(asked, heard, 3.2, rng) for _ in range(300))
+              if other.instrument == "organ" and attribute_matches(other, heard) == dict.fromkeys(PROMPT_KINDS, True)]
+    assert raised and all(t == pytest.approx(3.2 + 3.7 * 0.30, abs=1e-3) for t in raised)
+
+
+def test_load_counterfactuals_covers_every_clip_deterministically(corpus):
+    from deramos.synth.counterfactual import load_counterfactuals
+
+    root, _ = corpus
+    table = load_counterfactuals(root, 3, seed=7)
+    records = _read_meta(root)
+    assert set(table) == {r["wav"] for r in records}
+    assert all(len(pairs) == 3 for pairs in table.values())
+    own = {r["wav"]: r["prompt"] for r in records}
+    assert all(p != own[wav] and 1.0 <= ta <= 5.0 for wav, pairs in table.items() for p, ta in pairs)
+    assert load_counterfactuals(root, 3, seed=7) == table
+    assert load_counterfactuals(root, 3, seed=8) != table
+
+
+def test_load_counterfactuals_needs_a_synthetic_corpus(tmp_path):
+    from deramos.synth.counterfactual import load_counterfactuals
+
+    with pytest.raises(FileNotFoundError, match=r"synth_meta.jsonl: not found; counterfactual prompts need a corpus made by deramos-synth"):
+        load_counterfactuals(tmp_path, 2, seed=0)

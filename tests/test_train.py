@@ -348,6 +348,44 @@ def test_unknown_loss_is_a_usage_error(tiny_corpus, tmp_path):
         run_training(targs(tiny_corpus, tmp_path / "y", tmp_path / "c", loss="bogus"))
 
 
+def test_counterfactual_prompts_train_the_ta_branch_on_them(tiny_corpus, cache_dir, tmp_path, monkeypatch):
+    seen = []
+    original = train_mod.Featurizer.heads
+
+    def recording_heads(self, waves, prompts, counterfactual=None):
+        out = original(self, waves, prompts, counterfactual)
+        if self.model.training:
+            seen.append((list(prompts), counterfactual, out))
+        return out
+
+    monkeypatch.setattr(train_mod.Featurizer, "heads", recording_heads)
+    run = run_training(targs(tiny_corpus, tmp_path / "cf", cache_dir, epochs=1, max_steps_per_epoch=2,
+                             counterfactual_prompts=2))
+    assert len(seen) == 2
+    meta = [json.loads(line) for line in (tiny_corpus / "synth_meta.jsonl").read_text().splitlines()]
+    own_prompts = {r["prompt"] for r in meta}
+    for prompts, counterfactual, out in seen:
+        assert len(counterfactual) == len(prompts) and all(c not in own_prompts for c in counterfactual)
+        assert out["cf_ta_logits"].shape == out["ta_logits"].shape and out["cf_ta_logits"].requires_grad
+    baseline = run_training(targs(tiny_corpus, tmp_path / "plain", cache_dir, epochs=1, max_steps_per_epoch=2))
+    ta_a = {k: v for k, v in weights(run / "last").items() if k.startswith("heads.ta.")}
+    ta_b = {k: v for k, v in weights(baseline / "last").items() if k.startswith("heads.ta.")}
+    assert max_weight_diff(ta_a, ta_b) > 0.0
+    assert json.loads((run / "config.json").read_text())["training"]["counterfactual_prompts"] == 2
+
+
+def test_counterfactual_prompts_need_a_synthetic_corpus(tiny_corpus, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    (data / "synth_meta.jsonl").unlink()
+    result = cli(["--data", str(data), "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "run"),
+                  "--cache-dir", str(tmp_path / "cache"), "--counterfactual-prompts", "2", "--no-progress"])
+    assert result.exit_code == 1
+    assert "Error: --counterfactual-prompts:" in result.output
+    assert "synth_meta.jsonl: not found; counterfactual prompts need a corpus made by deramos-synth" in result.output
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
 # ---------------------------------------------------------------------------------------------
 # 6. early stopping
 

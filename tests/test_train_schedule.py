@@ -1,10 +1,11 @@
-"""The learning-rate schedule and the negative-prompt pairing of deramos-train."""
+"""The learning-rate schedule and the counterfactual-prompt pairing of deramos-train."""
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
-from deramos.train import learning_rate, negative_pairs
+from deramos.train import learning_rate, pick_counterfactuals
 
 
 def test_warmup_is_linear_then_cosine_decays_to_ten_percent():
@@ -19,23 +20,21 @@ def test_warmup_is_linear_then_cosine_decays_to_ten_percent():
     assert all(a >= b for a, b in zip(rates, rates[1:]))          # never rises after warm-up
 
 
-def _example(prompt, ta):
-    return SimpleNamespace(clip=SimpleNamespace(prompt=prompt, ta=ta, mi=3.0))
+def _example(wav, prompt, ta):
+    return SimpleNamespace(clip=SimpleNamespace(path=Path("wav") / wav, prompt=prompt, ta=ta, mi=3.0))
 
 
-def test_negative_prompts_off_keeps_the_pairs():
-    shard = [_example(f"p{i}", 3.0 + i / 10) for i in range(6)]
-    args = SimpleNamespace(negative_prompts=0.0, negative_ta=1.5)
-    prompts, targets = negative_pairs(shard, shard, args, np.random.default_rng(0))
-    assert prompts == [e.clip.prompt for e in shard] and targets == [e.clip.ta for e in shard]
+def test_counterfactuals_off_gives_none():
+    shard = [_example(f"c{i}.wav", f"p{i}", 3.0) for i in range(4)]
+    assert pick_counterfactuals(shard, None, np.random.default_rng(0)) == (None, None)
 
 
-def test_negative_prompts_swap_text_and_lower_the_target():
-    pool = [_example(f"prompt {i}", 4.5) for i in range(50)]
-    args = SimpleNamespace(negative_prompts=0.5, negative_ta=1.5)
-    prompts, targets = negative_pairs(pool, pool, args, np.random.default_rng(3))
-    swapped = [i for i, (p, e) in enumerate(zip(prompts, pool)) if p != e.clip.prompt]
-    assert 10 <= len(swapped) <= 40                                  # about half
-    assert all(targets[i] == 1.5 for i in swapped)
-    assert all(targets[i] == 4.5 for i in range(len(pool)) if i not in swapped)
-    assert all(prompts[i] in {e.clip.prompt for e in pool} for i in swapped)
+def test_one_counterfactual_per_clip_from_its_own_pool():
+    shard = [_example(f"c{i}.wav", f"p{i}", 3.0) for i in range(6)]
+    table = {f"c{i}.wav": [(f"c{i} alt {k}", 1.0 + i + k / 10) for k in range(3)] for i in range(6)}
+    prompts, targets = pick_counterfactuals(shard, table, np.random.default_rng(2))
+    assert len(prompts) == len(targets) == 6
+    for i, (prompt, target) in enumerate(zip(prompts, targets)):
+        assert (prompt, target) in table[f"c{i}.wav"]
+    picks = {tuple(pick_counterfactuals(shard, table, np.random.default_rng(seed))[0]) for seed in range(8)}
+    assert len(picks) > 1                                          # drawn afresh, not always the first

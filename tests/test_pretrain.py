@@ -1,0 +1,100 @@
+"""deramos-pretrain: attribute-tagging pre-training of a from-scratch audio encoder, and
+deramos-train --init-audio-encoder starting from it."""
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+from safetensors.torch import load_file
+
+from deramos.audio_encoder import AudioEncoder
+from deramos.config import preset
+from deramos.synth import FAMILIES
+from deramos.pretrain import CLASSES, attribute_labels, main as pretrain_main
+from deramos.train import TrainArgs, main as train_main, run_training
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.fixture(scope="module")
+def pretrained(tiny_corpus, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("pre") / "PRE"
+    result = CliRunner().invoke(pretrain_main, ["--data", str(tiny_corpus), "--out", str(out), "--preset", "tiny",
+                                                "--epochs", "2", "--no-progress"])
+    assert result.exit_code == 0, (result.output, result.exception)
+    assert f"pre-trained encoder saved in {out}" in result.output
+    return out
+
+
+def test_labels_are_the_rendered_attributes(tiny_corpus):
+    labels = attribute_labels(tiny_corpus)
+    meta = [json.loads(line) for line in (tiny_corpus / "synth_meta.jsonl").read_text().splitlines()]
+    assert set(labels) == {r["wav"] for r in meta}
+    for record in meta:
+        heard = record["rendered_attributes"]
+        got = {kind: CLASSES[kind][labels[record["wav"]][kind]] for kind in CLASSES}
+        assert got["instrument"] == heard["instrument"] and got["genre"] == heard["genre"]
+        assert got["mood"] == heard["mode"] and got["dynamics"] == heard["dynamics"]
+        assert got["tempo"] == ("slow" if heard["tempo_bpm"] < 86 else "moderate" if heard["tempo_bpm"] < 121 else "fast")
+        severity = dict(zip(FAMILIES, labels[record["wav"]]["severity"]))
+        assert severity == {f: record["degradations"].get(f, 0.0) for f in FAMILIES}
+
+
+def test_pretrain_writes_the_encoder_and_its_dev_accuracy(pretrained):
+    state = load_file(str(pretrained / "audio_encoder.safetensors"))
+    fresh = AudioEncoder(preset("tiny").audio).state_dict()
+    assert set(state) == set(fresh)
+    assert any(not torch.equal(state[k], fresh[k]) for k in fresh if fresh[k].is_floating_point())
+    report = json.loads((pretrained / "pretrain.json").read_text())
+    assert [e["epoch"] for e in report["epochs"]] == [1, 2]
+    assert all(0.0 <= e["dev_severity_mae"] <= 1.0 for e in report["epochs"])
+    for epoch in report["epochs"]:
+        assert set(epoch["dev_accuracy"]) == set(CLASSES)
+        assert all(0.0 <= a <= 1.0 for a in epoch["dev_accuracy"].values())
+    assert report["model"]["name"] == "tiny" and report["arguments"]["epochs"] == 2
+
+
+def test_train_starts_from_the_pretrained_encoder(pretrained, tiny_corpus, tmp_path):
+    args = TrainArgs(data=str(tiny_corpus), out=str(tmp_path / "run"), preset="tiny", epochs=1, lr=1e-12,
+                     max_steps_per_epoch=1, cache_dir=str(tmp_path / "cache"), progress=False,
+                     init_audio_encoder=str(pretrained))
+    run = run_training(args)
+    trained = load_file(str(run / "last" / "model.safetensors"))
+    start = load_file(str(pretrained / "audio_encoder.safetensors"))
+    for key, value in start.items():
+        if value.is_floating_point() and "running" not in key:    # BatchNorm statistics move in train mode
+            assert torch.allclose(trained[f"audio_encoder.{key}"], value, atol=1e-6), key
+
+
+def test_frozen_pretrained_encoder_stays_exactly_as_loaded(pretrained, tiny_corpus, tmp_path):
+    args = TrainArgs(data=str(tiny_corpus), out=str(tmp_path / "run"), preset="tiny", epochs=1, max_steps_per_epoch=2,
+                     cache_dir=str(tmp_path / "cache"), progress=False, init_audio_encoder=str(pretrained),
+                     freeze_audio_encoder=True)
+    run = run_training(args)
+    trained = load_file(str(run / "last" / "model.safetensors"))
+    start = load_file(str(pretrained / "audio_encoder.safetensors"))
+    assert all(torch.equal(trained[f"audio_encoder.{k}"], v) for k, v in start.items())    # BatchNorm stats too
+    assert json.loads((run / "last" / "config.json").read_text())["model"]["audio"]["frozen"] is True
+
+
+def test_an_encoder_of_another_preset_is_refused(pretrained, tiny_corpus, tmp_path):
+    result = CliRunner().invoke(train_main, ["--data", str(tiny_corpus), "--preset", "small", "--epochs", "1",
+                                             "--out", str(tmp_path / "run"), "--init-audio-encoder", str(pretrained),
+                                             "--no-progress"])
+    assert result.exit_code == 1
+    assert "Error: --init-audio-encoder:" in result.output and "an encoder of another configuration" in result.output
+
+
+def test_pretrain_needs_a_synthetic_corpus(tiny_corpus, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(tiny_corpus, data)
+    (data / "synth_meta.jsonl").unlink()
+    result = CliRunner().invoke(pretrain_main, ["--data", str(data), "--out", str(tmp_path / "pre"), "--preset", "tiny",
+                                                "--no-progress"])
+    assert result.exit_code == 1
+    assert "synth_meta.jsonl: not found; pre-training needs a corpus made by deramos-synth" in result.output
+    assert not (tmp_path / "pre" / "audio_encoder.safetensors").exists()

@@ -75,6 +75,7 @@ class TrainArgs:
     counterfactual_prompts: int = 0
     init_audio_encoder: str | None = None   # a deramos-pretrain output: start from its encoder
     freeze_audio_encoder: bool = False      # train the heads only (the paper's recipe with MuQ)
+    audio_encoder_lr_scale: float = 1.0     # a trainable audio encoder learns at lr * this
     stop_after: int | None = None   # end this invocation after that epoch; the schedule still spans `epochs`
 
 
@@ -139,7 +140,7 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not args.progress or rank != 0, leave=False)
     for index, batch in enumerate(bar):
         for group in optimizer.param_groups:
-            group["lr"] = learning_rate(base_lr, (epoch - 1) * len(batches) + index, total_steps, warmup)
+            group["lr"] = group.get("lr_scale", 1.0) * learning_rate(base_lr, (epoch - 1) * len(batches) + index, total_steps, warmup)
         if len(batch) < world:
             continue   # every rank needs a clip, or the gradient all-reduce would wait forever
         shard = [examples[i] for i in batch[rank::world]]
@@ -319,8 +320,8 @@ def run_training(args: TrainArgs) -> Path:
         raise click.ClickException(f"{args.data}: need clips in both the train and the dev list")
     system_truth = _system_truth(args.data)
     counterfactuals = load_train_counterfactuals(args, train)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=args.lr or DEFAULT_LR[args.preset], weight_decay=args.weight_decay)
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.lr or DEFAULT_LR[args.preset],
+                                  weight_decay=args.weight_decay)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps({"model": model.cfg.to_dict(), "training": asdict(args)}, indent=2))
@@ -354,6 +355,17 @@ def run_training(args: TrainArgs) -> Path:
     if world > 1:
         dist.destroy_process_group()
     return run
+
+
+def parameter_groups(model, args: TrainArgs) -> list[dict]:
+    """Trainable parameters; a pre-trained audio encoder may learn slower than the heads."""
+    encoder = [p for p in model.audio_encoder.parameters() if p.requires_grad]
+    mine = {id(p) for p in encoder}
+    rest = [p for p in model.parameters() if p.requires_grad and id(p) not in mine]
+    groups = [{"params": rest, "lr_scale": 1.0}]
+    if encoder:
+        groups.append({"params": encoder, "lr_scale": args.audio_encoder_lr_scale})
+    return groups
 
 
 def _system_truth(root):
@@ -390,6 +402,8 @@ def _print_epoch(r: dict) -> None:
               help="Start the audio encoder from a deramos-pretrain output (from-scratch presets).")
 @click.option("--freeze-audio-encoder", is_flag=True,
               help="Keep the audio encoder fixed and train the heads only (e.g. after --init-audio-encoder).")
+@click.option("--audio-encoder-lr-scale", default=1.0, show_default=True,
+              help="A trainable audio encoder learns at this fraction of --lr (e.g. 0.1 after --init-audio-encoder).")
 @click.option("--window-policy", type=click.Choice(["variable", "pad"]), default="variable", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")

@@ -81,6 +81,17 @@ def test_frozen_pretrained_encoder_stays_exactly_as_loaded(pretrained, tiny_corp
     assert json.loads((run / "last" / "config.json").read_text())["model"]["audio"]["frozen"] is True
 
 
+def test_the_encoder_learns_at_its_share_of_the_learning_rate(pretrained, tiny_corpus, tmp_path):
+    args = TrainArgs(data=str(tiny_corpus), out=str(tmp_path / "run"), preset="tiny", epochs=2, lr=1e-3,
+                     max_steps_per_epoch=2, cache_dir=str(tmp_path / "cache"), progress=False,
+                     init_audio_encoder=str(pretrained), audio_encoder_lr_scale=0.1)
+    run = run_training(args)
+    heads, encoder = json.loads((run / "last" / "train_state.json").read_text())["param_groups"]
+    assert (heads["lr_scale"], encoder["lr_scale"]) == (1.0, 0.1)
+    assert heads["lr"] > 0 and encoder["lr"] == pytest.approx(0.1 * heads["lr"], rel=1e-9)
+    assert len(encoder["params"]) == len(list(AudioEncoder(preset("tiny").audio).parameters()))
+
+
 def test_an_encoder_of_another_preset_is_refused(pretrained, tiny_corpus, tmp_path):
     result = CliRunner().invoke(train_main, ["--data", str(tiny_corpus), "--preset", "small", "--epochs", "1",
                                              "--out", str(tmp_path / "run"), "--init-audio-encoder", str(pretrained),

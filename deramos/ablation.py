@@ -2,6 +2,10 @@
 vs pairwise margin. Same preset, corpus, budget; several seeds each; SRCC/KTAU of MI and TA at
 utterance and system level on a held-out corpus (a different synth seed), as mean ± std.
 
+As in the paper, every loss trains the heads on a frozen pre-trained audio encoder: here one
+encoder pre-trained once with deramos-pretrain on the training corpus, shared by all runs, and
+the same counterfactual prompts for every loss.
+
     python -m deramos.ablation --out build/ablation --report docs/ablation.md
 
 Runs whose result file exists are not repeated, so an interrupted ablation resumes.
@@ -18,6 +22,7 @@ import numpy as np
 
 from .evaluate import evaluate_checkpoint
 from .losses import LOSS_KINDS
+from .pretrain import pretrain
 from .synth import generate_corpus
 from .train import TrainArgs, run_training
 
@@ -32,7 +37,8 @@ def run_one(corpus: Path, heldout_list: Path, heldout: Path, out: Path, loss: st
     started = time.time()
     run_training(TrainArgs(data=str(corpus), out=str(run), preset=args["preset"], loss=loss, epochs=args["epochs"],
                            batch_size=args["batch_size"], seed=seed, patience=args["epochs"], progress=False,
-                           cache_dir=str(out / "cache")))
+                           cache_dir=str(out / "cache"), lr=args["lr"], init_audio_encoder=str(out / "pretrain"),
+                           freeze_audio_encoder=True, counterfactual_prompts=args["counterfactual_prompts"]))
     evaluation = evaluate_checkpoint(str(heldout), str(run), list_file=str(heldout_list), progress=False)
     result = {"loss": loss, "seed": seed, "train_seconds": round(time.time() - started, 1),
               "metrics": evaluation["metrics"]}
@@ -57,7 +63,10 @@ def markdown(table: dict, settings: dict, command: str) -> str:
     lines = ["# Ablation: the DeRA-MOS losses against the baselines", "",
              f"Reproduce with `{command}` ({settings['total_minutes']:.0f} min on this 2-core CPU).", "",
              f"Preset `{settings['preset']}`, training corpus `deramos-synth --clips {settings['clips']} --seed "
-             f"{settings['corpus_seed']}` (train/dev lists), {settings['epochs']} epochs, batch {settings['batch_size']}, "
+             f"{settings['corpus_seed']}` (train/dev lists); the audio encoder pre-trained once on it "
+             f"(`deramos-pretrain --epochs {settings['pretrain_epochs']}`, {settings['pretrain_minutes']:.0f} min) and "
+             f"frozen, as in the paper; heads trained {settings['epochs']} epochs, batch {settings['batch_size']}, "
+             f"peak LR {settings['lr']:g}, {settings['counterfactual_prompts']} counterfactual prompts per clip, "
              f"seeds {settings['seeds']}; the checkpoint kept is `best_combined` (dev). Evaluated on every clip of a "
              f"held-out corpus (`--clips {settings['heldout_clips']} --seed {settings['heldout_seed']}`): mean ± std "
              "over seeds.", "",
@@ -75,13 +84,17 @@ def markdown(table: dict, settings: dict, command: str) -> str:
 @click.option("--out", default="build/ablation", show_default=True, type=click.Path(file_okay=False))
 @click.option("--report", default="docs/ablation.md", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--preset", default="small", show_default=True)
-@click.option("--clips", default=600, show_default=True)
-@click.option("--heldout-clips", default=400, show_default=True)
-@click.option("--epochs", default=8, show_default=True)
+@click.option("--clips", default=2000, show_default=True)
+@click.option("--heldout-clips", default=600, show_default=True)
+@click.option("--pretrain-epochs", default=6, show_default=True)
+@click.option("--epochs", default=15, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
+@click.option("--lr", default=1e-3, show_default=True)
+@click.option("--counterfactual-prompts", default=4, show_default=True)
 @click.option("--seeds", default="1,2,3", show_default=True)
 @click.option("--losses", default=",".join(LOSS_KINDS), show_default=True)
-def main(out, report, preset, clips, heldout_clips, epochs, batch_size, seeds, losses):
+def main(out, report, preset, clips, heldout_clips, pretrain_epochs, epochs, batch_size, lr, counterfactual_prompts,
+         seeds, losses):
     """Train every loss with every seed on the same data and budget; write a markdown report."""
     logging.basicConfig(level=logging.ERROR)
     out = Path(out)
@@ -93,14 +106,20 @@ def main(out, report, preset, clips, heldout_clips, epochs, batch_size, seeds, l
         generate_corpus(heldout, clips=heldout_clips, systems=10, seed=32, min_seconds=3, max_seconds=4, progress=False)
     heldout_list = heldout / "all_mos_list.txt"
     heldout_list.write_text("".join((heldout / "sets" / f"{s}_mos_list.txt").read_text() for s in ("train", "dev", "test")))
-    args = {"preset": preset, "epochs": epochs, "batch_size": batch_size}
+    if not (out / "pretrain" / "audio_encoder.safetensors").exists():
+        pretrain(str(corpus), str(out / "pretrain"), preset, epochs=pretrain_epochs, progress=False)
+    pretrained = json.loads((out / "pretrain" / "pretrain.json").read_text())["epochs"]
+    pretrain_minutes = sum(epoch["seconds"] for epoch in pretrained) / 60
+    args = {"preset": preset, "epochs": epochs, "batch_size": batch_size, "lr": lr,
+            "counterfactual_prompts": counterfactual_prompts}
     results = []
     for loss in losses.split(","):
         for seed in (int(s) for s in seeds.split(",")):
             click.echo(f"{loss} seed {seed} ...", err=True)
             results.append(run_one(corpus, heldout_list, heldout, out, loss, seed, args))
     settings = dict(args, clips=clips, corpus_seed=31, heldout_clips=heldout_clips, heldout_seed=32,
-                    seeds=seeds, total_minutes=sum(r["train_seconds"] for r in results) / 60)
+                    seeds=seeds, pretrain_epochs=pretrain_epochs, pretrain_minutes=pretrain_minutes,
+                    total_minutes=pretrain_minutes + sum(r["train_seconds"] for r in results) / 60)
     table = summarise(results)
     text = markdown(table, settings, "make ablation")
     Path(report).parent.mkdir(parents=True, exist_ok=True)

@@ -45,7 +45,7 @@ def hann_window(n: int) -> np.ndarray:
     return (0.5 - 0.5 * np.cos(2.0 * np.pi * np.arange(n) / n)).astype(np.float64)
 
 
-def dft_basis(n_fft: int) -> np.ndarray:
+def dft_basis(n_fft: int, dtype=np.float32) -> np.ndarray:
     """[2 * n_freqs, 1, n_fft]: windowed cos rows then windowed -sin rows."""
     n_freqs = n_fft // 2 + 1
     k = np.arange(n_freqs)[:, None]
@@ -53,7 +53,7 @@ def dft_basis(n_fft: int) -> np.ndarray:
     angle = 2.0 * np.pi * k * n / n_fft
     window = hann_window(n_fft)[None, :]
     basis = np.concatenate([np.cos(angle) * window, -np.sin(angle) * window], axis=0)
-    return basis[:, None, :].astype(np.float32)
+    return basis[:, None, :].astype(dtype)
 
 
 def frame_count(num_samples: torch.Tensor | int, hop_length: int):
@@ -68,6 +68,9 @@ class MelFrontEnd(nn.Module):
         self.n_fft, self.hop_length, self.n_mels = n_fft, hop_length, n_mels
         self.mean, self.std = float(mean), float(std)
         self.use_dft_conv = False
+        # float64 (window and DFT basis too) makes this the exact model, up to the float32 mel
+        # weights: the reference exported graphs are validated against.
+        self.float64 = False
         # Buffers are derived from the config, so they are not part of the state dict.
         self.register_buffer("mel_fb", torch.from_numpy(mel_filterbank(sample_rate, n_fft, n_mels)),
                              persistent=False)
@@ -80,12 +83,12 @@ class MelFrontEnd(nn.Module):
 
         Frames past a clip's own length are zeroed (the value single-clip padding would give).
         """
-        wave = wave.float()
+        wave = wave.double() if self.float64 else wave.float()
         padded = self._reflect_pad_per_clip(wave, lengths)            # [B, N + n_fft]
         power = self._power_spectrogram(padded)                       # [B, n_freqs, T + 1]
-        mel = torch.matmul(self.mel_fb.t(), power)[..., :-1]          # [B, n_mels, T]
+        mel = torch.matmul(self.mel_fb.t().to(power.dtype), power)[..., :-1]   # [B, n_mels, T]
         db = 10.0 * torch.log10(torch.clamp(mel, min=1e-10))
-        normalised = (db - self.mean) / self.std
+        normalised = ((db - self.mean) / self.std).float()
         valid = self.valid_frames(lengths, normalised.shape[-1])     # [B, T]
         return normalised * valid[:, None, :].to(normalised.dtype), valid
 
@@ -105,10 +108,12 @@ class MelFrontEnd(nn.Module):
 
     def _power_spectrogram(self, padded: torch.Tensor) -> torch.Tensor:
         if self.use_dft_conv:
-            spec = F.conv1d(padded[:, None, :], self.basis, stride=self.hop_length)  # [B, 2F, T+1]
+            basis = self.basis if not self.float64 else torch.from_numpy(dft_basis(self.n_fft, np.float64)).to(padded.device)
+            spec = F.conv1d(padded[:, None, :], basis, stride=self.hop_length)  # [B, 2F, T+1]
             real, imag = spec.chunk(2, dim=1)
             return real * real + imag * imag
-        spec = torch.stft(padded, self.n_fft, self.hop_length, window=self.window, center=False,
+        window = self.window if not self.float64 else torch.from_numpy(hann_window(self.n_fft)).to(padded.device)
+        spec = torch.stft(padded, self.n_fft, self.hop_length, window=window, center=False,
                           return_complex=True)
         return spec.real.square() + spec.imag.square()
 

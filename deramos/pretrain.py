@@ -96,7 +96,7 @@ def accuracy(tagger: AttributeTagger, examples, labels, window: int, batch_size:
     return scores, round(severity_error / len(examples), 4)
 
 
-def pretrain(data: str, out: str, preset_name: str = "small", epochs: int = 4, batch_size: int = 16,
+def pretrain(data: str, out: str, preset_name: str = "small", epochs: int = 6, batch_size: int = 16,
              lr: float = 1e-3, seed: int = 1984, progress: bool = True) -> Path:
     torch.manual_seed(seed)
     cfg = preset(preset_name)
@@ -179,7 +179,7 @@ def load_pretrained_encoder(model, path: str | Path) -> None:
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A deramos-synth corpus.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--preset", "preset_name", type=click.Choice(["small", "tiny"]), default="small", show_default=True)
-@click.option("--epochs", default=4, show_default=True)
+@click.option("--epochs", default=6, show_default=True)
 @click.option("--batch-size", default=16, show_default=True)
 @click.option("--lr", default=1e-3, show_default=True, help="Peak AdamW learning rate (warm-up, cosine decay).")
 @click.option("--seed", default=1984, show_default=True)

@@ -403,7 +403,7 @@ def _print_epoch(r: dict) -> None:
 @click.option("--freeze-audio-encoder", is_flag=True,
               help="Keep the audio encoder fixed and train the heads only (e.g. after --init-audio-encoder).")
 @click.option("--audio-encoder-lr-scale", default=1.0, show_default=True,
-              help="A trainable audio encoder learns at this fraction of --lr (e.g. 0.1 after --init-audio-encoder).")
+              help="A trainable audio encoder learns at this fraction of --lr (e.g. 0.2 after --init-audio-encoder).")
 @click.option("--window-policy", type=click.Choice(["variable", "pad"]), default="variable", show_default=True)
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")

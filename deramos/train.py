@@ -140,7 +140,8 @@ def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch
     bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not args.progress or rank != 0, leave=False)
     for index, batch in enumerate(bar):
         for group in optimizer.param_groups:
-            group["lr"] = group.get("lr_scale", 1.0) * learning_rate(base_lr, (epoch - 1) * len(batches) + index, total_steps, warmup)
+            scheduled = learning_rate(base_lr, (epoch - 1) * len(batches) + index, total_steps, warmup)
+            group["lr"] = group.get("lr_scale", 1.0) * scheduled
         if len(batch) < world:
             continue   # every rank needs a clip, or the gradient all-reduce would wait forever
         shard = [examples[i] for i in batch[rank::world]]
@@ -172,8 +173,8 @@ def pick_counterfactuals(shard, counterfactuals, rng) -> tuple[list[str] | None,
     """One counterfactual (prompt, TA) per clip of the shard, or (None, None) when off."""
     if not counterfactuals:
         return None, None
-    picked = [counterfactuals[e.clip.path.name][int(rng.integers(len(counterfactuals[e.clip.path.name])))]
-              for e in shard]
+    pools = [counterfactuals[e.clip.path.name] for e in shard]
+    picked = [pool[int(rng.integers(len(pool)))] for pool in pools]
     return [p for p, _ in picked], [t for _, t in picked]
 
 

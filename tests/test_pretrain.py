@@ -109,3 +109,13 @@ def test_pretrain_needs_a_synthetic_corpus(tiny_corpus, tmp_path):
     assert result.exit_code == 1
     assert "synth_meta.jsonl: not found; pre-training needs a corpus made by deramos-synth" in result.output
     assert not (tmp_path / "pre" / "audio_encoder.safetensors").exists()
+
+
+def test_same_seed_same_encoder(pretrained, tiny_corpus, tmp_path):
+    again = tmp_path / "again"
+    result = CliRunner().invoke(pretrain_main, ["--data", str(tiny_corpus), "--out", str(again), "--preset", "tiny",
+                                                "--epochs", "2", "--no-progress"])
+    assert result.exit_code == 0, result.output
+    first = load_file(str(pretrained / "audio_encoder.safetensors"))
+    second = load_file(str(again / "audio_encoder.safetensors"))
+    assert all(torch.equal(first[k], second[k]) for k in first)

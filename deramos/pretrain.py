@@ -15,7 +15,6 @@ OUT/
 from __future__ import annotations
 
 import json
-import math
 import time
 from pathlib import Path
 
@@ -82,7 +81,8 @@ def tagging_loss(logits: dict[str, torch.Tensor], truth: dict[str, torch.Tensor]
 
 
 @torch.no_grad()
-def accuracy(tagger: AttributeTagger, examples, labels, window: int, batch_size: int) -> dict[str, float]:
+def dev_scores(tagger: AttributeTagger, examples, labels, window: int, batch_size: int) -> tuple[dict[str, float], float]:
+    """-> accuracy per attribute kind, mean absolute error of the degradation severities."""
     tagger.eval()
     correct, severity_error = dict.fromkeys(CLASSES, 0), 0.0
     for start in range(0, len(examples), batch_size):
@@ -118,25 +118,13 @@ def pretrain(data: str, out: str, preset_name: str = "small", epochs: int = 6, b
         raise click.ClickException(f"{unlabelled[0]} (and {len(unlabelled) - 1} more) not in {data}/{META_FILE}")
     window = cfg.audio.window_samples
     optimizer = torch.optim.AdamW(tagger.parameters(), lr=lr, weight_decay=0.01)
-    steps_per_epoch = math.ceil(len(train) / batch_size)
     history = []
     for epoch in range(1, epochs + 1):
-        started, rng, losses = time.time(), np.random.default_rng([seed, epoch]), []
-        tagger.train()
+        started = time.time()
         batches = epoch_batches(len(train), batch_size, epoch, seed)
-        for index, batch in enumerate(tqdm(batches, desc=f"pretrain {epoch}", unit="batch", disable=not progress, leave=False)):
-            step = (epoch - 1) * steps_per_epoch + index
-            for group in optimizer.param_groups:
-                group["lr"] = learning_rate(lr, step, epochs * steps_per_epoch, min(200, steps_per_epoch))
-            shard = [train[i] for i in batch]
-            wave, lengths = pad_batch([crop(e.wave, window, rng) for e in shard], "variable", window)
-            loss = tagging_loss(tagger(wave, lengths), label_tensors(shard, labels))
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(tagger.parameters(), 1.0)
-            optimizer.step()
-            losses.append(loss.item())
-        scores, severity_mae = accuracy(tagger, dev, labels, window, batch_size)
+        losses = train_epoch(tagger, optimizer, train, labels, batches, window, np.random.default_rng([seed, epoch]),
+                             (lr, (epoch - 1) * len(batches), epochs * len(batches)), progress)
+        scores, severity_mae = dev_scores(tagger, dev, labels, window, batch_size)
         record = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), "dev_accuracy": scores,
                   "dev_severity_mae": severity_mae, "seconds": round(time.time() - started, 1)}
         history.append(record)
@@ -145,6 +133,25 @@ def pretrain(data: str, out: str, preset_name: str = "small", epochs: int = 6, b
                    + f"  severity MAE {severity_mae:.3f}  ({record['seconds']:.0f} s)", err=True)
     return save_pretrained(tagger, Path(out), cfg, history,
                            dict(data=data, preset=preset_name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+
+
+def train_epoch(tagger, optimizer, train, labels, batches, window, rng, schedule, progress) -> list[float]:
+    """One pass over `batches`; schedule = (peak LR, global step of the first batch, total steps)."""
+    peak, first_step, total = schedule
+    tagger.train()
+    losses = []
+    for index, batch in enumerate(tqdm(batches, desc="pretrain", unit="batch", disable=not progress, leave=False)):
+        for group in optimizer.param_groups:
+            group["lr"] = learning_rate(peak, first_step + index, total, min(200, len(batches)))
+        shard = [train[i] for i in batch]
+        wave, lengths = pad_batch([crop(e.wave, window, rng) for e in shard], "variable", window)
+        loss = tagging_loss(tagger(wave, lengths), label_tensors(shard, labels))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(tagger.parameters(), 1.0)
+        optimizer.step()
+        losses.append(loss.item())
+    return losses
 
 
 def save_pretrained(tagger: AttributeTagger, out: Path, cfg, history: list, args: dict) -> Path:

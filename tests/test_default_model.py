@@ -29,7 +29,7 @@ def test_matching_prompts_score_higher_ta_on_every_example(monkeypatch):
     from deramos.features import Featurizer, predict
     from deramos.runtime.audio import load_audio
 
-    model = load_checkpoint(MODEL_DIR, "last")
+    model = load_checkpoint(MODEL_DIR)
     featurizer = Featurizer(model)
     rows = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
     waves = [load_audio(REPO / "examples" / r["path"], model.cfg.audio.sample_rate) for r in rows]

@@ -12,7 +12,7 @@ import numpy as np
 from .checkpoint import load_checkpoint
 from .data import load_examples
 from .features import Featurizer, predict
-from .metrics import evaluate, format_table
+from .runtime.metrics import evaluate, format_table
 from .musiceval import read_system_mos, write_answer
 
 

@@ -33,7 +33,7 @@ from .config import preset
 from .data import crop, load_examples
 from .features import Featurizer, predict
 from .losses import LOSS_KINDS, LossConfig, total_loss, with_counterfactuals
-from .metrics import evaluate
+from .runtime.metrics import evaluate
 from .model import DeRAMOS
 from .musiceval import read_system_mos
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from deramos.pretrain import pretrain
+from deramos.pretrain import PretrainArgs, pretrain
 from deramos.synth import generate_corpus
 from deramos.train import TrainArgs, run_training
 
@@ -59,7 +59,8 @@ def main() -> None:
         tmp = Path(name)
         corpus, cache = tmp / "corpus", str(tmp / "cache")
         generate_corpus(corpus, clips=48, systems=4, seed=3, min_seconds=2.0, max_seconds=3.0, progress=False)
-        pretrain(str(corpus), str(tmp / "pre"), "tiny", epochs=2, batch_size=8, progress=False)
+        pretrain(PretrainArgs(data=str(corpus), out=str(tmp / "pre"), preset="tiny", epochs=2, batch_size=8,
+                              progress=False))
         common = dict(data=str(corpus), preset="tiny", epochs=2, batch_size=8, cache_dir=cache, progress=False)
         run_training(TrainArgs(out=str(tmp / "run_plain"), **common))
         run_training(TrainArgs(out=str(tmp / "run_pre_cf"), init_audio_encoder=str(tmp / "pre"),

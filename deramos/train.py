@@ -37,7 +37,7 @@ from .losses import LOSS_KINDS, LossConfig, total_loss, with_counterfactuals
 from .metrics import evaluate
 from .model import DeRAMOS
 from .musiceval import read_system_mos
-from .reporting import TrainingError, progress_log
+from .reporting import TrainingError, one_line, progress_log
 
 log = logging.getLogger("deramos")
 # Frozen pretrained encoders (paper) want the paper's small step; encoders trained from scratch a larger one.
@@ -133,7 +133,10 @@ def build_model(args: TrainArgs) -> DeRAMOS:
         cfg.audio.source = args.audio_encoder
     if args.text_encoder:
         cfg.text.source = args.text_encoder
-    model = DeRAMOS(cfg, seed=args.seed)
+    try:
+        model = DeRAMOS(cfg, seed=args.seed)
+    except (OSError, ValueError) as err:   # an encoder directory that is not one
+        raise TrainingError(f"cannot build the {args.preset} model: {one_line(err)}") from None
     if args.init_audio_encoder:
         from .pretrain import load_pretrained_encoder
 

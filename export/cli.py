@@ -78,7 +78,7 @@ def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_cl
 
 
 def _build_trt(out: str, precision: str, max_batch: int, say) -> None:
-    from .tensorrt import Profiles, TensorRTUnavailable, build_engines
+    from ..runtime.engine_build import Profiles, TensorRTUnavailable, build_engines
 
     try:
         build_engines(out, precision, Profiles(batch=(1, min(4, max_batch), max_batch)), say=say)

@@ -293,7 +293,7 @@ def _import_tensorrt():
 
 def _build_engines(bundle: Bundle, precision: str) -> None:
     try:
-        from deramos.export.tensorrt import build_engines
+        from .engine_build import build_engines
     except ImportError as error:
         raise BackendUnavailable(f"tensorrt: no engine for this GPU and building one needs the export extra "
                                  f"(pip install 'deramos[export]'): {_one_line(error)}") from None

@@ -188,27 +188,21 @@ def test_nothing_imports_bench():
 # ---------------------------------------------------------------------------------------------
 # the target of issue 11 (section 5): these pass once the cycles are gone (then drop the marks)
 
-@pytest.mark.xfail(strict=True, reason="runtime/backends.py imports deramos.export.tensorrt to build TensorRT "
-                                        "engines on demand (issue 11: the build stage takes that over)")
 def test_runtime_imports_neither_export_nor_calibration():
     assert edges_from("runtime", ("export", "calibration")) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="calibration/ calls export's graphs, validate and samples "
-                                        "(issue 11: the build stage reads bundles, not export)")
 def test_the_build_stage_does_not_import_export():
     assert {folder: edges_from(folder, ("export",)) for folder in BUILD_STAGE} == dict.fromkeys(BUILD_STAGE, {})
 
 
-@pytest.mark.xfail(strict=True, reason="calibration/drift.py and quantize.py reach torch through "
-                                        "export/validate.py and export/graphs.py")
 def test_the_build_stage_can_run_without_torch():
     offenders = {m: reaches_torch(m) for m in module_files() if folder_of(m) in BUILD_STAGE}
     assert {m: found for m, found in offenders.items() if found} == {}
 
 
-@pytest.mark.xfail(strict=True, reason="cycles today: export <-> calibration, runtime -> export -> runtime, and "
-                                        "deramos <-> runtime through the torch-free deramos.paths")
+@pytest.mark.xfail(strict=True, reason="one cycle left: deramos <-> runtime through the torch-free deramos.paths "
+                                        "(the runtime finds the default model in the deramos package)")
 def test_the_folder_graph_has_no_cycles():
     assert cycles(folder_edges()) == []
 

@@ -1,4 +1,4 @@
-"""export/tensorrt.py: the logic that runs anywhere (device tag, shape profiles, availability),
+"""runtime/engine_build.py: the logic that runs anywhere (device tag, shape profiles, availability),
 and engine builds that need TensorRT and a CUDA GPU (skipped elsewhere, with the reason)."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import types
 import numpy as np
 import pytest
 
-from deramos.export import tensorrt as trt_export
-from deramos.export.tensorrt import Profiles, TensorRTUnavailable, _shapes, available, build_engines, device_tag
+from deramos.runtime import engine_build as trt_export
+from deramos.runtime.engine_build import Profiles, TensorRTUnavailable, _shapes, available, build_engines, device_tag
 from deramos.runtime.bundle import GRAPH_IO, GRAPHS, load_bundle
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None

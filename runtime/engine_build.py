@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.bundle import GRAPHS, load_bundle
+from .bundle import GRAPHS, load_bundle
 
 
 class TensorRTUnavailable(RuntimeError):

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -148,13 +149,14 @@ class Scorer:
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
              threads: int | None = None, batch_size: int = 8, *, verify: bool = True, build: bool = False,
-             say=None) -> "Scorer":
+             say=None, decode_budget: int = DECODE_BUDGET) -> "Scorer":
         """bundle None -> $DERAMOS_BUNDLE -> the default bundle (exported on first use).
         Raises BundleError / BackendUnavailable (one line) when it cannot load."""
         from .default import resolve_bundle_dir
 
         loaded = load_bundle(resolve_bundle_dir(bundle, say=say), verify=verify)
-        return cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size)
+        return cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size,
+                   decode_budget=decode_budget)
 
     @property
     def backend_report(self) -> BackendReport | None:
@@ -201,6 +203,7 @@ class Scorer:
             ahead.refill()   # keep the decoders busy while this chunk runs on the backend
             yield from self._score_chunk([prepared for prepared, _ in chunk])
             ahead.release(chunk)
+            ahead.refill()   # what the budget held back until now
 
     def close(self) -> None:
         if self._pool is not None:
@@ -405,7 +408,10 @@ def _decode_bytes(item, sample_rate, target_rate: int) -> int:
     frames, rate = 0, target_rate
     if isinstance(item, (str, bytes, os.PathLike)):
         try:
-            info = sf.info(item if isinstance(item, bytes) or os.name == "nt" else os.fsencode(item))
+            native = item if os.name == "nt" else os.fsencode(item)
+            if not stat.S_ISREG(os.stat(native).st_mode):
+                return 0      # opening a FIFO would block here; the decoder refuses it
+            info = sf.info(native)
             frames, rate = info.frames, info.samplerate
         except Exception:   # unreadable, missing, odd name: _prepare says why
             return 0

@@ -300,7 +300,10 @@ def run_training(args: TrainArgs) -> Path:
     rank, world = setup_distributed(args.device)
     torch.manual_seed(args.seed)
     run = Path(args.out)
-    model = build_model(args)
+    try:
+        model = build_model(args)
+    except (FileNotFoundError, ValueError) as err:   # an unreadable --audio-encoder / --text-encoder
+        raise click.ClickException(str(err)) from None
     if args.init_audio_encoder:
         from .pretrain import load_pretrained_encoder
 

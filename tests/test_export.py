@@ -552,3 +552,27 @@ def test_cli_help_lists_every_option():
     for expected in ("--checkpoint", "--out", "--fp16", "--int8", "--calib", "--calib-method", "--recalibrate",
                      "--trt", "--no-validate", "--opset", "--max-batch"):
         assert expected in options
+
+
+def test_a_text_vocabulary_smaller_than_1000_exports(tmp_path, torch_single_thread):
+    """The tracing inputs once used ids up to 1000 whatever the vocabulary (IndexError)."""
+    import onnxruntime as ort
+
+    from deramos.config import preset
+    from deramos.model import DeRAMOS
+
+    cfg = preset("tiny")
+    cfg.text.vocab_size = 300
+    model = DeRAMOS(cfg).eval()
+    ids, mask = export_graphs.example_inputs(model)["text_encoder"]
+    assert int(ids.max()) < 300
+    manifest = export_bundle(model, tmp_path / "bundle", ExportOptions(validate=False, progress=False),
+                             say=lambda _: None)
+    assert "text_encoder.onnx" in manifest["files"]
+    ids = torch.tensor([[5, 299, 17, 2]], dtype=torch.int64)
+    mask = torch.ones_like(ids)
+    session = ort.InferenceSession(str(tmp_path / "bundle" / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    (tokens,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        expected = model.text_encoder(ids, mask).numpy()
+    np.testing.assert_allclose(tokens, expected, atol=1e-4)

@@ -65,6 +65,10 @@ def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
 
         with timer("calibrate int8"):
             calibration = build_int8_graphs(model, out, files, options, say)
+        used = calibration.get("calibration_set", {}).get("clips")
+        if used is not None and used < options.calib_clips:
+            say(f"calibration: --calib-clips {options.calib_clips} asked for, but only {used} usable clips "
+                f"in {calibration['calibration_set']['source']}: calibrated on {used}")
     if options.validate:
         with timer("validate"):
             parity = _validate(model, out, files, options, tokenizer)

@@ -99,3 +99,16 @@ def test_the_wheel_ships_the_default_model_without_a_setuptools_warning(tmp_path
                ("config.json", "model.safetensors", "tokenizer.json", "heldout-metrics.json")}
     assert shipped <= names
     assert {"deramos/extras.py", "deramos/runtime/cli.py", "deramos/export/cli.py"} <= names
+
+
+def test_the_readme_stands_alone():
+    """Every relative link and path the README names is inside this repository and exists."""
+    import re
+
+    text = (REPO / "README.md").read_text()
+    assert "../" not in text
+    links = re.findall(r"\]\(([^)#]+)\)", text)
+    assert "docs/design.md" in links
+    for link in links:
+        if "://" not in link:
+            assert (REPO / link).resolve().is_relative_to(REPO) and (REPO / link).exists(), link

@@ -286,7 +286,7 @@ def _json_type(value) -> str:
 def _check_header(manifest, path: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a deramos bundle manifest (format is not {FORMAT!r})")
-    version = manifest.get("format_version")
+    version = manifest.get("format_version", MISSING)
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise BundleError(f"{path}: field format_version must be a positive integer, got {_json_type(version)}")
     if version > FORMAT_VERSION:

@@ -89,8 +89,13 @@ def test_default_model_without_torch_says_how_to_get_a_cpu_torch(runtime_only_en
 
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building a wheel needs setuptools")
 def test_the_wheel_ships_the_default_model_without_a_setuptools_warning(tmp_path):
+    import shutil
+
+    source = tmp_path / "source"      # setuptools builds in the source tree: not in the checkout
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "tests",
+                                                                "__pycache__"))
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
-                           "-w", str(tmp_path), str(REPO)], capture_output=True, text=True, timeout=300)
+                           "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert "default_model" not in done.stdout + done.stderr
     (wheel,) = tmp_path.glob("deramos-*.whl")

@@ -28,8 +28,9 @@ HELP = """Score text-to-music clips: MI (music impression) and TA (text alignmen
 
 \b
 JSONL input: one object per line, {"path": "a.wav", "prompt": "calm solo piano"}
-(paths relative to the current directory); the output repeats each object with
-"mi", "ta" and "error" added, in input order.
+(UTF-8, paths relative to the current directory); the output repeats each object
+with "mi", "ta" and "error" added, in input order. Two clips without --prompt are
+refused: the second would be taken for the prompt.
 
 \b
 Any audio libsndfile reads, at any rate and channel count; clips longer than the

@@ -33,7 +33,7 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 @click.option("--out", default="deramos-bundle", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (front-end and sensitive reductions stay FP32).")
 @click.option("--int8", is_flag=True, help="Also write INT8 QDQ graphs, calibrated, with a drift report.")
-@click.option("--calib", type=click.Path(exists=True), help="Calibration data: MusicEval dir, audio folder + prompts.txt, or JSONL [synthetic].")
+@click.option("--calib", type=click.Path(exists=True), help="Optional calibration data: MusicEval dir, audio folder + prompts.txt, or JSONL [rendered synthetic music].")
 @click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
 @click.option("--calib-clips", default=64, show_default=True, help="Clips used to calibrate.")
 @click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
@@ -52,7 +52,7 @@ def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_cl
     \b
     Examples:
       deramos-export --fp16                          # embedded default model -> ./deramos-bundle
-      deramos-export --checkpoint runs/r1 --int8 --calib data/musiceval --out bundle
+      deramos-export --checkpoint runs/r1 --int8 --calib corpus --out bundle   # corpus: a MusicEval-layout dir
       deramos-export --preset paper --fp16 --out paper-bundle   # random weights, full size
     """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")

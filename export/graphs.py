@@ -72,7 +72,8 @@ def example_inputs(model, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]
     n = min(cfg.audio.window_samples, 3 * cfg.audio.sample_rate)
     wave = torch.randn(batch, n) * 0.1
     lengths = torch.tensor([n] + [n * 2 // 3] * (batch - 1), dtype=torch.int64)
-    ids = torch.randint(5, 1000, (batch, 12), dtype=torch.int64)
+    vocab = int(model.text_encoder.model.config.vocab_size)
+    ids = torch.randint(min(5, vocab - 1), min(1000, vocab), (batch, 12), dtype=torch.int64)   # ids the model has
     mask = torch.ones(batch, 12, dtype=torch.int64)
     mask[1:, 8:] = 0
     with torch.no_grad():

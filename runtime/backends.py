@@ -22,7 +22,7 @@ import numpy as np
 
 from deramos import paths
 
-from .bundle import GRAPH_IO, GRAPHS, PRECISIONS, Bundle, BundleError, check_graph_io
+from .bundle import GRAPH_IO, GRAPHS, PRECISIONS, Bundle, BundleError, check_graph_io, load_bundle
 from .cuda import CudaError, DeviceArray, DeviceBuffers, cuda_runtime
 from .engines import TRT_DIR, DeviceDescription, find_engine_set
 
@@ -221,10 +221,12 @@ class TensorRTBackend(Backend):
         except CudaError as error:
             raise BackendUnavailable(f"tensorrt: {error}") from None
         self.bundle, self.precision, self.device_id, self.device_info = bundle, precision, device_id, device
-        engines, self.skipped = find_engine_set(bundle.root, precision, device)
+        engines, self.skipped = find_engine_set(bundle.root, precision, device, bundle.files)
         if engines is None and build:
             _build_engines(bundle, precision)
-            engines, self.skipped = find_engine_set(bundle.root, precision, device)
+            bundle = load_bundle(bundle.root)    # the build added its engines to manifest.json
+            self.bundle = bundle
+            engines, self.skipped = find_engine_set(bundle.root, precision, device, bundle.files)
         if engines is None:
             raise BackendUnavailable(no_engine_message(precision, device, self.skipped))
         self.engine_set = engines

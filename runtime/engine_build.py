@@ -13,11 +13,12 @@ flags instead. Nothing here runs without `tensorrt` and a CUDA GPU: `available()
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import GRAPHS, load_bundle
+from .bundle import GRAPHS, load_bundle, sha256_file
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -141,7 +142,19 @@ def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Pro
         record["profiles"][f"{graph}.{precision}"] = {k: [list(s) for s in v] for k, v in shapes.items()}
         say(f"TensorRT {graph} ({precision}) -> {out / name}")
     (out / "build.json").write_text(json.dumps(record, indent=2))
+    _list_in_manifest(Path(bundle_dir), [out / "build.json", *(out / name for name in record["engines"].values())])
     return out
+
+
+def _list_in_manifest(bundle_dir: Path, paths: list[Path]) -> None:
+    """The runtime opens only files that manifest.json lists with their sha256."""
+    manifest_path = bundle_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    for path in paths:
+        manifest["files"][path.relative_to(bundle_dir).as_posix()] = sha256_file(path)
+    scratch = manifest_path.with_name("manifest.json.tmp")
+    scratch.write_text(json.dumps(manifest, indent=2))
+    os.replace(scratch, manifest_path)
 
 
 def _existing_record(path: Path) -> dict | None:

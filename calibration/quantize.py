@@ -26,13 +26,14 @@ import numpy as np
 
 from ..runtime.audio import pad_waves
 from ..runtime.bundle import sha256_file
+from ..runtime.contract import INT8_DEFAULT_GRAPHS, INT8_GRAPHS, SPECS
 from ..runtime.targets import int8_scheme
 from ..runtime.text import PromptTokenizer
 
-QUANTIZED_GRAPHS = ("audio_encoder",)             # the default (ExportOptions.int8_graphs)
-QUANTIZABLE_GRAPHS = ("audio_encoder", "text_encoder")
+QUANTIZED_GRAPHS = INT8_DEFAULT_GRAPHS             # the default (BuildOptions.int8_graphs)
+QUANTIZABLE_GRAPHS = INT8_GRAPHS
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
-EXCLUDED_NODE_PREFIXES = ("/encoder/frontend/",)
+EXCLUDED_NODE_PREFIXES = tuple(sorted({p for spec in SPECS.values() for p in spec.fp32_node_prefixes}))
 METHODS = ("minmax", "entropy", "percentile")
 CACHE_VERSION = 1
 

@@ -8,10 +8,7 @@ from __future__ import annotations
 import importlib
 import sys
 
-# On Linux a plain `pip install torch` is the multi-GB CUDA build: say how to get the CPU one.
-TORCH_THEN_EXPORT_EXTRA = (
-    "install a CPU build of torch first (pip install torch --index-url https://download.pytorch.org/whl/cpu, "
-    "or from a mirror of that index), then the extra: pip install 'deramos[export]'")
+from .runtime.errors import TORCH_THEN_EXPORT_EXTRA
 
 # Top-level modules of the train/export extras; a missing one means the extra is not installed.
 EXTRA_MODULES = {"torch", "torchaudio", "transformers", "safetensors", "scipy", "onnx", "onnxscript", "psutil"}

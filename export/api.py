@@ -13,7 +13,8 @@ from typing import Callable
 from ..calibration.quantize import QUANTIZED_GRAPHS
 from ..calibration.samples import sample_set
 from ..runtime.backends import OrtBackend
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, Bundle, graph_file_name, load_bundle, write_manifest
+from ..runtime.bundle import (FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, Bundle, graph_file_name, load_bundle,
+                              sha256_file, write_manifest)
 from ..runtime.probes import record_probes, write_probe_clips
 from ..runtime.scorer import Scorer
 from ..runtime.targets import default_int8_target
@@ -166,7 +167,7 @@ def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict,
         "score": {"min": cfg.heads.score_min, "max": cfg.heads.score_max, "bins": cfg.heads.num_bins},
         "tokenizer": {"file": tokenizer.name, "max_tokens": cfg.text.max_tokens},
         "graphs": graphs,
-        "files": {name: "" for name in listed},      # hashed by write_manifest
+        "files": {name: sha256_file(out / name) for name in listed},
         "versions": {"deramos": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": options.opset},
         "parity": parity,

@@ -14,7 +14,6 @@ FP16 and INT8 are checked against these FP32 graphs by the build stage (runtime/
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch

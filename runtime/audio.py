@@ -16,6 +16,8 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from .errors import one_line as _one_line
+
 __all__ = ["AudioError", "load_audio", "prepare_waveform", "to_mono", "resample", "pad_waves"]
 
 # A 2-D array whose first axis is this short (or shorter) and shorter than the second axis is
@@ -236,5 +238,3 @@ def _libsndfile_reason(error: Exception) -> str:
     return _one_line(reason).rstrip(".") or type(error).__name__
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

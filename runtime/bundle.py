@@ -33,15 +33,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
+from .contract import GRAPH_IO, GRAPHS, PRECISIONS, graph_file_name, seconds_to_samples  # noqa: F401 - re-exported
+
 FORMAT = "deramos-bundle"
 FORMAT_VERSION = 1
-GRAPHS = ("audio_encoder", "text_encoder", "heads")
-PRECISIONS = ("fp32", "fp16", "int8")
-GRAPH_IO = {
-    "audio_encoder": (("waveform", "lengths"), ("frames", "frame_mask")),
-    "text_encoder": (("input_ids", "attention_mask"), ("tokens",)),
-    "heads": (("frames", "frame_mask", "tokens", "token_mask"), ("mi", "ta", "mi_dist", "ta_dist")),
-}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MISSING = object()   # a manifest key that is absent (unlike one that is null)
 
@@ -58,12 +53,10 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def graph_file_name(graph: str, precision: str) -> str:
-    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
-
-
 @dataclass(frozen=True)
-class GraphSpec:
+class GraphEntry:
+    """One graph as the manifest lists it (its I/O names are runtime/contract.py's GraphSpec's)."""
+
     inputs: tuple[str, ...]                  # names, in the order the graph declares them
     outputs: tuple[str, ...]
     files: dict[str, tuple[str, ...]]        # precision -> bundle-relative files (first: the graph)
@@ -80,7 +73,7 @@ class Manifest:
     min_tail_samples: int
     tokenizer_file: str
     max_tokens: int
-    graphs: dict[str, GraphSpec]
+    graphs: dict[str, GraphEntry]
     files: dict[str, str]                    # bundle-relative path -> sha256 hex
     raw: dict = field(repr=False, compare=False)
 
@@ -100,7 +93,7 @@ class Bundle:
 
     @property
     def window_samples(self) -> int:
-        return int(round(self.spec.window_seconds * self.sample_rate))
+        return seconds_to_samples(self.spec.window_seconds, self.sample_rate)
 
     @property
     def min_tail_samples(self) -> int:
@@ -227,7 +220,7 @@ def _files(value, check: _FieldChecks) -> dict[str, str]:
     return files
 
 
-def _graph(graph: str, spec, check: _FieldChecks, files: dict[str, str]) -> GraphSpec:
+def _graph(graph: str, spec, check: _FieldChecks, files: dict[str, str]) -> GraphEntry:
     where = f"graphs.{graph}"
     spec = check.mapping(where, spec)
     names = []
@@ -246,7 +239,7 @@ def _graph(graph: str, spec, check: _FieldChecks, files: dict[str, str]) -> Grap
         if not isinstance(listed, list) or not listed:
             raise check.fail(name, f"must be a non-empty list of files, got {_json_type(listed)}")
         by_precision[precision] = tuple(check.listed(name, f, files) for f in listed)
-    return GraphSpec(names[0], names[1], by_precision)
+    return GraphEntry(names[0], names[1], by_precision)
 
 
 def relative_path_problem(name) -> str | None:

@@ -13,6 +13,7 @@ import click
 
 from .backends import BACKENDS
 from .bundle import PRECISIONS
+from .errors import one_line as _one_line
 
 EXIT_OK, EXIT_ITEM_FAILED, EXIT_USAGE = 0, 1, 2
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -294,9 +295,6 @@ def _printable(text: str) -> str:
     a backslash escape instead of failing the whole run."""
     return text.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(text) else text
 
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 if __name__ == "__main__":

@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from deramos import paths
-from deramos.extras import TORCH_THEN_EXPORT_EXTRA
+from . import paths
+from .errors import TORCH_THEN_EXPORT_EXTRA
 
 from .bundle import FORMAT_VERSION, BundleError
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Mapping
 
 from .bundle import GRAPHS
+from .errors import one_line as _one_line
 
 TRT_DIR = "trt"
 BUILD_FILE = "build.json"
@@ -119,5 +120,3 @@ def _unlisted(where: str, precision: str, listed: Mapping[str, str] | None) -> l
     return [name for name in names if f"{where}/{name}" not in listed]
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())

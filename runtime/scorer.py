@@ -32,9 +32,10 @@ import soundfile as sf
 from .audio import AudioError, load_audio, prepare_waveform
 from .backends import Backend, BackendReport, select_backend
 from .bundle import Bundle, load_bundle
-from .cuda import DEVICE_TO_DEVICE, DeviceArray, DeviceBuffers, cuda_runtime, device_array_of, is_cuda_array
+from .cuda import DeviceArray, device_array_of, is_cuda_array
 from .text import PromptError, PromptTokenizer
 from .windows import split_windows, weighted_mean
+from .errors import one_line as _one_line
 
 MIN_SECONDS = 0.1           # shorter clips carry too little music to judge
 PROMPT_CACHE_SIZE = 256
@@ -366,26 +367,7 @@ class Scorer:
     def _audio_feeds(self, windows: list[tuple[np.ndarray | DeviceArray, int, int]]):
         lengths = np.array([end - start for _, start, end in windows], np.int64)
         width = max(int(lengths.max()), self.backend.min_samples)
-        if not any(isinstance(wave, DeviceArray) for wave, _, _ in windows):
-            batch = np.zeros((len(windows), width), np.float32)
-            for row, (wave, start, end) in enumerate(windows):
-                batch[row, :end - start] = wave[start:end]
-            yield {"waveform": batch, "lengths": lengths}
-            return
-        cuda = cuda_runtime()
-        cuda.set_device(self.backend.device_id)   # the current device is per host thread
-        cuda.synchronize()   # the producer may still be writing its tensors on its own stream
-        with DeviceBuffers(cuda) as buffers:
-            batch = buffers.alloc((len(windows), width), np.float32, self.backend.device_id)
-            row_bytes, item = width * 4, 4
-            cuda.memset_async(batch.ptr, 0, batch.nbytes, 0)
-            for row, (wave, start, end) in enumerate(windows):
-                destination = batch.ptr + row * row_bytes
-                if isinstance(wave, DeviceArray):
-                    cuda.memcpy_async(destination, wave.ptr + start * item, (end - start) * item, DEVICE_TO_DEVICE, 0)
-                else:
-                    cuda.upload(destination, wave[start:end], 0)
-            cuda.stream_synchronize(0)
+        with self.backend.waveform_batch(windows, width) as batch:   # the backend owns device memory
             yield {"waveform": batch, "lengths": lengths}
 
 
@@ -503,7 +485,4 @@ def _host_array_from_dlpack(tensor, name: str) -> np.ndarray:
     except Exception as error:  # e.g. torch refuses tensors that require grad
         raise AudioError(name, f"cannot read the tensor ({error}); pass tensor.detach() or a numpy array") from None
 
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 

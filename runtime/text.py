@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import BundleError
+from .errors import one_line as _one_line
 
 PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>")
 _SURROGATE = re.compile("[\ud800-\udfff]")
@@ -71,5 +72,3 @@ def _invisible(char: str) -> bool:
     return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
 
 
-def _one_line(text) -> str:
-    return " ".join(str(text).split())

@@ -222,4 +222,4 @@ def test_build_cli_errors_are_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'absent'}: bundle directory not found"
     done = _run([sys.executable, "-m", "deramos.build.cli", str(tmp_path)])
-    assert done.returncode == 2 and "nothing to build: give --fp16 and/or --int8" in done.stderr
+    assert done.returncode == 2 and "nothing to build: give --fp16, --int8 and/or --trt" in done.stderr

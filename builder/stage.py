@@ -35,6 +35,7 @@ class BuildOptions:
     int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS
     int8_target: str = field(default_factory=default_int8_target)
     recalibrate: bool = False
+    int8_search: bool = False            # INT8 misses its target: keep the costliest layers FP32 until it meets it
     seed: int = 0
     threads: int | None = None
     check: bool = True                   # False: skip the comparison with FP32 (benchmark bundles only)
@@ -74,6 +75,9 @@ def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], N
                      seed=options.seed + 4242)
     for precision, files in (added.items() if options.check else ()):
         checks[precision] = measure_drift(bundle, precision, held, options.threads)
+        if precision == "int8" and options.int8_search and not checks[precision].passed:
+            say(checks[precision].format())
+            bundle, checks[precision] = _search_int8(bundle, options, held, say)
         say(checks[precision].format())
         if not checks[precision].passed:
             _drop(bundle, precision, files)
@@ -108,6 +112,26 @@ def _add_engines(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> d
             write_manifest(bundle.root, built.manifest)
     bundle.manifest = load_bundle(bundle.root, verify=False).manifest | {"checks": bundle.manifest.get("checks", {})}
     return checks
+
+
+def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> tuple[Bundle, Comparison]:
+    """Per-layer sensitivity on the calibration clips, the costliest layers kept FP32 until INT8
+    meets its tolerance there (builder/search.py); then the held-out check again."""
+    from ..runtime.compare import TOLERANCES
+    from .search import search_exclusions
+
+    clips = _calibration_clips(bundle, options, say)
+    for graph in options.int8_graphs:
+        ranges, _ = int8_ranges(bundle, graph, options, lambda: clips, say)
+        result = search_exclusions(bundle, graph, ranges, options.calib_method, options.int8_target, clips,
+                                   TOLERANCES["int8"], say)
+        bundle.manifest["int8"].setdefault("search", {})[graph] = result.to_dict()
+        timing = result.seconds_per_batch
+        say(f"{graph}: kept FP32 {result.kept_fp32 or 'nothing'}; seconds per batch: FP32 {timing['fp32']:.4f}, "
+            f"INT8 everywhere {timing['int8_all_layers']:.4f}, INT8 as searched {timing['int8_searched']:.4f}")
+    write_manifest(bundle.root, bundle.manifest)
+    bundle = load_bundle(bundle.root, verify=False)
+    return bundle, measure_drift(bundle, "int8", held, options.threads)
 
 
 def _add_fp16(bundle: Bundle) -> list[str]:

@@ -120,8 +120,9 @@ def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list
             for name, d in tensors.data.items()}
 
 
-def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str):
-    """The FP32 graph with QDQ nodes for `target`'s scheme (runtime/targets.py); an onnx ModelProto."""
+def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str, nodes: list[str] | None = None):
+    """The FP32 graph with QDQ nodes for `target`'s scheme (runtime/targets.py); an onnx ModelProto.
+    `nodes`: quantise only these (None: every MatMul/Gemm/Conv outside the FP32 region)."""
     import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
@@ -131,8 +132,8 @@ def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, targe
     excluded = [n.name for n in model.graph.node if n.name.startswith(EXCLUDED_NODE_PREFIXES)]
     tensors = TensorsData(_method(method), {name: TensorData(lowest=np.asarray(lo, np.float32), highest=np.asarray(hi, np.float32))
                                             for name, (lo, hi) in ranges.items()})
-    quantizer = QDQQuantizer(model, True, scheme.weight_bits == 7, QuantType.QInt8, QuantType.QInt8, tensors, [],
-                             excluded, QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
+    quantizer = QDQQuantizer(model, True, scheme.weight_bits == 7, QuantType.QInt8, QuantType.QInt8, tensors,
+                             list(nodes or []), excluded, QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
                                                        "DedicatedQDQPair": True})
     quantizer.quantize_model()
     return quantizer.model.model

@@ -97,7 +97,10 @@ def _build_precisions(out: Path, options: ExportOptions, timer, say) -> None:
 
 
 def _add_probes(out: Path, cfg, options: ExportOptions) -> None:
-    """Probe clips + their FP32 scores (what `deramos-run --self-check` compares with)."""
+    """Probe clips + their FP32 scores (what `deramos-run --self-check` compares with); none
+    when options.probe_clips is 0."""
+    if options.probe_clips <= 0:
+        return
     bundle = load_bundle(out)
     samples = sample_set(options.probe_clips, cfg.audio.sample_rate, min(3.0, cfg.audio.window_seconds),
                          seed=options.seed + 77)

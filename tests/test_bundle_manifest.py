@@ -187,7 +187,7 @@ def _fake_engines(root: Path, tag: str) -> list[Path]:
 
 
 def test_unlisted_engines_are_skipped_listed_ones_are_hashed(copy):
-    from deramos.export.tensorrt import _list_in_manifest
+    from deramos.runtime.engine_build import _list_in_manifest
 
     listed = _fake_engines(copy, "orin-listed")
     _fake_engines(copy, "a-orin-dropped-in")          # sorted first: would win if not checked

@@ -21,6 +21,7 @@ import torch
 from deramos.build import onnxio
 from deramos.export import validate as export_validate
 from deramos.export.api import ExportFailed, ExportOptions, export_bundle
+from deramos.export.graphs import example_inputs
 from deramos.calibration.samples import sample_set
 from deramos.frontend import dft_basis
 from deramos.runtime.metrics import spearman
@@ -565,11 +566,13 @@ def test_a_text_vocabulary_smaller_than_1000_exports(tmp_path, torch_single_thre
     cfg = preset("tiny")
     cfg.text.vocab_size = 300
     model = DeRAMOS(cfg).eval()
-    ids, mask = export_graphs.example_inputs(model)["text_encoder"]
+    ids, mask = example_inputs(model)["text_encoder"]
     assert int(ids.max()) < 300
-    manifest = export_bundle(model, tmp_path / "bundle", ExportOptions(validate=False, progress=False),
+    # No probe clips: this tokenizer's ids (MiniLM's 30k vocabulary) overflow a 300-word model,
+    # so real prompts cannot be scored with it; the test is about tracing inputs only.
+    manifest = export_bundle(model, tmp_path / "bundle", ExportOptions(validate=False, progress=False, probe_clips=0),
                              say=lambda _: None)
-    assert "text_encoder.onnx" in manifest["files"]
+    assert "text_encoder.onnx" in manifest["files"] and not any(f.startswith("probes/") for f in manifest["files"])
     ids = torch.tensor([[5, 299, 17, 2]], dtype=torch.int64)
     mask = torch.ones_like(ids)
     session = ort.InferenceSession(str(tmp_path / "bundle" / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
@@ -597,4 +600,4 @@ def test_fewer_calibration_clips_than_asked_for_is_said(tmp_path, torch_single_t
     said: list[str] = []
     export_bundle(runtime_model, tmp_path / "bundle", ExportOptions(int8=True, calib=str(folder), calib_clips=16,
                                                                     validate=False, progress=False), say=said.append)
-    assert f"calibration: --calib-clips 16 asked for, but only 3 usable clips in {folder}: calibrated on 3" in said
+    assert f"calibrating on 3 clips from {folder} (asked for 16; that is all it has) (minmax, INT8 target x86-avx2)" in said

@@ -218,13 +218,13 @@ def save_pretrained(tagger: AttributeTagger, out: Path, cfg, history: list, args
 
 def load_pretrained_encoder(model, path: str | Path) -> None:
     """Copy a deramos-pretrain encoder into `model.audio_encoder` (the configs must agree)."""
-    from safetensors.torch import load_file
+    from .checkpoint import read_tensors
 
     path = Path(path)
     file = path / "audio_encoder.safetensors" if path.is_dir() else path
     if not file.exists():
         raise FileNotFoundError(f"{file}: not found (expected the output of deramos-pretrain)")
-    state = load_file(str(file))
+    state = read_tensors(file)          # CheckpointError (a ValueError) naming a damaged file
     expected = model.audio_encoder.state_dict()
     wrong = sorted(set(expected) ^ set(state)) or [k for k in expected if expected[k].shape != state[k].shape]
     if wrong:

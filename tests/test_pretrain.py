@@ -103,6 +103,18 @@ def test_an_encoder_of_another_preset_is_refused(pretrained, tiny_corpus, tmp_pa
     assert "Error: --init-audio-encoder:" in result.output and "an encoder of another configuration" in result.output
 
 
+def test_a_truncated_pretrained_encoder_is_one_line(pretrained, tiny_corpus, tmp_path):
+    damaged = tmp_path / "pre"
+    shutil.copytree(pretrained, damaged)
+    weights = damaged / "audio_encoder.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    result = CliRunner().invoke(train_main, ["--data", str(tiny_corpus), "--preset", "tiny", "--epochs", "1",
+                                             "--out", str(tmp_path / "run"), "--init-audio-encoder", str(damaged),
+                                             "--no-progress"])
+    assert result.exit_code == 1 and "Traceback" not in result.output and len(result.output.splitlines()) == 1
+    assert result.output.startswith(f"Error: --init-audio-encoder: {weights}: not a readable safetensors file (truncated")
+
+
 def test_pretrain_needs_a_synthetic_corpus(tiny_corpus, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus, data)

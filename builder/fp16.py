@@ -41,73 +41,107 @@ def _in_fp32_region(node) -> bool:
 
 
 def to_fp16(model):
-    import numpy as np
+    """The graph in FP16 outside the FP32 region (FP32_OPS, FP32_NODE_PREFIXES), with Casts where
+    the two meet; graph inputs and outputs keep their FP32 type."""
     import onnx
-    from onnx import TensorProto, helper, numpy_helper
 
-    graph = model.graph
-    float_tensors = _float_tensors(model)
-    consumers: dict[str, list] = {}
-    for node in graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
+    rewrite = _Fp16Rewrite(model)
+    rewrite.weights()
+    for node in list(model.graph.node):
+        rewrite.node(node)
+    rewrite.outputs_back_to_fp32()
+    rewrite.install()
+    if model.ByteSize() < 1_900_000_000:
+        onnx.checker.check_model(model)
+    return model
 
-    def only_fp16_consumers(name: str) -> bool:
-        users = consumers.get(name, [])
-        return bool(users) and not any(_in_fp32_region(n) for n in users) and name not in outputs
 
-    outputs = {o.name for o in graph.output}
-    home: dict[str, int] = {}   # float tensor -> the precision it is produced in
-    for value in graph.input:
-        if value.type.tensor_type.elem_type == TensorProto.FLOAT:
-            home[value.name] = TensorProto.FLOAT
-    for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT and only_fp16_consumers(init.name):
-            init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
-            home[init.name] = TensorProto.FLOAT16
-        elif init.data_type == TensorProto.FLOAT:
-            home[init.name] = TensorProto.FLOAT
+class _Fp16Rewrite:
+    """What one conversion shares: the precision each float tensor is produced in (`home`), each
+    tensor's consumers, and the Casts made so far (one per tensor and direction)."""
 
-    new_nodes, casts = [], {}
+    def __init__(self, model):
+        from onnx import TensorProto
 
-    def cast_to(name: str, dtype: int) -> str:
+        self.graph = model.graph
+        self.float_tensors = _float_tensors(model)
+        self.outputs = {o.name for o in self.graph.output}
+        self.consumers: dict[str, list] = {}
+        for node in self.graph.node:
+            for name in node.input:
+                self.consumers.setdefault(name, []).append(node)
+        self.home = {v.name: TensorProto.FLOAT for v in self.graph.input
+                     if v.type.tensor_type.elem_type == TensorProto.FLOAT}
+        self.new_nodes: list = []
+        self.casts: dict[tuple[str, int], str] = {}
+
+    def only_fp16_consumers(self, name: str) -> bool:
+        users = self.consumers.get(name, [])
+        return bool(users) and not any(_in_fp32_region(n) for n in users) and name not in self.outputs
+
+    def weights(self) -> None:
+        """FP32 initializers read only by FP16 nodes become FP16."""
+        import numpy as np
+        from onnx import TensorProto, numpy_helper
+
+        for init in self.graph.initializer:
+            if init.data_type != TensorProto.FLOAT:
+                continue
+            if self.only_fp16_consumers(init.name):
+                init.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), init.name))
+                self.home[init.name] = TensorProto.FLOAT16
+            else:
+                self.home[init.name] = TensorProto.FLOAT
+
+    def cast_to(self, name: str, dtype: int) -> str:
+        from onnx import TensorProto, helper
+
         key = (name, dtype)
-        if key not in casts:
-            casts[key] = f"{name}_as_{'fp16' if dtype == TensorProto.FLOAT16 else 'fp32'}"
-            new_nodes.append(helper.make_node("Cast", [name], [casts[key]], to=dtype, name=casts[key] + "_cast"))
-        return casts[key]
+        if key not in self.casts:
+            self.casts[key] = f"{name}_as_{'fp16' if dtype == TensorProto.FLOAT16 else 'fp32'}"
+            self.new_nodes.append(helper.make_node("Cast", [name], [self.casts[key]], to=dtype,
+                                                   name=self.casts[key] + "_cast"))
+        return self.casts[key]
 
-    for node in graph.node:
+    def node(self, node) -> None:
+        """Cast the node's inputs to its precision and record the precision of its outputs."""
+        from onnx import TensorProto
+
         fp16_node = not _in_fp32_region(node)
-        if node.op_type == "Constant" and fp16_node and all(only_fp16_consumers(o) for o in node.output):
+        if node.op_type == "Constant" and fp16_node and all(self.only_fp16_consumers(o) for o in node.output):
             _constant_to_fp16(node)
         want = TensorProto.FLOAT16 if fp16_node else TensorProto.FLOAT
         for i, name in enumerate(node.input):
-            if name in home and home[name] != want:
-                node.input[i] = cast_to(name, want)
+            if name in self.home and self.home[name] != want:
+                node.input[i] = self.cast_to(name, want)
         if node.op_type == "Cast" and fp16_node and _attr(node, "to") == TensorProto.FLOAT:
             _set_attr(node, "to", TensorProto.FLOAT16)
         produced = TensorProto.FLOAT16 if fp16_node and node.op_type != "Constant" else TensorProto.FLOAT
         if node.op_type == "Constant":
             produced = TensorProto.FLOAT16 if _constant_is_fp16(node) else TensorProto.FLOAT
         for name in node.output:
-            if name in float_tensors:
-                home[name] = produced
-        new_nodes.append(node)
+            if name in self.float_tensors:
+                self.home[name] = produced
+        self.new_nodes.append(node)
 
-    # Graph outputs keep their FP32 type: rename the FP16 producer's tensor and cast back.
-    for value in graph.output:
-        if home.get(value.name) == TensorProto.FLOAT16:
+    def outputs_back_to_fp32(self) -> None:
+        """Graph outputs keep their FP32 type: rename the FP16 producer's tensor and cast back."""
+        from onnx import TensorProto, helper
+
+        for value in self.graph.output:
+            if self.home.get(value.name) != TensorProto.FLOAT16:
+                continue
             inner = value.name + "_fp16"
-            for node in new_nodes:
+            for node in self.new_nodes:
                 node.output[:] = [inner if o == value.name else o for o in node.output]
                 node.input[:] = [inner if i == value.name else i for i in node.input]
-            new_nodes.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT, name=value.name + "_out_cast"))
-    del graph.node[:]
-    graph.node.extend(new_nodes)
-    del graph.value_info[:]   # stale FP32 annotations; ONNX Runtime re-infers
-    onnx.checker.check_model(model) if model.ByteSize() < 1_900_000_000 else None
-    return model
+            self.new_nodes.append(helper.make_node("Cast", [inner], [value.name], to=TensorProto.FLOAT,
+                                                   name=value.name + "_out_cast"))
+
+    def install(self) -> None:
+        del self.graph.node[:]
+        self.graph.node.extend(self.new_nodes)
+        del self.graph.value_info[:]   # stale FP32 annotations; ONNX Runtime re-infers
 
 
 def _float_tensors(model) -> set[str]:

@@ -62,8 +62,18 @@ class Job:
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads per ONNX Runtime session.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no per-item error lines on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which backend runs and why the others were skipped.")
-def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_size, threads, quiet, verbose):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[auto|local|ADDRESS]",
+              help="Score on a Ray cluster (pip install 'deramos[ray]'): an actor pool of Scorers writes --out "
+                   "(JSONL, or a .parquet folder) in input order; a rerun skips the rows already there. "
+                   "auto: $RAY_ADDRESS or a running cluster, else a local one.")
+def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_size, threads, quiet, verbose,
+         ray_address):
     jobs, total = _jobs(args, prompt, jsonl)
+    if ray_address is not None:
+        from deramos.scale.cli import run
+
+        sys.exit(_guarded(lambda: run(jobs, out, ray_address, bundle=bundle, backend=backend, precision=precision,
+                                      batch_size=batch_size, threads=threads, quiet=quiet)))
     code = _guarded(lambda: _score(jobs, total, out, as_json or jsonl is not None, bundle, backend, precision,
                                    batch_size, threads, quiet, verbose))
     sys.exit(code)

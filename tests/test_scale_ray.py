@@ -63,9 +63,15 @@ def _read(path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
-def test_ray_run_equals_local_run_in_input_order(ray_cluster, manifest, runtime_bundle, local_results, tmp_path):
-    out = tmp_path / "ray.jsonl"
-    result = _ray_cli(manifest, runtime_bundle, out)
+@pytest.fixture(scope="module")
+def ray_output(ray_cluster, manifest, runtime_bundle, tmp_path_factory):
+    """deramos-run --ray over the manifest: (output file, CliRunner result)."""
+    out = tmp_path_factory.mktemp("ray_out") / "ray.jsonl"
+    return out, _ray_cli(manifest, runtime_bundle, out)
+
+
+def test_ray_run_equals_local_run_in_input_order(ray_output, manifest, local_results):
+    out, result = ray_output
     assert result.exit_code == 1
     rows = _read(out)
     assert [r.pop("row") for r in rows] == list(range(1, CLIPS + 5))
@@ -81,10 +87,8 @@ def test_ray_run_equals_local_run_in_input_order(ray_cluster, manifest, runtime_
     assert f"ray: {CLIPS + 4} scored (4 failed), 0 already in {out}" in result.stderr
 
 
-def test_ray_run_resumes_after_a_torn_last_line(ray_cluster, manifest, runtime_bundle, local_results, tmp_path):
-    full = tmp_path / "full.jsonl"
-    assert _ray_cli(manifest, runtime_bundle, full).exit_code == 1
-    text = full.read_text()
+def test_ray_run_resumes_after_a_torn_last_line(ray_output, manifest, runtime_bundle, tmp_path):
+    text = ray_output[0].read_text()
     lines = text.splitlines(keepends=True)
     partial = tmp_path / "partial.jsonl"
     partial.write_text("".join(lines[:120]) + lines[120][:25])     # stopped while writing row 121

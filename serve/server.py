@@ -25,6 +25,9 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..runtime.backends import BACKENDS
+from ..runtime.bundle import PRECISIONS
+
 MODEL_NAME = "deramos"
 MAX_BATCH = 64
 QUEUE_DELAY_US = 2000      # how long Triton may hold a request to batch it with others
@@ -156,8 +159,8 @@ metrics: http://HOST:METRICS_PORT/metrics. Ctrl-C or SIGTERM stops it cleanly.
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
 @click.option("--grpc-port", type=click.IntRange(1, 65535), default=8001, show_default=True)
 @click.option("--metrics-port", type=click.IntRange(1, 65535), default=8002, show_default=True)
-@click.option("--backend", default="auto", show_default=True, help="As deramos-run --backend.")
-@click.option("--precision", default="fp32", show_default=True, help="fp32, fp16 or int8 (as deramos-run).")
+@click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True, help="As deramos-run --backend.")
+@click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per inference batch.")
 @click.option("--max-batch", type=click.IntRange(min=1), default=MAX_BATCH, show_default=True,
               help="Most rows Triton's dynamic batcher puts in one call.")

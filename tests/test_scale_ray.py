@@ -70,6 +70,7 @@ def ray_output(ray_cluster, manifest, runtime_bundle, tmp_path_factory):
     return out, _ray_cli(manifest, runtime_bundle, out)
 
 
+@pytest.mark.slow
 def test_ray_run_equals_local_run_in_input_order(ray_output, manifest, local_results):
     out, result = ray_output
     assert result.exit_code == 1
@@ -118,6 +119,7 @@ def _actor_pids() -> set[int]:
     return {p.pid for p in psutil.process_iter(["cmdline"]) if any("ScorerActor" in part for part in p.info["cmdline"] or [])}
 
 
+@pytest.mark.slow
 def test_killed_actor_is_restarted_and_no_row_is_lost(ray_cluster, manifest, runtime_bundle, local_results, tmp_path):
     """SIGKILL one actor's process after the first results: Ray restarts it, its batch runs
     again, and the Parquet output holds every row exactly once, in order, equal to the local run."""

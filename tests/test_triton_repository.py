@@ -112,3 +112,15 @@ def test_cpu_repository_and_cli(runtime_bundle, tmp_path):
     missing = CliRunner().invoke(main, [str(tmp_path / "nothing"), "--out", str(out)])
     assert missing.exit_code == 2
     assert missing.output.strip() == f"error: {tmp_path / 'nothing'}: bundle directory not found"
+
+
+def test_scale_and_serve_never_import_torch():
+    """deramos[ray] and deramos[serve] install without torch: their modules must not need it."""
+    import subprocess
+    import sys
+
+    code = ("import sys, deramos.scale, deramos.scale.cli, deramos.serve.server, deramos.serve.repository, "
+            "deramos.bench.serve_load; print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"

@@ -20,7 +20,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -82,7 +82,11 @@ def score_dataset(dataset, options: ScoringOptions | None = None, *, actors: int
     GPU when the cluster has GPUs)."""
     import ray
 
+    from ..runtime.default import resolve_bundle_dir
+
     options = options or ScoringOptions()
+    if options.bundle is None:      # the default model is exported here, once, not on every worker
+        options = replace(options, bundle=str(resolve_bundle_dir(None).resolve()))
     dataset.context.execution_options.preserve_order = True
     gpus, pool = _pool_shape(ray.cluster_resources(), actors, gpus_per_actor)
     return dataset.map_batches(
@@ -96,14 +100,15 @@ def score_dataset(dataset, options: ScoringOptions | None = None, *, actors: int
 
 
 def _pool_shape(resources: dict, actors: int | None, gpus_per_actor: float | None) -> tuple[float, int]:
-    gpus = float(resources.get("GPU", 0)) if gpus_per_actor is None else gpus_per_actor
-    gpus = min(gpus, 1.0)
+    """(GPUs per actor, pool size): a whole GPU each when the cluster has GPUs, else a CPU slot each."""
+    if gpus_per_actor is None:
+        gpus_per_actor = 1.0 if resources.get("GPU", 0) >= 1 else 0.0
     if actors is None:
-        slots = resources.get("GPU", 0) / gpus if gpus else resources.get("CPU", 1)
+        slots = resources.get("GPU", 0) / gpus_per_actor if gpus_per_actor else resources.get("CPU", 1)
         actors = max(1, int(slots))
     if actors < 1:
         raise ValueError(f"actors must be >= 1, got {actors}")
-    return gpus, actors
+    return gpus_per_actor, actors
 
 
 # --- a resumable run: rows in, results written in input order ------------------------------------

@@ -169,3 +169,14 @@ def test_score_dataset_on_a_ray_dataset(ray_cluster, manifest, runtime_bundle, r
     expected = runtime_scorer.score_batch([r["path"] for r in rows], [r["prompt"] for r in rows])
     assert [(r["mi"], r["ta"]) for r in rows] == [(s.mi, s.ta) for s in expected]
     assert all(r["error"] is None for r in rows)
+
+
+def test_pool_shape_is_one_actor_per_cpu_slot_or_per_gpu():
+    from deramos.scale.batch import _pool_shape
+
+    assert _pool_shape({"CPU": 2.0}, None, None) == (0.0, 2)
+    assert _pool_shape({"CPU": 16.0, "GPU": 4.0}, None, None) == (1.0, 4)
+    assert _pool_shape({"CPU": 16.0, "GPU": 1.0}, None, 0.5) == (0.5, 2)
+    assert _pool_shape({"CPU": 16.0}, 3, None) == (0.0, 3)
+    with pytest.raises(ValueError, match="^actors must be >= 1, got 0$"):
+        _pool_shape({"CPU": 2.0}, 0, None)

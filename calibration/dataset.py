@@ -32,7 +32,7 @@ class ClipSet:
 
 def load_calibration_set(spec: str | None, sample_rate: int, window_seconds: float, limit: int, seed: int = 0) -> ClipSet:
     if spec is None:
-        from ..export.samples import sample_set
+        from .samples import sample_set
 
         samples = sample_set(limit, sample_rate, window_seconds, seed=seed)
         return ClipSet(samples.waves, samples.prompts, source="synthetic (rendered)")
@@ -47,11 +47,25 @@ def load_calibration_set(spec: str | None, sample_rate: int, window_seconds: flo
 
 
 def held_out_set(spec: str | None, sample_rate: int, window_seconds: float, limit: int, seed: int = 4242) -> ClipSet:
-    """The drift set: never the clips the ranges were measured on, and with system ids so
-    that system-level rank agreement can be reported."""
+    """The drift set: never the clips the ranges were measured on, with system ids so that
+    system-level rank agreement can be reported. A MusicEval dev split smaller than `limit`
+    is topped up with rendered clips (a ranking check on a handful of clips decides nothing)."""
     path = Path(spec) if spec else None
+    held = ClipSet([], [], [], source="")
     if path is not None and path.is_dir() and (path / "sets" / "dev_mos_list.txt").is_file():
-        return _from_musiceval(path, "dev", sample_rate, window_seconds, limit, seed)
+        held = _from_musiceval(path, "dev", sample_rate, window_seconds, limit, seed)
+    missing = limit - len(held.waves)
+    if missing > 0:
+        rendered = _rendered_corpus(sample_rate, window_seconds, missing, seed)
+        held = ClipSet(held.waves + rendered.waves, held.prompts + rendered.prompts,
+                       held.systems + [f"rendered-{s}" for s in rendered.systems],
+                       source=" + ".join(filter(None, [held.source and f"{held.source}: {len(held.waves)}",
+                                                       f"synthetic held-out corpus: {len(rendered.waves)}"])),
+                       problems=held.problems)
+    return held
+
+
+def _rendered_corpus(sample_rate: int, window_seconds: float, limit: int, seed: int) -> ClipSet:
     from ..synth import generate_corpus
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,8 @@
 """INT8 as QDQ graphs (ONNX Runtime static quantisation), with a reusable calibration cache.
 
 Scheme (what TensorRT consumes from explicit-precision graphs): symmetric INT8 activations,
-per-channel symmetric INT8 weights, a dedicated Q/DQ pair per consumer.
+per-channel symmetric INT8 weights, a dedicated Q/DQ pair per consumer; weights in 7 bits
+for x86 CPUs without VNNI (the `--int8-target`, runtime/targets.py says why).
 
 Defaults, chosen for accuracy where it is cheap to keep it:
 - quantised ops: MatMul, Gemm and Conv (where the FLOPs are);
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..runtime.bundle import GRAPHS, graph_file_name, sha256_file
 from ..runtime.audio import pad_waves
+from ..runtime.bundle import sha256_file
+from ..runtime.targets import int8_scheme
 from ..runtime.text import PromptTokenizer
-from .dataset import load_calibration_set
 
 QUANTIZED_GRAPHS = ("audio_encoder",)             # the default (ExportOptions.int8_graphs)
 QUANTIZABLE_GRAPHS = ("audio_encoder", "text_encoder")
@@ -118,69 +119,46 @@ def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list
             for name, d in tensors.data.items()}
 
 
-def quantize(fp32_path: Path, int8_path: Path, ranges: dict[str, list[float]], method: str) -> list[Path]:
+def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str):
+    """The FP32 graph with QDQ nodes for `target`'s scheme (runtime/targets.py); an onnx ModelProto."""
     import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
-    from ..export.graphs import save_onnx
-
+    scheme = int8_scheme(target)
     model = onnx.load(str(fp32_path), load_external_data=True)
     excluded = [n.name for n in model.graph.node if n.name.startswith(EXCLUDED_NODE_PREFIXES)]
     tensors = TensorsData(_method(method), {name: TensorData(lowest=np.asarray(lo, np.float32), highest=np.asarray(hi, np.float32))
                                             for name, (lo, hi) in ranges.items()})
-    quantizer = QDQQuantizer(model, True, False, QuantType.QInt8, QuantType.QInt8, tensors, [], excluded,
-                             QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
-                                             "DedicatedQDQPair": True})
+    quantizer = QDQQuantizer(model, True, scheme.weight_bits == 7, QuantType.QInt8, QuantType.QInt8, tensors, [],
+                             excluded, QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                                       "DedicatedQDQPair": True})
     quantizer.quantize_model()
-    return save_onnx(quantizer.model.model, int8_path)
+    return quantizer.model.model
 
 
-def build_int8_graphs(model, out: Path, files: dict, options, say) -> dict:
-    """Calibrate (or reuse the cache), write the INT8 graphs, measure the drift."""
-    from .drift import measure_drift
+def int8_ranges(bundle, graph: str, options, clips_source, say) -> tuple[dict, bool]:
+    """Ranges for one graph and whether they came from the cache (else calibrated and cached)."""
+    fp32 = bundle.graph_path(graph, "fp32")
+    key = cache_key(sha256_file(fp32), options.calib_method, options.calib, options.calib_clips)
+    cache = ranges_path(bundle.root, graph)
+    ranges = None if options.recalibrate else load_ranges(cache, key)
+    if ranges is not None:
+        say(f"{graph}: reusing calibration cache {cache.relative_to(bundle.root)}")
+        return ranges, True
+    clips = clips_source()
+    tokenizer = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens)
+    feeds = encoder_feeds(clips, tokenizer, same_shapes=options.calib_method != "minmax")
+    ranges = calibrate(fp32, feeds[graph], options.calib_method)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    cache.write_text(json.dumps(dict(key, ranges=ranges)))
+    return ranges, False
 
-    cfg = model.cfg
+
+def check_int8_options(options) -> None:
     if options.calib_method not in METHODS:
-        raise ValueError(f"unknown calibration method {options.calib_method!r}; choose from {METHODS}")
-    tokenizer = PromptTokenizer(out / "tokenizer.json", cfg.text.max_tokens)
-    clips = None
-    graphs = tuple(options.int8_graphs)
-    unknown = set(graphs) - set(QUANTIZABLE_GRAPHS)
+        raise ValueError(f"unknown calibration method {options.calib_method!r}; choose from {', '.join(METHODS)}")
+    unknown = set(options.int8_graphs) - set(QUANTIZABLE_GRAPHS)
     if unknown:
-        raise ValueError(f"cannot quantise {sorted(unknown)}; choose from {QUANTIZABLE_GRAPHS}")
-    info = {"method": options.calib_method, "quantized_graphs": list(graphs),
-            "quantized_ops": QUANTIZED_OPS, "fp32_kept": ["mel front-end"] + [g for g in GRAPHS if g not in graphs], "files": [], "reused_cache": {}}
-    for graph in graphs:
-        fp32 = out / files[graph]["fp32"][0]
-        key = cache_key(sha256_file(fp32), options.calib_method, options.calib, options.calib_clips)
-        cache = ranges_path(out, graph)
-        ranges = None if options.recalibrate else load_ranges(cache, key)
-        info["reused_cache"][graph] = ranges is not None
-        if ranges is None:
-            if clips is None:
-                clips = load_calibration_set(options.calib, cfg.audio.sample_rate, cfg.audio.window_seconds,
-                                             options.calib_clips, seed=options.seed)
-                if not clips.waves:
-                    raise ValueError(f"calibration set {clips.source}: no usable clips ({'; '.join(clips.problems[:3])})")
-                say(f"calibrating on {len(clips.waves)} clips from {clips.source} ({options.calib_method})")
-                for problem in clips.problems:
-                    say(f"calibration: skipped {problem}")
-                info["calibration_set"] = {"source": clips.source, "clips": len(clips.waves), "skipped": clips.problems}
-            feeds = encoder_feeds(clips, tokenizer, same_shapes=options.calib_method != "minmax")
-            ranges = calibrate(fp32, feeds[graph], options.calib_method)
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            cache.write_text(json.dumps(dict(key, ranges=ranges)))
-        else:
-            say(f"{graph}: reusing calibration cache {cache.relative_to(out)}")
-        written = quantize(fp32, out / graph_file_name(graph, "int8"), ranges, options.calib_method)
-        files[graph]["int8"] = [p.name for p in written]
-        info["files"].append(str(cache.relative_to(out)))
-    for graph in GRAPHS:
-        if graph not in graphs:      # kept FP32: the INT8 bundle points at the FP32 file
-            files[graph]["int8"] = list(files[graph]["fp32"])
-    drift = measure_drift(model, out, files, options, tokenizer, say)
-    (out / "calibration" / "drift_report.json").write_text(json.dumps(drift, indent=2))
-    info["files"].append("calibration/drift_report.json")
-    info["drift"] = drift
-    return info
+        raise ValueError(f"cannot quantise {sorted(unknown)}; choose from {', '.join(QUANTIZABLE_GRAPHS)}")
+    int8_scheme(options.int8_target)

@@ -20,9 +20,10 @@ from pathlib import Path
 import click
 import numpy as np
 
+from .cli_common import show_progress
 from .evaluate import evaluate_checkpoint
 from .losses import LOSS_KINDS
-from .pretrain import pretrain
+from .pretrain import PRETRAINABLE, PretrainArgs, pretrain
 from .synth import generate_corpus
 from .train import TrainArgs, run_training
 
@@ -83,7 +84,7 @@ def markdown(table: dict, settings: dict, command: str) -> str:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="build/ablation", show_default=True, type=click.Path(file_okay=False))
 @click.option("--report", default="docs/ablation.md", show_default=True, type=click.Path(dir_okay=False))
-@click.option("--preset", default="small", show_default=True)
+@click.option("--preset", type=click.Choice(PRETRAINABLE), default="small", show_default=True)
 @click.option("--clips", default=2000, show_default=True)
 @click.option("--heldout-clips", default=600, show_default=True)
 @click.option("--pretrain-epochs", default=6, show_default=True)
@@ -96,7 +97,7 @@ def markdown(table: dict, settings: dict, command: str) -> str:
 def main(out, report, preset, clips, heldout_clips, pretrain_epochs, epochs, batch_size, lr, counterfactual_prompts,
          seeds, losses):
     """Train every loss with every seed on the same data and budget; write a markdown report."""
-    logging.basicConfig(level=logging.ERROR)
+    show_progress(logging.ERROR)
     out = Path(out)
     started = time.time()
     corpus, heldout = out / "corpus", out / "heldout"
@@ -107,7 +108,8 @@ def main(out, report, preset, clips, heldout_clips, pretrain_epochs, epochs, bat
     heldout_list = heldout / "all_mos_list.txt"
     heldout_list.write_text("".join((heldout / "sets" / f"{s}_mos_list.txt").read_text() for s in ("train", "dev", "test")))
     if not (out / "pretrain" / "audio_encoder.safetensors").exists():
-        pretrain(str(corpus), str(out / "pretrain"), preset, epochs=pretrain_epochs, progress=False)
+        pretrain(PretrainArgs(data=str(corpus), out=str(out / "pretrain"), preset=preset, epochs=pretrain_epochs,
+                              progress=False))
     pretrained = json.loads((out / "pretrain" / "pretrain.json").read_text())["epochs"]
     pretrain_minutes = sum(epoch["seconds"] for epoch in pretrained) / 60
     args = {"preset": preset, "epochs": epochs, "batch_size": batch_size, "lr": lr,

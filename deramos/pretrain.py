@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import click
@@ -24,12 +25,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .config import preset
+from .cli_common import defaults_of, errors_as_messages, show_progress
+from .config import PRESETS, ModelConfig, preset
 from .data import crop, load_examples, pad_batch
+from .reporting import TrainingError, progress_log
 from .synth.counterfactual import META_FILE
 from .synth.degrade import FAMILIES
 from .synth.music import DYNAMICS, GENRES, INSTRUMENTS, MODES, PROMPT_KINDS, TEMPO_BANDS, ClipAttributes
-from .train import epoch_batches, learning_rate
+from .train import epoch_batches, learning_rate, set_learning_rate
 
 CLASSES = {"instrument": INSTRUMENTS, "tempo": tuple(TEMPO_BANDS), "mood": MODES, "genre": GENRES,
            "dynamics": DYNAMICS}
@@ -96,62 +99,109 @@ def dev_scores(tagger: AttributeTagger, examples, labels, window: int, batch_siz
     return scores, round(severity_error / len(examples), 4)
 
 
-def pretrain(data: str, out: str, preset_name: str = "small", epochs: int = 6, batch_size: int = 16,
-             lr: float = 1e-3, seed: int = 1984, progress: bool = True) -> Path:
-    torch.manual_seed(seed)
-    cfg = preset(preset_name)
-    if cfg.audio.source:
-        raise click.ClickException(f"preset {preset_name!r} uses a pretrained audio encoder; nothing to pre-train")
-    from .audio_encoder import AudioEncoder
+@dataclass
+class PretrainArgs:
+    data: str
+    out: str
+    preset: str = "small"
+    epochs: int = 6
+    batch_size: int = 16
+    lr: float = 1e-3          # peak AdamW learning rate (warm-up, cosine decay)
+    seed: int = 1984
+    progress: bool = True     # progress bars
 
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)     # the same initial encoder deramos-train would build for this seed
-        tagger = AttributeTagger(AudioEncoder(cfg.audio))
-    try:
-        labels = attribute_labels(data)
-        train, _ = load_examples(data, "train", cfg.audio.sample_rate, progress=progress)
-        dev, _ = load_examples(data, "dev", cfg.audio.sample_rate, progress=progress)
-    except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
-    unlabelled = [e.clip.path.name for e in train + dev if e.clip.path.name not in labels]
-    if unlabelled:
-        raise click.ClickException(f"{unlabelled[0]} (and {len(unlabelled) - 1} more) not in {data}/{META_FILE}")
-    window = cfg.audio.window_samples
-    optimizer = torch.optim.AdamW(tagger.parameters(), lr=lr, weight_decay=0.01)
+
+@dataclass
+class Tagging:
+    """What every pre-training epoch works with."""
+
+    args: PretrainArgs
+    cfg: ModelConfig
+    tagger: AttributeTagger
+    optimizer: torch.optim.Optimizer
+    train: list
+    dev: list
+    labels: dict
+
+    @property
+    def window(self) -> int:
+        return self.cfg.audio.window_samples
+
+
+def from_scratch(cfg: ModelConfig) -> bool:
+    """An audio encoder that deramos-train trains from random weights: worth pre-training."""
+    return cfg.audio.source is None and not cfg.audio.frozen
+
+
+PRETRAINABLE = tuple(name for name, make in PRESETS.items() if from_scratch(make()))
+
+
+def pretrain(args: PretrainArgs) -> Path:
+    """Pre-train the preset's audio encoder on a deramos-synth corpus; return `args.out`.
+    Progress goes to the `deramos.progress` logger; bad arguments or data raise TrainingError."""
+    tagging = start_tagging(args)
     history = []
-    for epoch in range(1, epochs + 1):
+    for epoch in range(1, args.epochs + 1):
         started = time.time()
-        batches = epoch_batches(len(train), batch_size, epoch, seed)
-        losses = train_epoch(tagger, optimizer, train, labels, batches, window, np.random.default_rng([seed, epoch]),
-                             (lr, (epoch - 1) * len(batches), epochs * len(batches)), progress)
-        scores, severity_mae = dev_scores(tagger, dev, labels, window, batch_size)
+        losses = tagging_epoch(tagging, epoch)
+        scores, severity_mae = dev_scores(tagging.tagger, tagging.dev, tagging.labels, tagging.window, args.batch_size)
         record = {"epoch": epoch, "train_loss": round(float(np.mean(losses)), 4), "dev_accuracy": scores,
                   "dev_severity_mae": severity_mae, "seconds": round(time.time() - started, 1)}
         history.append(record)
-        click.echo(f"epoch {epoch:3d}  loss {record['train_loss']:.3f}  dev accuracy "
-                   + "  ".join(f"{k} {v:.2f}" for k, v in scores.items())
-                   + f"  severity MAE {severity_mae:.3f}  ({record['seconds']:.0f} s)", err=True)
-    return save_pretrained(tagger, Path(out), cfg, history,
-                           dict(data=data, preset=preset_name, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed))
+        progress_log.info(format_epoch(record))
+    arguments = {k: v for k, v in asdict(args).items() if k not in ("out", "progress")}
+    return save_pretrained(tagging.tagger, Path(args.out), tagging.cfg, history, arguments)
 
 
-def train_epoch(tagger, optimizer, train, labels, batches, window, rng, schedule, progress) -> list[float]:
-    """One pass over `batches`; schedule = (peak LR, global step of the first batch, total steps)."""
-    peak, first_step, total = schedule
+def start_tagging(args: PretrainArgs) -> Tagging:
+    torch.manual_seed(args.seed)
+    cfg = preset(args.preset)
+    if not from_scratch(cfg):
+        raise TrainingError(f"preset {args.preset!r} uses a pretrained or frozen audio encoder; nothing to pre-train")
+    from .audio_encoder import AudioEncoder
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(args.seed)     # the same initial encoder deramos-train would build for this seed
+        tagger = AttributeTagger(AudioEncoder(cfg.audio))
+    try:
+        labels = attribute_labels(args.data)
+        train, _ = load_examples(args.data, "train", cfg.audio.sample_rate, progress=args.progress)
+        dev, _ = load_examples(args.data, "dev", cfg.audio.sample_rate, progress=args.progress)
+    except FileNotFoundError as err:
+        raise TrainingError(str(err)) from None
+    unlabelled = [e.clip.path.name for e in train + dev if e.clip.path.name not in labels]
+    if unlabelled:
+        raise TrainingError(f"{unlabelled[0]} (and {len(unlabelled) - 1} more) not in {args.data}/{META_FILE}")
+    optimizer = torch.optim.AdamW(tagger.parameters(), lr=args.lr, weight_decay=0.01)
+    return Tagging(args, cfg, tagger, optimizer, train, dev, labels)
+
+
+def tagging_epoch(tagging: Tagging, epoch: int) -> list[float]:
+    """One pass over the epoch's batches; -> the loss of each batch."""
+    args, tagger, optimizer = tagging.args, tagging.tagger, tagging.optimizer
+    batches = epoch_batches(len(tagging.train), args.batch_size, epoch, args.seed)
+    rng = np.random.default_rng([args.seed, epoch])
+    first_step, total = (epoch - 1) * len(batches), args.epochs * len(batches)
     tagger.train()
     losses = []
-    for index, batch in enumerate(tqdm(batches, desc="pretrain", unit="batch", disable=not progress, leave=False)):
-        for group in optimizer.param_groups:
-            group["lr"] = learning_rate(peak, first_step + index, total, min(200, len(batches)))
-        shard = [train[i] for i in batch]
-        wave, lengths = pad_batch([crop(e.wave, window, rng) for e in shard], "variable", window)
-        loss = tagging_loss(tagger(wave, lengths), label_tensors(shard, labels))
+    for index, batch in enumerate(tqdm(batches, desc="pretrain", unit="batch", disable=not args.progress,
+                                       leave=False)):
+        set_learning_rate(optimizer, learning_rate(args.lr, first_step + index, total, min(200, len(batches))))
+        shard = [tagging.train[i] for i in batch]
+        wave, lengths = pad_batch([crop(e.wave, tagging.window, rng) for e in shard], "variable", tagging.window)
+        loss = tagging_loss(tagger(wave, lengths), label_tensors(shard, tagging.labels))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(tagger.parameters(), 1.0)
         optimizer.step()
         losses.append(loss.item())
     return losses
+
+
+def format_epoch(record: dict) -> str:
+    return (f"epoch {record['epoch']:3d}  loss {record['train_loss']:.3f}  dev accuracy "
+            + "  ".join(f"{k} {v:.2f}" for k, v in record["dev_accuracy"].items())
+            + f"  severity MAE {record['dev_severity_mae']:.3f}  ({record['seconds']:.0f} s)")
 
 
 def save_pretrained(tagger: AttributeTagger, out: Path, cfg, history: list, args: dict) -> Path:
@@ -182,23 +232,29 @@ def load_pretrained_encoder(model, path: str | Path) -> None:
     model.audio_encoder.load_state_dict(state)
 
 
+DEFAULTS = defaults_of(PretrainArgs)
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A deramos-synth corpus.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
-@click.option("--preset", "preset_name", type=click.Choice(["small", "tiny"]), default="small", show_default=True)
-@click.option("--epochs", default=6, show_default=True)
-@click.option("--batch-size", default=16, show_default=True)
-@click.option("--lr", default=1e-3, show_default=True, help="Peak AdamW learning rate (warm-up, cosine decay).")
-@click.option("--seed", default=1984, show_default=True)
+@click.option("--preset", type=click.Choice(PRETRAINABLE), default=DEFAULTS["preset"], show_default=True,
+              help="A preset whose audio encoder is trained from scratch.")
+@click.option("--epochs", default=DEFAULTS["epochs"], show_default=True)
+@click.option("--batch-size", default=DEFAULTS["batch_size"], show_default=True)
+@click.option("--lr", default=DEFAULTS["lr"], show_default=True, help="Peak AdamW learning rate (warm-up, cosine decay).")
+@click.option("--seed", default=DEFAULTS["seed"], show_default=True)
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
-def main(data, out, preset_name, epochs, batch_size, lr, seed, no_progress):
+def main(no_progress, **opts):
     """Pre-train a from-scratch audio encoder to tag instrument, tempo, mood, genre, dynamics
     and degradation severities on a deramos-synth corpus.
 
     Example: deramos-pretrain --data corpus --out pre && deramos-train --data corpus
     --init-audio-encoder pre --out run
     """
-    result = pretrain(data, out, preset_name, epochs, batch_size, lr, seed, progress=not no_progress)
+    show_progress()
+    with errors_as_messages():
+        result = pretrain(PretrainArgs(**opts, progress=not no_progress))
     click.echo(f"pre-trained encoder saved in {result}")
 
 

@@ -80,7 +80,7 @@ class TextEncoder(nn.Module):
                 torch.manual_seed(seed)
                 self.model = AutoModel.from_config(random_config(cfg), attn_implementation="eager")
         else:
-            self.model = AutoModel.from_pretrained(str(source), attn_implementation="eager")
+            self.model = _load_quietly(AutoModel, source)
         self.hidden_size = cfg.hidden_size = int(self.model.config.hidden_size)
         self.from_source = source is not None
         if cfg.frozen:
@@ -93,3 +93,17 @@ class TextEncoder(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         out = self.model(input_ids=input_ids, attention_mask=attention_mask)
         return out.last_hidden_state
+
+
+def _load_quietly(auto_class, source):
+    """`from_pretrained` without transformers' own "Loading weights" bar: the caller (a CLI's
+    --no-progress, a test, a server) decides what reaches the terminal."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return auto_class.from_pretrained(str(source), attn_implementation="eager")
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()

@@ -29,13 +29,15 @@ import torch.distributed as dist
 from tqdm.auto import tqdm
 
 from .checkpoint import recover_dir, save_checkpoint, save_tensors
-from .config import preset
-from .data import crop, load_examples
+from .cli_common import defaults_of, errors_as_messages, show_progress
+from .config import PRESETS, preset
+from .data import WINDOW_POLICIES, crop, load_examples
 from .features import Featurizer, predict
 from .losses import LOSS_KINDS, LossConfig, total_loss, with_counterfactuals
-from .metrics import evaluate
+from .runtime.metrics import evaluate
 from .model import DeRAMOS
 from .musiceval import read_system_mos
+from .reporting import TrainingError, one_line, progress_log
 
 log = logging.getLogger("deramos")
 # Frozen pretrained encoders (paper) want the paper's small step; encoders trained from scratch a larger one.
@@ -99,6 +101,30 @@ def setup_distributed(device: str) -> tuple[int, int]:
     return (dist.get_rank() if world > 1 else 0), world
 
 
+@dataclass
+class TrainingSession:
+    """What every epoch of a run works with, set up once by `start_session`."""
+
+    args: TrainArgs
+    run: Path
+    model: DeRAMOS
+    featurizer: Featurizer
+    step_module: torch.nn.Module          # TrainStep, or its DistributedDataParallel wrapper
+    optimizer: torch.optim.Optimizer
+    loss_cfg: LossConfig
+    train: list
+    dev: list
+    system_truth: dict | None
+    counterfactuals: dict | None          # wav name -> [(prompt, TA)], or None when off
+    state: dict                           # epoch, best scores, stale epochs (resumed from last/)
+    rank: int = 0
+    world: int = 1
+
+    @property
+    def centres(self) -> torch.Tensor:
+        return self.model.heads.bins.centres
+
+
 def build_model(args: TrainArgs) -> DeRAMOS:
     cfg = preset(args.preset)
     if args.freeze_audio_encoder:
@@ -107,7 +133,18 @@ def build_model(args: TrainArgs) -> DeRAMOS:
         cfg.audio.source = args.audio_encoder
     if args.text_encoder:
         cfg.text.source = args.text_encoder
-    return DeRAMOS(cfg, seed=args.seed)
+    try:
+        model = DeRAMOS(cfg, seed=args.seed)
+    except (OSError, ValueError) as err:   # an encoder directory that is not one
+        raise TrainingError(f"cannot build the {args.preset} model: {one_line(err)}") from None
+    if args.init_audio_encoder:
+        from .pretrain import load_pretrained_encoder
+
+        try:
+            load_pretrained_encoder(model, args.init_audio_encoder)
+        except (FileNotFoundError, ValueError) as err:
+            raise TrainingError(f"--init-audio-encoder: {err}") from None
+    return model
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
@@ -125,42 +162,69 @@ def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
     return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
-def train_epoch(step_module, optimizer, examples, args, loss_cfg, centres, epoch, rank, world,
-                counterfactuals=None) -> float:
-    step_module.train()
-    rng = np.random.default_rng([args.seed, epoch, rank])
-    window = step_module_cfg(step_module).audio.window_samples
-    random_crop = not step_module_cfg(step_module).audio.frozen
-    batches = epoch_batches(len(examples), args.batch_size, epoch, args.seed)[: args.max_steps_per_epoch]
+def base_learning_rate(args: TrainArgs) -> float:
+    if args.lr:
+        return args.lr
+    if args.preset not in DEFAULT_LR:
+        raise TrainingError(f"preset {args.preset!r} has no default learning rate; give --lr")
+    return DEFAULT_LR[args.preset]
+
+
+def train_epoch(session: TrainingSession, epoch: int) -> float:
+    """One pass over the epoch's batches, this rank's share of each; -> the mean loss of all ranks."""
+    args, optimizer = session.args, session.optimizer
+    session.step_module.train()
+    rng = np.random.default_rng([args.seed, epoch, session.rank])
+    batches = epoch_batches(len(session.train), args.batch_size, epoch, args.seed)[: args.max_steps_per_epoch]
     total_steps = len(batches) * args.epochs
-    base_lr = optimizer.defaults["lr"]      # the preset default or --lr, resolved once in run_training
+    base_lr = optimizer.defaults["lr"]      # the preset default or --lr, resolved once in start_session
     warmup = min(args.warmup_steps, max(1, total_steps // 10))   # short runs warm up for 10% of their steps
-    params = [p for group in optimizer.param_groups for p in group["params"]]
     losses = []
-    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not args.progress or rank != 0, leave=False)
+    bar = tqdm(batches, desc=f"epoch {epoch}", unit="batch", disable=not args.progress or session.rank != 0,
+               leave=False)
     for index, batch in enumerate(bar):
-        for group in optimizer.param_groups:
-            scheduled = learning_rate(base_lr, (epoch - 1) * len(batches) + index, total_steps, warmup)
-            group["lr"] = group.get("lr_scale", 1.0) * scheduled
-        if len(batch) < world:
+        set_learning_rate(optimizer, learning_rate(base_lr, (epoch - 1) * len(batches) + index, total_steps, warmup))
+        if len(batch) < session.world:
             continue   # every rank needs a clip, or the gradient all-reduce would wait forever
-        shard = [examples[i] for i in batch[rank::world]]
-        waves = [crop(e.wave, window, rng if random_crop else None) for e in shard]
-        cf_prompts, cf_targets = pick_counterfactuals(shard, counterfactuals, rng)
-        out = step_module(waves, [e.clip.prompt for e in shard], cf_prompts)
-        device = out["mi"].device
-        y_mi = torch.tensor([e.clip.mi for e in shard], dtype=torch.float32, device=device)
-        y_ta = torch.tensor([e.clip.ta for e in shard], dtype=torch.float32, device=device)
-        if cf_prompts is not None:
-            out, y_ta = with_counterfactuals(out, y_ta, torch.tensor(cf_targets, dtype=torch.float32, device=device))
-        loss, _ = total_loss(out, y_mi, y_ta, centres, loss_cfg)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if args.grad_clip:
-            torch.nn.utils.clip_grad_norm_(params, args.grad_clip)
-        optimizer.step()
-        losses.append(loss.item())
+        shard = [session.train[i] for i in batch[session.rank::session.world]]
+        losses.append(apply_gradients(session, step_loss(session, shard, rng)))
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
+    return mean_over_ranks(losses, session.world)
+
+
+def set_learning_rate(optimizer, scheduled: float) -> None:
+    for group in optimizer.param_groups:
+        group["lr"] = group.get("lr_scale", 1.0) * scheduled
+
+
+def step_loss(session: TrainingSession, shard: list, rng: np.random.Generator) -> torch.Tensor:
+    """The training loss of one shard: random crops (fixed ones for a frozen encoder, whose
+    features are cached), and its counterfactual prompts when those are on."""
+    audio = session.model.cfg.audio
+    waves = [crop(e.wave, audio.window_samples, None if audio.frozen else rng) for e in shard]
+    cf_prompts, cf_targets = pick_counterfactuals(shard, session.counterfactuals, rng)
+    out = session.step_module(waves, [e.clip.prompt for e in shard], cf_prompts)
+    device = out["mi"].device
+    y_mi = torch.tensor([e.clip.mi for e in shard], dtype=torch.float32, device=device)
+    y_ta = torch.tensor([e.clip.ta for e in shard], dtype=torch.float32, device=device)
+    if cf_prompts is not None:
+        out, y_ta = with_counterfactuals(out, y_ta, torch.tensor(cf_targets, dtype=torch.float32, device=device))
+    loss, _ = total_loss(out, y_mi, y_ta, session.centres.to(session.args.device), session.loss_cfg)
+    return loss
+
+
+def apply_gradients(session: TrainingSession, loss: torch.Tensor) -> float:
+    optimizer = session.optimizer
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if session.args.grad_clip:
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        torch.nn.utils.clip_grad_norm_(params, session.args.grad_clip)
+    optimizer.step()
+    return loss.item()
+
+
+def mean_over_ranks(losses: list[float], world: int) -> float:
     mean = float(np.mean(losses)) if losses else math.nan
     if world > 1:   # report the loss of the whole batch, not of rank 0's shard
         total = torch.tensor([mean], dtype=torch.float64)
@@ -186,21 +250,18 @@ def load_train_counterfactuals(args: TrainArgs, train: list) -> dict | None:
     try:
         table = load_counterfactuals(args.data, args.counterfactual_prompts, args.seed)
     except FileNotFoundError as err:
-        raise click.ClickException(f"--counterfactual-prompts: {err}") from None
+        raise TrainingError(f"--counterfactual-prompts: {err}") from None
     missing = [e.clip.path.name for e in train if e.clip.path.name not in table]
     if missing:
-        raise click.ClickException(f"--counterfactual-prompts: {missing[0]} (and {len(missing) - 1} more) "
-                                   f"not in {args.data}/synth_meta.jsonl")
+        raise TrainingError(f"--counterfactual-prompts: {missing[0]} (and {len(missing) - 1} more) "
+                            f"not in {args.data}/synth_meta.jsonl")
     return table
 
 
-def step_module_cfg(step_module):
-    module = step_module.module if hasattr(step_module, "module") else step_module
-    return module.model.cfg
-
-
 @torch.no_grad()
-def validate(model, featurizer, examples, args, loss_cfg, centres, system_truth) -> dict:
+def validate(session: TrainingSession) -> dict:
+    """Validation loss on the dev clips (centre crops), and every metric of their predictions."""
+    model, featurizer, examples, args = session.model, session.featurizer, session.dev, session.args
     model.eval()
     window = model.cfg.audio.window_samples
     losses, weights = [], []
@@ -209,12 +270,12 @@ def validate(model, featurizer, examples, args, loss_cfg, centres, system_truth)
         out = featurizer.heads([crop(e.wave, window, None) for e in batch], [e.clip.prompt for e in batch])
         y_mi = torch.tensor([e.clip.mi for e in batch], dtype=torch.float32)
         y_ta = torch.tensor([e.clip.ta for e in batch], dtype=torch.float32)
-        loss, _ = total_loss({k: v.cpu() for k, v in out.items()}, y_mi, y_ta, centres, loss_cfg)
+        loss, _ = total_loss({k: v.cpu() for k, v in out.items()}, y_mi, y_ta, session.centres.cpu(), session.loss_cfg)
         losses.append(float(loss))
         weights.append(len(batch))
     mi, ta = predict(featurizer, [e.wave for e in examples], [e.clip.prompt for e in examples], args.batch_size)
     true = {"MI": np.array([e.clip.mi for e in examples]), "TA": np.array([e.clip.ta for e in examples])}
-    metrics = evaluate([e.clip.system_id for e in examples], {"MI": mi, "TA": ta}, true, system_truth)
+    metrics = evaluate([e.clip.system_id for e in examples], {"MI": mi, "TA": ta}, true, session.system_truth)
     return {"val_loss": float(np.average(losses, weights=weights)), "dev": metrics}
 
 
@@ -297,32 +358,33 @@ def record_epoch(run: Path, model, optimizer, record: dict, state: dict, args: T
 
 
 def run_training(args: TrainArgs) -> Path:
+    """Train, or resume, the run in `args.out`; return its directory. Progress goes to the
+    `deramos.progress` logger; bad arguments or data raise TrainingError (ValueError for an
+    unknown loss or preset)."""
+    session = start_session(args)
+    for epoch in range(session.state["epoch"] + 1, args.epochs + 1):
+        if not end_epoch(session, train_and_validate(session, epoch)):
+            break
+    if session.world > 1:
+        dist.destroy_process_group()
+    return session.run
+
+
+def start_session(args: TrainArgs) -> TrainingSession:
+    """Model, data, optimiser and the state resumed from `last/`, in the order that fixes the
+    random streams (a run and its resumption draw the same numbers)."""
     rank, world = setup_distributed(args.device)
     torch.manual_seed(args.seed)
-    run = Path(args.out)
-    model = build_model(args)
-    if args.init_audio_encoder:
-        from .pretrain import load_pretrained_encoder
-
-        try:
-            load_pretrained_encoder(model, args.init_audio_encoder)
-        except (FileNotFoundError, ValueError) as err:
-            raise click.ClickException(f"--init-audio-encoder: {err}") from None
-    model = model.to(args.device)
+    model = build_model(args).to(args.device)
     loss_cfg = LossConfig(kind=args.loss, **args.loss_options)
-    cache = args.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deramos" / "features")
-    featurizer = Featurizer(model, cache_dir=cache, device=args.device, window_policy=args.window_policy)
-    try:
-        train, _ = load_examples(args.data, "train", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
-        dev, _ = load_examples(args.data, "dev", model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
-    except FileNotFoundError as err:
-        raise click.ClickException(str(err)) from None
-    if not train or not dev:
-        raise click.ClickException(f"{args.data}: need clips in both the train and the dev list")
+    featurizer = Featurizer(model, cache_dir=feature_cache_dir(args), device=args.device,
+                            window_policy=args.window_policy)
+    train, dev = load_splits(args, model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
     system_truth = _system_truth(args.data)
     counterfactuals = load_train_counterfactuals(args, train)
-    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=args.lr or DEFAULT_LR[args.preset],
+    optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=base_learning_rate(args),
                                   weight_decay=args.weight_decay)
+    run = Path(args.out)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps({"model": model.cfg.to_dict(), "training": asdict(args)}, indent=2))
@@ -330,32 +392,52 @@ def run_training(args: TrainArgs) -> Path:
     step_module = TrainStep(model, featurizer)
     if world > 1:
         step_module = torch.nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
-    centres = model.heads.bins.centres
-    for epoch in range(state["epoch"] + 1, args.epochs + 1):
-        started = time.time()
-        train_loss = train_epoch(step_module, optimizer, train, args, loss_cfg, centres.to(args.device), epoch, rank,
-                                 world, counterfactuals)
-        record = {"epoch": epoch, "train_loss": train_loss}
-        record.update(validate(model, featurizer, dev, args, loss_cfg, centres.cpu(), system_truth))
-        record["seconds"] = round(time.time() - started, 2)
-        improved = record["val_loss"] < state.get("best_val_loss", math.inf)
-        state["best_val_loss"] = min(record["val_loss"], state.get("best_val_loss", math.inf))
-        state["stale_epochs"] = 0 if improved else state["stale_epochs"] + 1
-        state["epoch"] = epoch
-        if rank == 0:
-            record_epoch(run, model, optimizer, record, state, args)
-            _print_epoch(record)
-        if world > 1:
-            dist.barrier()
-        if args.stop_after is not None and epoch >= args.stop_after:
-            break
-        if state["stale_epochs"] >= args.patience:
-            if rank == 0:
-                click.echo(f"early stop: no validation improvement for {args.patience} epochs", err=True)
-            break
-    if world > 1:
-        dist.destroy_process_group()
-    return run
+    return TrainingSession(args, run, model, featurizer, step_module, optimizer, loss_cfg, train, dev, system_truth,
+                           counterfactuals, state, rank, world)
+
+
+def feature_cache_dir(args: TrainArgs) -> str:
+    return args.cache_dir or str(Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "deramos" / "features")
+
+
+def load_splits(args: TrainArgs, sample_rate: int, progress: bool) -> tuple[list, list]:
+    try:
+        train, _ = load_examples(args.data, "train", sample_rate, progress=progress)
+        dev, _ = load_examples(args.data, "dev", sample_rate, progress=progress)
+    except FileNotFoundError as err:
+        raise TrainingError(str(err)) from None
+    if not train or not dev:
+        raise TrainingError(f"{args.data}: need clips in both the train and the dev list")
+    return train, dev
+
+
+def train_and_validate(session: TrainingSession, epoch: int) -> dict:
+    started = time.time()
+    record = {"epoch": epoch, "train_loss": train_epoch(session, epoch)}
+    record.update(validate(session))
+    record["seconds"] = round(time.time() - started, 2)
+    return record
+
+
+def end_epoch(session: TrainingSession, record: dict) -> bool:
+    """Update the early-stopping state, save (rank 0) and report the epoch; -> go on?"""
+    args, state = session.args, session.state
+    improved = record["val_loss"] < state.get("best_val_loss", math.inf)
+    state["best_val_loss"] = min(record["val_loss"], state.get("best_val_loss", math.inf))
+    state["stale_epochs"] = 0 if improved else state["stale_epochs"] + 1
+    state["epoch"] = record["epoch"]
+    if session.rank == 0:
+        record_epoch(session.run, session.model, session.optimizer, record, state, args)
+        progress_log.info(format_epoch(record))
+    if session.world > 1:
+        dist.barrier()
+    if args.stop_after is not None and record["epoch"] >= args.stop_after:
+        return False
+    if state["stale_epochs"] >= args.patience:
+        if session.rank == 0:
+            progress_log.info(f"early stop: no validation improvement for {args.patience} epochs")
+        return False
+    return True
 
 
 def parameter_groups(model, args: TrainArgs) -> list[dict]:
@@ -376,55 +458,66 @@ def _system_truth(root):
         return None
 
 
-def _print_epoch(r: dict) -> None:
+def format_epoch(r: dict) -> str:
     u, s = r["dev"]["utterance"], r["dev"]["system"]
-    click.echo(f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  "
-               f"SRCC utt MI {u['MI']['SRCC']:.3f} TA {u['TA']['SRCC']:.3f}  "
-               f"sys MI {s['MI']['SRCC']:.3f} TA {s['TA']['SRCC']:.3f}  ({r['seconds']:.1f} s)", err=True)
+    return (f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  "
+            f"SRCC utt MI {u['MI']['SRCC']:.3f} TA {u['TA']['SRCC']:.3f}  "
+            f"sys MI {s['MI']['SRCC']:.3f} TA {s['TA']['SRCC']:.3f}  ({r['seconds']:.1f} s)")
+
+
+DEFAULTS = defaults_of(TrainArgs)
+LOSS_DEFAULTS = defaults_of(LossConfig)
+
+
+def _default(name: str, **option):
+    """An option whose default is TrainArgs' (shown in --help)."""
+    return click.option(f"--{name.replace('_', '-')}", default=DEFAULTS[name], show_default=True, **option)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="MusicEval-layout directory.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
-@click.option("--preset", type=click.Choice(["paper", "small", "tiny"]), default="small", show_default=True)
-@click.option("--loss", type=click.Choice(LOSS_KINDS), default="dera", show_default=True,
-              help="dera = distributional + listwise (MI) + alignment (TA); the others are baselines.")
-@click.option("--epochs", default=100, show_default=True)
-@click.option("--batch-size", default=24, show_default=True)
-@click.option("--lr", type=float, help="Peak AdamW learning rate [paper 5e-5, small 3e-4, tiny 1e-3].")
-@click.option("--warmup-steps", default=200, show_default=True, help="Linear warm-up, then cosine decay to 10%.")
-@click.option("--grad-clip", default=1.0, show_default=True, help="Gradient norm clip (0: off).")
-@click.option("--patience", default=15, show_default=True, help="Early stopping on validation loss.")
-@click.option("--seed", default=1984, show_default=True)
-@click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:1 ...")
+@_default("preset", type=click.Choice(list(PRESETS)))
+@_default("loss", type=click.Choice(LOSS_KINDS),
+          help="dera = distributional + listwise (MI) + alignment (TA); the others are baselines.")
+@_default("epochs")
+@_default("batch_size")
+@click.option("--lr", type=float, help="Peak AdamW learning rate ["
+              + ", ".join(f"{name} {lr:g}" for name, lr in DEFAULT_LR.items()) + "].")
+@_default("warmup_steps", help="Linear warm-up, then cosine decay to 10%.")
+@_default("grad_clip", help="Gradient norm clip (0: off).")
+@_default("patience", help="Early stopping on validation loss.")
+@_default("seed")
+@_default("device", help="cpu, cuda, cuda:1 ...")
 @click.option("--audio-encoder", type=click.Path(exists=True, file_okay=False), help="MuQ checkpoint directory (config.json + model.safetensors).")
 @click.option("--text-encoder", type=click.Path(exists=True, file_okay=False), help="Hugging Face encoder directory (with its tokenizer).")
 @click.option("--init-audio-encoder", type=click.Path(exists=True),
               help="Start the audio encoder from a deramos-pretrain output (from-scratch presets).")
 @click.option("--freeze-audio-encoder", is_flag=True,
               help="Keep the audio encoder fixed and train the heads only (e.g. after --init-audio-encoder).")
-@click.option("--audio-encoder-lr-scale", default=1.0, show_default=True,
-              help="A trainable audio encoder learns at this fraction of --lr (e.g. 0.2 after --init-audio-encoder).")
-@click.option("--window-policy", type=click.Choice(["variable", "pad"]), default="variable", show_default=True)
+@_default("audio_encoder_lr_scale",
+          help="A trainable audio encoder learns at this fraction of --lr (e.g. 0.2 after --init-audio-encoder).")
+@_default("window_policy", type=click.Choice(WINDOW_POLICIES))
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")
-@click.option("--rank-weight", type=float, help="λ_r of the listwise loss [0.01].")
-@click.option("--align-weight", type=float, help="λ_a of the alignment loss [0.2].")
-@click.option("--counterfactual-prompts", default=0, show_default=True, metavar="K",
-              help="deramos-synth corpora only: also train TA on K prompts per clip that get 1-2 attributes "
-                   "wrong, scored like the simulated raters would (0 = off, the paper's recipe).")
+@click.option("--rank-weight", type=float, help=f"λ_r of the listwise loss [{LOSS_DEFAULTS['rank_weight']:g}].")
+@click.option("--align-weight", type=float, help=f"λ_a of the alignment loss [{LOSS_DEFAULTS['align_weight']:g}].")
+@_default("counterfactual_prompts", metavar="K",
+          help="deramos-synth corpora only: also train TA on K prompts per clip that get 1-2 attributes "
+               "wrong, scored like the simulated raters would (0 = off, the paper's recipe).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(**opts):
     """Train DeRA-MOS on a MusicEval-layout directory.
 
     Example: deramos-train --data /tmp/se --preset tiny --epochs 3 --out /tmp/run
     """
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    show_progress()
     loss_options = {k: v for k in ("rank_weight", "align_weight") if (v := opts.pop(k)) is not None}
     progress = not opts.pop("no_progress")
     args = TrainArgs(**opts, progress=progress, loss_options=loss_options)
-    run = run_training(args)
+    with errors_as_messages():
+        run = run_training(args)
     if int(os.environ.get("RANK", "0")) == 0:
         click.echo(f"run saved in {run}")
 

@@ -10,8 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, graph_file_name, sha256_file
+from ..calibration.quantize import QUANTIZED_GRAPHS
+from ..calibration.samples import sample_set
+from ..runtime.backends import OrtBackend
+from ..runtime.bundle import FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, graph_file_name, load_bundle, write_manifest
+from ..runtime.probes import record_probes, write_probe_clips
+from ..runtime.scorer import Scorer
+from ..runtime.targets import default_int8_target
 from .graphs import DEFAULT_OPSET, example_inputs, export_graph, export_mode, graph_modules
+from .validate import format_report
+
+PROBE_CLIPS = 32
 
 
 @dataclass
@@ -25,62 +34,77 @@ class ExportOptions:
     validate: bool = True
     validate_clips: int = 64
     calib_clips: int = 64
-    int8_graphs: tuple[str, ...] = ("audio_encoder",)   # the others stay FP32 (calibration/quantize.py)
+    int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS   # the others stay FP32 (calibration/quantize.py)
+    int8_target: str = field(default_factory=default_int8_target)
+    probe_clips: int = PROBE_CLIPS
     seed: int = 0
     progress: bool = True
     timings: dict = field(default_factory=dict)
 
 
 class ExportFailed(RuntimeError):
-    """Validation or calibration failed; the message is the report."""
+    """Validation or a precision's check failed; the message is the report."""
 
 
 def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
                   say: Callable[[str], None] = print) -> dict:
-    """Write graphs, tokenizer and manifest; validate each precision against PyTorch.
-    On a failed validation nothing is marked usable: manifest.json is not written."""
-    from .validate import format_report
-
+    """Write the FP32 graphs, tokenizer, probe clips and manifest, FP32 checked against PyTorch;
+    then (torch-free, deramos.build) any FP16/INT8 graphs, each checked against FP32.
+    A failed FP32 validation leaves no manifest.json (nothing loadable); a failed FP16/INT8 check
+    leaves a bundle with the precisions that passed, and raises ExportFailed naming the others."""
     options = options or ExportOptions()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "manifest.json").unlink(missing_ok=True)     # a half-written bundle is never loadable
     files: dict[str, dict[str, list[str]]] = {g: {} for g in GRAPHS}
     timer = functools.partial(_timed, options.timings)
-
     with timer("export fp32"):
         _export_fp32(model, out, options, files)
     tokenizer = _copy_tokenizer(model, out)
-    if options.fp16:
-        from .fp16 import convert_to_fp16
-
-        with timer("convert fp16"):
-            for graph in GRAPHS:
-                written = convert_to_fp16(out / files[graph]["fp32"][0], out / graph_file_name(graph, "fp16"))
-                files[graph]["fp16"] = [p.name for p in written]
-    parity: dict[str, dict] = {}
-    calibration: dict = {}
-    if options.int8:
-        from ..calibration.quantize import build_int8_graphs
-
-        with timer("calibrate int8"):
-            calibration = build_int8_graphs(model, out, files, options, say)
+    parity = {}
     if options.validate:
-        with timer("validate"):
-            parity = _validate(model, out, files, options, tokenizer)
-        for precision, report in parity.items():
-            say(format_report(precision, report))
-        failed = [p for p, r in parity.items() if not r["passed"]]
-        if options.int8 and calibration.get("drift") and not calibration["drift"]["passed"]:
-            failed.append("int8")
-        if failed:
-            (out / "validation_report.json").write_text(json.dumps({"parity": parity, "calibration": calibration}, indent=2))
-            reasons = [f"{p}: {f}" for p in failed for f in (parity.get(p) or calibration.get("drift", {})).get("failures", [])]
-            raise ExportFailed(f"validation failed for {', '.join(failed)} ({'; '.join(reasons)}); report in {out / 'validation_report.json'}; "
-                               "manifest.json not written (use --no-validate to skip)")
-    manifest = build_manifest(model, out, files, tokenizer, parity, calibration, options)
-    (out / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return manifest
+        with timer("validate fp32"):
+            parity["fp32"] = _validate(model, out, files, options, tokenizer)
+        say(format_report("fp32", parity["fp32"]))
+        if not parity["fp32"]["passed"]:
+            (out / "validation_report.json").write_text(json.dumps({"parity": parity}, indent=2))
+            raise ExportFailed(f"validation failed for fp32 ({'; '.join(parity['fp32']['failures'])}); report in "
+                               f"{out / 'validation_report.json'}; manifest.json not written (use --no-validate to skip)")
+    write_manifest(out, build_manifest(model, out, files, tokenizer, parity, options))
+    with timer("probes"):
+        _add_probes(out, model.cfg, options)
+    if options.fp16 or options.int8:
+        _build_precisions(out, options, timer, say)
+    return load_bundle(out).manifest
+
+
+def _build_precisions(out: Path, options: ExportOptions, timer, say) -> None:
+    from ..build.stage import BuildOptions, build_bundle
+
+    build = BuildOptions(fp16=options.fp16, int8=options.int8, calib=options.calib, calib_method=options.calib_method,
+                         calib_clips=options.calib_clips, check_clips=options.validate_clips,
+                         int8_graphs=tuple(options.int8_graphs), int8_target=options.int8_target,
+                         recalibrate=options.recalibrate, seed=options.seed, check=options.validate)
+    with timer("build " + "+".join(p for p in ("fp16", "int8") if getattr(options, p))):
+        result = build_bundle(out, build, say)
+    if result.failed:
+        kept = ", ".join(load_bundle(out).precisions())
+        raise ExportFailed(f"{', '.join(result.failed)} missed its check against FP32 and was left out of the bundle "
+                           f"({'; '.join(f for p in result.failed for f in result.checks[p].failures)}); "
+                           f"{out} keeps {kept}")
+
+
+def _add_probes(out: Path, cfg, options: ExportOptions) -> None:
+    """Probe clips + their FP32 scores (what `deramos-run --self-check` compares with)."""
+    bundle = load_bundle(out)
+    samples = sample_set(options.probe_clips, cfg.audio.sample_rate, min(3.0, cfg.audio.window_seconds),
+                         seed=options.seed + 77)
+    files = write_probe_clips(out, samples.waves, samples.prompts, cfg.audio.sample_rate)
+    with Scorer(bundle, OrtBackend(bundle, "fp32")) as scorer:
+        index = record_probes(scorer, files, samples.prompts)
+    for path in files + [index]:
+        bundle.manifest["files"][path.relative_to(out).as_posix()] = ""
+    write_manifest(out, bundle.manifest)
 
 
 def _export_fp32(model, out: Path, options: ExportOptions, files: dict) -> None:
@@ -103,24 +127,19 @@ def _copy_tokenizer(model, out: Path) -> Path:
 
 
 def _validate(model, out: Path, files: dict, options: ExportOptions, tokenizer: Path) -> dict:
+    """The FP32 graphs (ONNX Runtime) against the PyTorch model they came from."""
     from ..runtime.text import PromptTokenizer
-    from .samples import sample_set
     from .validate import compare, onnx_outputs, ort_sessions, torch_outputs
 
     cfg = model.cfg
     samples = sample_set(options.validate_clips, cfg.audio.sample_rate, cfg.audio.window_seconds, seed=options.seed + 1)
     tok = PromptTokenizer(tokenizer, cfg.text.max_tokens)
     reference = torch_outputs(model, samples, tok)
-    reports = {}
-    for precision in ("fp32", "fp16"):
-        if precision in files["heads"]:
-            sessions = ort_sessions({g: out / files[g][precision][0] for g in GRAPHS})
-            reports[precision] = compare(reference, onnx_outputs(sessions, samples, tok), precision)
-    return reports
+    sessions = ort_sessions({g: out / files[g]["fp32"][0] for g in GRAPHS})
+    return compare(reference, onnx_outputs(sessions, samples, tok), "fp32")
 
 
-def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict, calibration: dict,
-                   options: ExportOptions) -> dict:
+def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict, options: ExportOptions) -> dict:
     import onnx
     import onnxruntime
     import torch
@@ -134,8 +153,7 @@ def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict,
         inputs, outputs = _io_spec(out / files[graph]["fp32"][0])
         assert [i["name"] for i in inputs] == list(GRAPH_IO[graph][0])
         graphs[graph] = {"inputs": inputs, "outputs": outputs, "files": files[graph]}
-    listed = sorted({name for g in files.values() for names in g.values() for name in names} | {tokenizer.name}
-                    | set(calibration.get("files", [])))
+    listed = sorted({name for g in files.values() for names in g.values() for name in names} | {tokenizer.name})
     return {
         "format": FORMAT, "format_version": FORMAT_VERSION,
         "model": {"name": cfg.name, "config": cfg.to_dict()},
@@ -144,11 +162,10 @@ def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict,
         "score": {"min": cfg.heads.score_min, "max": cfg.heads.score_max, "bins": cfg.heads.num_bins},
         "tokenizer": {"file": tokenizer.name, "max_tokens": cfg.text.max_tokens},
         "graphs": graphs,
-        "files": {name: sha256_file(out / name) for name in listed},
+        "files": {name: "" for name in listed},      # hashed by write_manifest
         "versions": {"deramos": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": options.opset},
         "parity": parity,
-        "calibration": {k: v for k, v in calibration.items() if k != "files"},
         "export_seconds": options.timings,
     }
 

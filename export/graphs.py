@@ -15,11 +15,10 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from ..build.onnxio import save_onnx
 from ..runtime.bundle import GRAPH_IO
 
 DEFAULT_OPSET = 17
-# ONNX protobufs are capped at 2 GB: bigger graphs keep their weights in a side file.
-EXTERNAL_DATA_THRESHOLD = 1_800_000_000
 
 
 class AudioEncoderGraph(nn.Module):
@@ -112,19 +111,3 @@ def export_graph(name: str, module: nn.Module, inputs: tuple, path: Path, opset:
                           output_names=list(output_names), dynamic_axes=DYNAMIC_AXES[name],
                           opset_version=opset, do_constant_folding=True, dynamo=False)
         return save_onnx(onnx.load(str(raw), load_external_data=True), path)
-
-
-def save_onnx(proto, path: Path) -> list[Path]:
-    """Save, moving weights to `<name>.data` when the graph is too big for one protobuf."""
-    import onnx
-
-    for stale in path.parent.glob(path.name + "*.data"):
-        stale.unlink()
-    size = sum(t.ByteSize() for t in proto.graph.initializer)
-    if size < EXTERNAL_DATA_THRESHOLD:
-        onnx.save_model(proto, str(path))
-        return [path]
-    data_name = path.name + ".data"
-    onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
-                    location=data_name, size_threshold=1024)
-    return [path, path.parent / data_name]

@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ..metrics import spearman
+from ..runtime.metrics import spearman
 from ..runtime.audio import pad_waves
 from ..runtime.text import PromptTokenizer
-from .samples import SampleSet, batches
+from ..calibration.samples import SampleSet, batches
 
 TOLERANCES = {
     "fp32": {"score_abs": 1e-3, "encoder_cosine": 0.9999},

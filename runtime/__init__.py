@@ -13,7 +13,7 @@ import importlib
 
 _EXPORTS = {
     "Scorer": "scorer", "Score": "scorer", "Selection": "scorer", "ScoringError": "scorer",
-    "Unscorable": "scorer",
+    "Unscorable": "scorer", "SelfCheckFailed": "scorer", "Comparison": "compare",
     "Backend": "backends", "BackendUnavailable": "backends", "select_backend": "backends",
     "Bundle": "bundle", "BundleError": "bundle", "load_bundle": "bundle",
     "AudioError": "audio", "PromptError": "text",

@@ -145,6 +145,15 @@ def verify_files(root: Path, manifest: dict) -> None:
             raise BundleError(f"{path}: sha256 does not match manifest.json (file modified or corrupt)")
 
 
+def write_manifest(root: Path, manifest: dict) -> None:
+    """Rehash every listed file, then replace manifest.json atomically (readers never see half)."""
+    root = Path(root)
+    manifest["files"] = {name: sha256_file(root / name) for name in sorted(manifest["files"])}
+    scratch = root / "manifest.json.tmp"
+    scratch.write_text(json.dumps(manifest, indent=2))
+    scratch.replace(root / "manifest.json")
+
+
 def check_graph_io(bundle: Bundle, graph: str, precision: str, inputs: list[str], outputs: list[str]) -> None:
     """The names a loaded graph declares must be the ones the manifest promises."""
     spec = bundle.manifest["graphs"][graph]

@@ -37,6 +37,11 @@ $DERAMOS_BUNDLE, else the default model (exported to ~/.cache/deramos on first u
 \b
 A clip that cannot be scored is reported on stderr ("error: b.wav: file not found")
 and in the "error" field; the others are still scored.
+\b
+  deramos-run --bundle B --precision int8 --self-check
+scores the bundle's probe clips with the chosen backend and precision and
+compares them with their stored FP32 scores (exit 1 when outside tolerance).
+
 Exit status: 0 all scored, 1 some item failed, 2 usage, bundle or backend error.
 """
 
@@ -60,14 +65,21 @@ class Job:
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)
 @click.option("--batch-size", type=click.IntRange(min=1), default=8, show_default=True, help="Windows per inference batch.")
 @click.option("--threads", type=click.IntRange(min=1), help="CPU threads per ONNX Runtime session.")
+@click.option("--self-check", is_flag=True,
+              help="Score the bundle's probe clips with this --backend/--precision and compare with their stored "
+                   "FP32 scores (max |Δ|, rank agreement); exit 0 within tolerance, 1 outside. Takes no clips.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar, no per-item error lines on stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which backend runs and why the others were skipped.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[auto|local|ADDRESS]",
               help="Score on a Ray cluster (pip install 'deramos[ray]'): an actor pool of Scorers writes --out "
                    "(JSONL, or a .parquet folder) in input order; a rerun skips the rows already there. "
                    "auto: $RAY_ADDRESS or a running cluster, else a local one.")
-def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_size, threads, quiet, verbose,
+def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_size, threads, self_check, quiet, verbose,
          ray_address):
+    if self_check:
+        if args or prompt is not None or jsonl is not None:
+            raise click.UsageError("--self-check scores the bundle's own probe clips; give no clips, --prompt or --jsonl")
+        sys.exit(_guarded(lambda: _self_check(bundle, backend, precision, threads, as_json, quiet, verbose)))
     jobs, total = _jobs(args, prompt, jsonl)
     if ray_address is not None:
         from deramos.scale.cli import run
@@ -124,6 +136,20 @@ def _score(jobs, total, out, as_json, bundle, backend, precision, batch_size, th
             sink.close()
         scorer.close()
     return EXIT_ITEM_FAILED if failed else EXIT_OK
+
+
+def _self_check(bundle, backend, precision, threads, as_json, quiet, verbose) -> int:
+    from .scorer import Scorer
+
+    say = (lambda line: None) if quiet else _error_stream_line
+    with Scorer.load(bundle, backend=backend, precision=precision, threads=threads, say=say) as scorer:
+        if verbose:
+            _error_stream_line(str(scorer.backend_report))
+        from .probes import self_check
+
+        report = self_check(scorer)
+    print(json.dumps(report.to_dict(), ensure_ascii=False) if as_json else report.format())
+    return EXIT_OK if report.passed else EXIT_ITEM_FAILED
 
 
 def _scored(scorer, jobs: Iterable[Job]) -> Iterator[tuple]:

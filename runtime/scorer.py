@@ -38,6 +38,10 @@ MIN_SECONDS = 0.1           # shorter clips carry too little music to judge
 PROMPT_CACHE_SIZE = 256
 
 
+class SelfCheckFailed(RuntimeError):
+    """The chosen backend/precision disagrees with the bundle's stored FP32 probe scores."""
+
+
 class ScoringError(ValueError):
     """score() on a single item that cannot be scored; the message is one line."""
 
@@ -138,17 +142,39 @@ class Scorer:
         self._decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self._pool: ThreadPoolExecutor | None = None
         self._pool_lock = threading.Lock()
+        self.self_check_report = None
 
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
              threads: int | None = None, batch_size: int = 8, *, verify: bool = True, build: bool = False,
-             say=None) -> "Scorer":
+             self_check: bool = False, say=None) -> "Scorer":
         """bundle None -> $DERAMOS_BUNDLE -> the default bundle (exported on first use).
+        verify: check every file's sha256. self_check: score the bundle's probe clips with the
+        chosen backend and precision and compare with their stored FP32 scores (the report is
+        `scorer.self_check_report`); raises SelfCheckFailed when they disagree.
         Raises BundleError / BackendUnavailable (one line) when it cannot load."""
         from .default import resolve_bundle_dir
+        from .targets import int8_mismatch
 
         loaded = load_bundle(resolve_bundle_dir(bundle, say=say), verify=verify)
-        return cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size)
+        scorer = cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size)
+        if precision == "int8" and say is not None:
+            mismatch = int8_mismatch((loaded.manifest.get("int8") or {}).get("target"), scorer.backend.device)
+            if mismatch:
+                say(f"note: {mismatch}")
+        if self_check:
+            scorer.run_self_check()
+        return scorer
+
+    def run_self_check(self):
+        """The bundle's probe clips through this scorer vs their stored FP32 scores (runtime/probes.py)."""
+        from .probes import self_check
+
+        self.self_check_report = self_check(self)
+        if not self.self_check_report.passed:
+            raise SelfCheckFailed(f"{self.bundle.root}: self-check failed for {self.backend.describe()}: "
+                                  + "; ".join(self.self_check_report.failures))
+        return self.self_check_report
 
     @property
     def backend_report(self) -> BackendReport | None:

@@ -12,6 +12,7 @@ from scipy.stats import spearmanr
 
 from deramos.evaluate import evaluate_checkpoint, main
 from deramos.musiceval import read_answer, read_split, read_system_mos
+from deramos.reporting import EvaluationError
 from deramos.train import TrainArgs, run_training
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -140,10 +141,16 @@ def test_directory_without_checkpoint_is_a_clean_error(tiny_corpus, tmp_path):
     assert result.exit_code != 0
     assert isinstance(result.exception, SystemExit), repr(result.exception)
     assert "no checkpoint" in result.output
+    with pytest.raises(EvaluationError, match=r"^\S+: no checkpoint here \(expected model.safetensors, "
+                                              r"or a run directory with best_combined/best_mi_sys/best_loss/last\)$"):
+        evaluate_checkpoint(str(tiny_corpus), str(tmp_path), progress=False)
 
 
 def test_unknown_split_is_a_clean_error(tiny_corpus, run_dir):
+    with pytest.raises(EvaluationError) as raised:
+        evaluate_checkpoint(str(tiny_corpus), str(run_dir), "nosuch", progress=False)
+    assert str(raised.value) == f"set list not found: {tiny_corpus / 'sets' / 'nosuch_mos_list.txt'}"
     result = deramos_eval(["--data", str(tiny_corpus), "--checkpoint", str(run_dir), "--split", "nosuch"])
-    assert result.exit_code != 0
+    assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "nosuch_mos_list.txt" in result.output
+    assert result.output == f"Error: {raised.value}\n"

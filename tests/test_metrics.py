@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from deramos.metrics import (
+from deramos.runtime.metrics import (
     evaluate,
     format_table,
     kendall_tau,
@@ -18,7 +18,7 @@ from deramos.metrics import (
     spearman,
     system_scores,
 )
-from deramos.metrics import _count_inversions
+from deramos.runtime.metrics import _count_inversions
 
 SIZES = [2, 3, 7, 100, 1000]
 SEEDS = [0, 1, 2, 3]

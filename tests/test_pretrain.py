@@ -3,6 +3,7 @@ deramos-train --init-audio-encoder starting from it."""
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,8 @@ from safetensors.torch import load_file
 from deramos.audio_encoder import AudioEncoder
 from deramos.config import preset
 from deramos.synth import FAMILIES
-from deramos.pretrain import CLASSES, attribute_labels, main as pretrain_main
+from deramos.pretrain import CLASSES, PRETRAINABLE, PretrainArgs, attribute_labels, main as pretrain_main, pretrain
+from deramos.reporting import TrainingError
 from deramos.train import TrainArgs, main as train_main, run_training
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -97,6 +99,7 @@ def test_an_encoder_of_another_preset_is_refused(pretrained, tiny_corpus, tmp_pa
                                              "--out", str(tmp_path / "run"), "--init-audio-encoder", str(pretrained),
                                              "--no-progress"])
     assert result.exit_code == 1
+    assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
     assert "Error: --init-audio-encoder:" in result.output and "an encoder of another configuration" in result.output
 
 
@@ -104,11 +107,37 @@ def test_pretrain_needs_a_synthetic_corpus(tiny_corpus, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus, data)
     (data / "synth_meta.jsonl").unlink()
+    with pytest.raises(TrainingError) as raised:
+        pretrain(PretrainArgs(data=str(data), out=str(tmp_path / "lib"), preset="tiny", progress=False))
+    assert str(raised.value) == f"{data / 'synth_meta.jsonl'}: not found; pre-training needs a corpus made by deramos-synth"
     result = CliRunner().invoke(pretrain_main, ["--data", str(data), "--out", str(tmp_path / "pre"), "--preset", "tiny",
                                                 "--no-progress"])
     assert result.exit_code == 1
-    assert "synth_meta.jsonl: not found; pre-training needs a corpus made by deramos-synth" in result.output
+    assert result.output == f"Error: {raised.value}\n"
     assert not (tmp_path / "pre" / "audio_encoder.safetensors").exists()
+    assert not (tmp_path / "lib").exists()
+
+
+def test_only_from_scratch_encoders_are_pretrained(tiny_corpus, tmp_path):
+    assert PRETRAINABLE == ("small", "tiny")      # paper's MuQ encoder comes pre-trained and frozen
+    with pytest.raises(TrainingError, match=r"^preset 'paper' uses a pretrained or frozen audio encoder; "
+                                            r"nothing to pre-train$"):
+        pretrain(PretrainArgs(data=str(tiny_corpus), out=str(tmp_path / "pre"), preset="paper", progress=False))
+    result = CliRunner().invoke(pretrain_main, ["--data", str(tiny_corpus), "--out", str(tmp_path / "pre"),
+                                                "--preset", "paper"])
+    assert result.exit_code == 2 and "'paper' is not one of 'small', 'tiny'" in result.output
+    assert not (tmp_path / "pre").exists()
+
+
+def test_pretrain_reports_each_epoch_to_its_logger(pretrained, tiny_corpus, tmp_path, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="deramos.progress"):
+        out = pretrain(PretrainArgs(data=str(tiny_corpus), out=str(tmp_path / "pre"), preset="tiny", epochs=1,
+                                    progress=False))
+    assert capsys.readouterr() == ("", "")
+    (line,) = [r.getMessage() for r in caplog.records if r.name == "deramos.progress"]
+    (epoch,) = json.loads((out / "pretrain.json").read_text())["epochs"]
+    assert line.startswith(f"epoch   1  loss {epoch['train_loss']:.3f}  dev accuracy instrument "
+                           f"{epoch['dev_accuracy']['instrument']:.2f}")
 
 
 def test_same_seed_same_encoder(pretrained, tiny_corpus, tmp_path):

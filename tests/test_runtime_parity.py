@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 from runtime_helpers import RATE, WINDOW_SECONDS, music
 
-from deramos.export.samples import sample_set
+from deramos.calibration.samples import sample_set
 from deramos.runtime import Scorer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

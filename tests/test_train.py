@@ -24,6 +24,7 @@ from safetensors.torch import load_file
 import deramos.config as config_mod
 import deramos.train as train_mod
 from deramos.checkpoint import load_checkpoint
+from deramos.reporting import TrainingError
 from deramos.train import TrainArgs, main, run_training
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -378,9 +379,13 @@ def test_counterfactual_prompts_need_a_synthetic_corpus(tiny_corpus, tmp_path):
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus, data)
     (data / "synth_meta.jsonl").unlink()
+    with pytest.raises(TrainingError, match=r"^--counterfactual-prompts: .*synth_meta.jsonl: not found; counterfactual "
+                                            r"prompts need a corpus made by deramos-synth$"):
+        run_training(targs(data, tmp_path / "lib", tmp_path / "cache", epochs=1, counterfactual_prompts=2))
     result = cli(["--data", str(data), "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "run"),
                   "--cache-dir", str(tmp_path / "cache"), "--counterfactual-prompts", "2", "--no-progress"])
     assert result.exit_code == 1
+    assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
     assert "Error: --counterfactual-prompts:" in result.output
     assert "synth_meta.jsonl: not found; counterfactual prompts need a corpus made by deramos-synth" in result.output
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
@@ -389,11 +394,15 @@ def test_counterfactual_prompts_need_a_synthetic_corpus(tiny_corpus, tmp_path):
 # ---------------------------------------------------------------------------------------------
 # 6. early stopping
 
-def test_early_stopping(tiny_corpus, cache_dir, tmp_path, capsys):
-    run = run_training(targs(tiny_corpus, tmp_path / "es", cache_dir, epochs=5, patience=1, lr=1e-12))
-    err = capsys.readouterr().err
-    assert "early stop" in err
+def test_early_stopping(tiny_corpus, cache_dir, tmp_path, caplog, capsys):
+    with caplog.at_level(logging.INFO, logger="deramos.progress"):
+        run = run_training(targs(tiny_corpus, tmp_path / "es", cache_dir, epochs=5, patience=1, lr=1e-12))
+    assert capsys.readouterr() == ("", "")     # the library reports to its logger, never to the terminal
+    lines = [r.getMessage() for r in caplog.records if r.name == "deramos.progress"]
     records = read_metrics(run)
+    assert lines[-1] == "early stop: no validation improvement for 1 epochs"
+    assert [line.split()[:2] for line in lines[:-1]] == [["epoch", str(r["epoch"])] for r in records]
+    assert f"val {records[0]['val_loss']:.4f}" in lines[0]
     assert 2 <= len(records) < 5
     # it stopped right after the first epoch that did not improve on the best validation loss
     best = min(r["val_loss"] for r in records[:-1])
@@ -419,17 +428,34 @@ def test_missing_wav_is_reported_and_skipped(tiny_corpus, cache_dir, tmp_path, c
 
 
 def test_missing_dev_list_is_a_clean_error(tiny_corpus, tmp_path):
-    """(was: FileNotFoundError traceback; fixed in 209be4c)"""
+    """(was: FileNotFoundError traceback; fixed in 209be4c) The library raises TrainingError, the
+    CLI says it in one line."""
     data = tmp_path / "data"
     shutil.copytree(tiny_corpus, data, ignore=shutil.ignore_patterns("wav"))
     (data / "wav").symlink_to(tiny_corpus / "wav")
     (data / "sets" / "dev_mos_list.txt").unlink()
+    with pytest.raises(TrainingError) as raised:
+        run_training(targs(data, tmp_path / "lib", tmp_path / "cache", epochs=1))
+    assert str(raised.value) == f"set list not found: {data / 'sets' / 'dev_mos_list.txt'}"
     result = cli(["--data", str(data), "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "run"),
                   "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
     assert result.exit_code == 1
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "Error:" in result.output and "dev_mos_list.txt" in result.output
+    assert result.output == f"Error: {raised.value}\n"
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+def test_an_encoder_directory_without_a_model_is_a_clean_error(tiny_corpus, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for option in ("audio_encoder", "text_encoder"):
+        with pytest.raises(TrainingError, match=rf"^cannot build the tiny model: .*{empty}.*config\.json"):
+            run_training(targs(tiny_corpus, tmp_path / "lib", tmp_path / "cache", **{option: str(empty)}))
+        result = cli(["--data", str(tiny_corpus), "--preset", "tiny", "--out", str(tmp_path / "run"),
+                      f"--{option.replace('_', '-')}", str(empty), "--no-progress"])
+        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
+        assert result.output.startswith("Error: cannot build the tiny model: ") and result.output.count("\n") == 1
+    assert not (tmp_path / "run").exists() and not (tmp_path / "lib").exists()
 
 
 # ---------------------------------------------------------------------------------------------

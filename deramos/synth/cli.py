@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import click
 
+from ..cli_common import defaults_of
+from ..reporting import one_line
 from .corpus import generate_corpus
+
+DEFAULTS = defaults_of(generate_corpus)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus to (created if missing).")
-@click.option("--clips", default=300, show_default=True, type=click.IntRange(min=3), help="Number of clips in all splits together.")
-@click.option("--systems", default=10, show_default=True, type=click.IntRange(min=1), help="Number of simulated text-to-music systems (at least 3 clips each).")
-@click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed; the same seed gives byte-identical files.")
-@click.option("--min-seconds", default=4.0, show_default=True, type=click.FloatRange(min=0.5), help="Shortest clip length.")
-@click.option("--max-seconds", default=10.0, show_default=True, type=click.FloatRange(min=0.5), help="Longest clip length.")
-@click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
+@click.option("--clips", default=DEFAULTS["clips"], show_default=True, type=click.IntRange(min=3), help="Number of clips in all splits together.")
+@click.option("--systems", default=DEFAULTS["systems"], show_default=True, type=click.IntRange(min=1), help="Number of simulated text-to-music systems (at least 3 clips each).")
+@click.option("--seed", default=DEFAULTS["seed"], show_default=True, type=click.IntRange(min=0), help="Random seed; the same seed gives byte-identical files.")
+@click.option("--min-seconds", default=DEFAULTS["min_seconds"], show_default=True, type=click.FloatRange(min=0.5), help="Shortest clip length.")
+@click.option("--max-seconds", default=DEFAULTS["max_seconds"], show_default=True, type=click.FloatRange(min=0.5), help="Longest clip length.")
+@click.option("--progress/--no-progress", default=DEFAULTS["progress"], show_default=True, help="Show a progress bar.")
 def main(out_dir, clips, systems, seed, min_seconds, max_seconds, progress):
     """Generate a synthetic MOS corpus laid out exactly like MusicEval.
 
@@ -27,7 +31,7 @@ def main(out_dir, clips, systems, seed, min_seconds, max_seconds, progress):
     try:
         summary = generate_corpus(out_dir, clips, systems, seed, min_seconds, max_seconds, progress=progress)
     except ValueError as error:
-        raise click.UsageError(str(error)) from error
+        raise click.UsageError(one_line(error)) from None
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
     click.echo(f"wrote {summary['clips']} clips ({splits}) to {summary['out_dir']}")
     click.echo(f"systems: {summary['systems']} (demo-prompt systems: {', '.join(summary['demo_systems']) or 'none'}), prompts: {summary['prompts']}")

@@ -23,6 +23,7 @@ import math
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile as sf
@@ -192,12 +193,29 @@ def _split_sizes(counts: list[int]) -> list[dict[str, int]]:
     return sizes
 
 
-def plan_corpus(clips: int, systems: int, seed: int, min_seconds: float, max_seconds: float):
-    """Decide systems, prompts, file names, lengths and splits.
+class Draft(NamedTuple):
+    """A clip before its length and split are drawn."""
 
-    Returns (profiles by system id, clip plans sorted by wav name, rater pool,
-    shared prompts as (id, attributes, text)).
-    """
+    system: str
+    prompt_id: str
+    prompt: str
+    attributes: ClipAttributes
+    source: str  # "prompt_info" or "demo_prompt_info"
+
+
+@dataclass(frozen=True)
+class CorpusPlan:
+    """Everything decided about a corpus before any clip is rendered."""
+
+    profiles: dict[str, SystemProfile]  # system id -> its habits
+    clips: list[ClipPlan]  # sorted by wav name
+    raters: list[Rater]
+    prompts: list[tuple[str, ClipAttributes, str]]  # the shared prompts: (id, attributes, text)
+
+
+def plan_corpus(clips: int, systems: int, seed: int, min_seconds: float, max_seconds: float) -> CorpusPlan:
+    """Decide systems, raters, prompts, file names, lengths and splits (one random stream, drawn
+    in a fixed order: the same arguments give the same plan)."""
     if systems < 1 or clips < 3 * systems:
         raise ValueError(f"need at least 3 clips per system (got {clips} clips for {systems} systems)")
     if not 0 < min_seconds <= max_seconds:
@@ -206,48 +224,57 @@ def plan_corpus(clips: int, systems: int, seed: int, min_seconds: float, max_sec
     system_ids = _ids("S", systems)
     profiles = dict(zip(system_ids, build_profiles(systems, rng)))
     raters = [Rater(float(rng.normal(0, 0.3)), float(rng.normal(0, 0.3)), float(rng.uniform(0.35, 0.6))) for _ in range(8)]
-
     # Like MusicEval, one or two "demo" systems come with their own prompt file.
     n_demo = 0 if systems < 3 else 1 if systems < 8 else 2
     demo_systems = {system_ids[i] for i in rng.choice(systems, size=n_demo, replace=False)}
     per_system = {sid: clips // systems + (1 if i < clips % systems else 0) for i, sid in enumerate(system_ids)}
+    prompts = _shared_prompts(per_system, demo_systems, rng)
+    drafts = _draft_clips(per_system, demo_systems, prompts, rng)
+    split_of = _draw_splits(drafts, per_system, rng)
+    seconds = {(d.system, d.prompt_id): round(float(rng.uniform(min_seconds, max_seconds)), 3) for d in drafts}
+    plans = [ClipPlan(index, f"{WAV_PREFIX}{d.system}_{d.prompt_id}.wav", d.system, d.prompt_id, d.prompt, d.attributes,
+                      d.source, seconds[(d.system, d.prompt_id)], split_of[(d.system, d.prompt_id)])
+             for index, d in enumerate(sorted(drafts, key=lambda d: (d.system, d.prompt_id)))]
+    return CorpusPlan(profiles, plans, raters, prompts)
 
-    regular = [sid for sid in system_ids if sid not in demo_systems]
+
+def _shared_prompts(per_system: dict[str, int], demo_systems: set[str], rng) -> list[tuple[str, ClipAttributes, str]]:
+    """Enough prompts for the largest regular system, and for every prompt to serve ~3 clips."""
+    regular = [sid for sid in per_system if sid not in demo_systems]
     shared_clips = sum(per_system[sid] for sid in regular)
     n_prompts = max([per_system[sid] for sid in regular] + [math.ceil(shared_clips / 3)])
     prompt_attributes = [random_attributes(rng) for _ in range(n_prompts)]
-    prompts = [(pid, attrs, prompt_for(attrs, rng)) for pid, attrs in zip(_ids("P", n_prompts), prompt_attributes)]
+    return [(pid, attrs, prompt_for(attrs, rng)) for pid, attrs in zip(_ids("P", n_prompts), prompt_attributes)]
 
-    # Systems take prompts cyclically from one shuffled order: distinct within a
-    # system, and every prompt shared by about the same number of systems.
-    order = rng.permutation(n_prompts)
+
+def _draft_clips(per_system: dict[str, int], demo_systems: set[str], prompts: list, rng) -> list[Draft]:
+    """Demo systems get prompts of their own; the others take the shared prompts cyclically from
+    one shuffled order: distinct within a system, every prompt shared by about as many systems."""
+    order = rng.permutation(len(prompts))
     cursor = 0
     drafts = []
-    for sid in system_ids:
-        n = per_system[sid]
+    for sid, n in per_system.items():
         if sid in demo_systems:
             for pid in _ids("P", n):
                 attrs = random_attributes(rng)
-                drafts.append((sid, pid, prompt_for(attrs, rng), attrs, "demo_prompt_info"))
+                drafts.append(Draft(sid, pid, prompt_for(attrs, rng), attrs, "demo_prompt_info"))
         else:
             for k in range(n):
-                pid, attrs, text = prompts[order[(cursor + k) % n_prompts]]
-                drafts.append((sid, pid, text, attrs, "prompt_info"))
+                pid, attrs, text = prompts[order[(cursor + k) % len(prompts)]]
+                drafts.append(Draft(sid, pid, text, attrs, "prompt_info"))
             cursor += n
+    return drafts
 
+
+def _draw_splits(drafts: list[Draft], per_system: dict[str, int], rng) -> dict[tuple[str, str], str]:
+    """(system, prompt id) -> split: each system's clips shuffled into its train/dev/test sizes."""
     split_of = {}
-    for sid, sizes in zip(system_ids, _split_sizes([per_system[sid] for sid in system_ids])):
-        mine = [d for d in drafts if d[0] == sid]
+    for sid, sizes in zip(per_system, _split_sizes(list(per_system.values()))):
+        mine = [d for d in drafts if d.system == sid]
         labels = [name for name, size in sizes.items() for _ in range(size)]
         for draft, label in zip([mine[i] for i in rng.permutation(len(mine))], labels):
-            split_of[(draft[0], draft[1])] = label
-
-    seconds = {(d[0], d[1]): round(float(rng.uniform(min_seconds, max_seconds)), 3) for d in drafts}
-    plans = []
-    for index, (sid, pid, text, attrs, source) in enumerate(sorted(drafts, key=lambda d: (d[0], d[1]))):
-        wav = f"{WAV_PREFIX}{sid}_{pid}.wav"
-        plans.append(ClipPlan(index, wav, sid, pid, text, attrs, source, seconds[(sid, pid)], split_of[(sid, pid)]))
-    return profiles, plans, raters, prompts
+            split_of[(draft.system, draft.prompt_id)] = label
+    return split_of
 
 
 # --------------------------------------------------------------------------- clips
@@ -356,14 +383,14 @@ def generate_corpus(
     out = Path(out_dir)
     wav_dir = out / "wav"
     wav_dir.mkdir(parents=True, exist_ok=True)
-    profiles, plans, raters, prompts = plan_corpus(clips, systems, seed, min_seconds, max_seconds)
-    _remove_stale_wavs(wav_dir, {p.wav for p in plans})
+    planned = plan_corpus(clips, systems, seed, min_seconds, max_seconds)
+    _remove_stale_wavs(wav_dir, {p.wav for p in planned.clips})
 
     records = [
-        synthesize_clip(plan, profiles[plan.system], raters, seed, wav_dir)
-        for plan in tqdm(plans, desc="deramos-synth", unit="clip", disable=not progress)
+        synthesize_clip(plan, planned.profiles[plan.system], planned.raters, seed, wav_dir)
+        for plan in tqdm(planned.clips, desc="deramos-synth", unit="clip", disable=not progress)
     ]
-    system_means = _write_tables(out, records, prompts)
+    system_means = _write_tables(out, records, planned.prompts)
 
     mi_means = [mi for mi, _ in system_means.values()]
     ta_means = [ta for _, ta in system_means.values()]
@@ -373,12 +400,12 @@ def generate_corpus(
         "systems": len(system_means),
         "splits": {split: sum(r["split"] == split for r in records) for split in SPLITS},
         "demo_systems": sorted({r["system"] for r in records if r["prompt_source"] == "demo_prompt_info"}),
-        "prompts": len(prompts),
+        "prompts": len(planned.prompts),
         "mean_mi": float(np.mean([r["mi"] for r in records])),
         "mean_ta": float(np.mean([r["ta"] for r in records])),
         "system_mi_range": float(max(mi_means) - min(mi_means)),
         "system_ta_range": float(max(ta_means) - min(ta_means)),
-        "audio_seconds": float(sum(p.seconds for p in plans)),
+        "audio_seconds": float(sum(p.seconds for p in planned.clips)),
         "wall_seconds": time.perf_counter() - started,
-        "profiles": {sid: profiles[sid].name for sid in sorted(profiles)},
+        "profiles": {sid: planned.profiles[sid].name for sid in sorted(planned.profiles)},
     }

@@ -18,7 +18,7 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from .graphs import save_onnx
+from .onnxio import save_onnx
 
 FP32_OPS = {"LayerNormalization", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Softmax", "Log", "Exp",
             "Range", "CumSum", "TopK", "Resize", "RandomUniformLike", "RandomNormalLike"}

@@ -1,0 +1,156 @@
+"""The build stage: an FP32 bundle -> FP16 and INT8 graphs, each checked against FP32.
+
+No torch: it reads the bundle (manifest, FP32 graphs, tokenizer), writes the new graphs beside
+them, and runs every new precision against FP32 through the runtime's own backends on a
+held-out set (calibration/drift.py). A precision that misses its tolerance is dropped from
+the bundle — its files deleted, its failed report kept in the manifest — and the precisions
+that passed stay usable; `BuildResult.failed` names what failed.
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from ..calibration.dataset import ClipSet, load_calibration_set
+from ..calibration.drift import MIN_CLIPS, drift_set, measure_drift
+from ..calibration.quantize import (EXCLUDED_NODE_PREFIXES, QUANTIZED_GRAPHS, QUANTIZED_OPS, check_int8_options,
+                                    int8_ranges, quantize, ranges_path)
+from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verify_files, write_manifest
+from ..runtime.compare import Comparison
+from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
+from .fp16 import convert_to_fp16
+from .onnxio import save_onnx
+
+
+@dataclass
+class BuildOptions:
+    fp16: bool = False
+    int8: bool = False
+    calib: str | None = None            # MusicEval dir, JSONL, folder + prompts.txt, "probes", or None: rendered
+    calib_method: str = "minmax"
+    calib_clips: int = 64
+    check_clips: int = MIN_CLIPS         # held-out clips every new precision is compared on (>= MIN_CLIPS)
+    int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS
+    int8_target: str = field(default_factory=default_int8_target)
+    recalibrate: bool = False
+    seed: int = 0
+    threads: int | None = None
+    check: bool = True                   # False: skip the comparison with FP32 (benchmark bundles only)
+
+
+@dataclass
+class BuildResult:
+    checks: dict[str, Comparison]
+
+    @property
+    def failed(self) -> list[str]:
+        return [p for p, c in self.checks.items() if not c.passed]
+
+
+def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], None] = lambda _: None) -> BuildResult:
+    """Add the asked-for precisions to the bundle at `root`, check them, keep those that pass."""
+    bundle = load_bundle(root, verify=False)
+    # The calibration cache is checked by its own key (graph hash, method, data) and rebuilt
+    # when stale; every other file must be what the manifest says.
+    verify_files(bundle.root, {"files": {n: h for n, h in bundle.manifest["files"].items()
+                                         if not n.startswith("calibration/")}})
+    if options.int8:
+        check_int8_options(options)
+    added = {}
+    if options.fp16:
+        added["fp16"] = _add_fp16(bundle)
+    if options.int8:
+        added["int8"] = _add_int8(bundle, options, say)
+    checks = {}
+    if not (added and options.check):
+        write_manifest(bundle.root, bundle.manifest)
+        return BuildResult(checks)
+    held = drift_set(options.calib if options.calib != "probes" else None, bundle, options.check_clips,
+                     seed=options.seed + 4242)
+    for precision, files in added.items():
+        checks[precision] = measure_drift(bundle, precision, held, options.threads)
+        say(checks[precision].format())
+        if not checks[precision].passed:
+            _drop(bundle, precision, files)
+    bundle.manifest.setdefault("checks", {}).update({p: c.to_dict() for p, c in checks.items()})
+    write_manifest(bundle.root, bundle.manifest)
+    return BuildResult(checks)
+
+
+def _add_fp16(bundle: Bundle) -> list[str]:
+    written = []
+    for graph in GRAPHS:
+        paths = convert_to_fp16(bundle.graph_path(graph, "fp32"), bundle.root / graph_file_name(graph, "fp16"))
+        _register(bundle, graph, "fp16", paths)
+        written += [p.name for p in paths]
+    return written
+
+
+def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
+    clips = functools.cache(lambda: _calibration_clips(bundle, options, say))
+    written, reused = [], {}
+    for graph in options.int8_graphs:
+        ranges, reused[graph] = int8_ranges(bundle, graph, options, clips, say)
+        paths = save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, options.calib_method, options.int8_target),
+                          bundle.root / graph_file_name(graph, "int8"))
+        _register(bundle, graph, "int8", paths)
+        bundle.manifest["files"].setdefault(ranges_path(bundle.root, graph).relative_to(bundle.root).as_posix(), "")
+        written += [p.name for p in paths]
+    for graph in GRAPHS:
+        if graph not in options.int8_graphs:      # kept FP32: the INT8 entry points at the FP32 file
+            bundle.manifest["graphs"][graph]["files"]["int8"] = list(bundle.manifest["graphs"][graph]["files"]["fp32"])
+    bundle.manifest["int8"] = {
+        "target": options.int8_target, "target_means": INT8_TARGETS[options.int8_target][1],
+        "scheme": int8_scheme(options.int8_target).to_dict(), "method": options.calib_method,
+        "quantized_graphs": list(options.int8_graphs), "quantized_ops": QUANTIZED_OPS,
+        "fp32_kept": [f"nodes under {p}" for p in EXCLUDED_NODE_PREFIXES] + [g for g in GRAPHS if g not in options.int8_graphs],
+        "calibration_set": _describe_clips(clips()) if not all(reused.values()) else "cached ranges",
+        "reused_cache": reused,
+    }
+    return written
+
+
+def _calibration_clips(bundle: Bundle, options: BuildOptions, say) -> ClipSet:
+    window = float(bundle.manifest["window_seconds"])
+    if options.calib == "probes":
+        from ..runtime.probes import load_probes
+        from ..runtime.audio import load_audio
+
+        probes = load_probes(bundle)
+        clips = ClipSet([load_audio(f, bundle.sample_rate) for f in probes.files], probes.prompts,
+                        source=f"{bundle.root} probe clips")
+    else:
+        clips = load_calibration_set(options.calib, bundle.sample_rate, window, options.calib_clips, seed=options.seed)
+    if not clips.waves:
+        raise ValueError(f"calibration set {clips.source}: no usable clips ({'; '.join(clips.problems[:3])})")
+    short = f" (asked for {options.calib_clips}; that is all it has)" if len(clips.waves) < options.calib_clips else ""
+    say(f"calibrating on {len(clips.waves)} clips from {clips.source}{short} ({options.calib_method}, "
+        f"INT8 target {options.int8_target})")
+    for problem in clips.problems:
+        say(f"calibration: skipped {problem}")
+    return clips
+
+
+def _describe_clips(loaded: ClipSet) -> dict:
+    return {"source": loaded.source, "clips": len(loaded.waves), "skipped": loaded.problems}
+
+
+def _register(bundle: Bundle, graph: str, precision: str, paths: list[Path]) -> None:
+    bundle.manifest["graphs"][graph]["files"][precision] = [p.name for p in paths]
+    for path in paths:
+        bundle.manifest["files"].setdefault(path.name, "")
+
+
+def _drop(bundle: Bundle, precision: str, files: list[str]) -> None:
+    """Remove a precision that failed its check: its manifest entries and its own files."""
+    for graph in GRAPHS:
+        bundle.manifest["graphs"][graph]["files"].pop(precision, None)
+    still_used = {n for g in GRAPHS for names in bundle.manifest["graphs"][g]["files"].values() for n in names}
+    for name in files:
+        if name not in still_used:
+            bundle.manifest["files"].pop(name, None)
+            (bundle.root / name).unlink(missing_ok=True)
+    if precision == "int8":
+        bundle.manifest.pop("int8", None)

@@ -1,0 +1,221 @@
+"""The layering of docs/architecture.md, read from the source: which folder imports which.
+
+Every `import` and `from ... import` of every module (at top level or inside a function: a lazy
+import is still a dependency) is resolved to a module of the project and mapped to its folder
+with pyproject's package-dir mapping. `python tests/test_architecture.py` prints the measured
+folder graph, the edges with the imports behind them, and the cycles.
+"""
+from __future__ import annotations
+
+import ast
+import tomllib
+from collections import defaultdict
+from functools import lru_cache
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# package -> folder, from pyproject.toml's [tool.setuptools] package-dir (longest package first,
+# so deramos.export's modules are not taken for deramos')
+_PACKAGE_DIR = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+FOLDERS = dict(sorted(_PACKAGE_DIR.items(), key=lambda item: -len(item[0])))
+TORCH_SIDE = ("torch", "transformers", "safetensors.torch", "onnxscript")
+# The only modules of deramos/ the runtime may use: they import nothing but the standard library.
+LIGHT_DERAMOS_MODULES = {"deramos", "deramos.paths"}
+# The torch-free build stage of issue 11: calibration/ and the build module's folder, once it exists.
+BUILD_STAGE = tuple(f for f in ("calibration", "builder") if f in FOLDERS.values())
+
+
+def module_files() -> dict[str, Path]:
+    """Module name -> source file, for every module of the five folders."""
+    found = {}
+    for package, folder in FOLDERS.items():
+        for path in sorted((REPO / folder).rglob("*.py")):
+            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts = parts[:-1]
+            found[".".join([package, *parts])] = path
+    return found
+
+
+def _absolute(node: ast.ImportFrom, module: str, is_package: bool) -> list[str]:
+    """The modules a `from X import a, b` may load: X itself and X.a, X.b (submodules)."""
+    if node.level:
+        base = module.split(".") if is_package else module.split(".")[:-1]
+        base = base[: len(base) - (node.level - 1)]
+        target = ".".join(base + ([node.module] if node.module else []))
+    else:
+        target = node.module or ""
+    return [target] + [f"{target}.{alias.name}" for alias in node.names]
+
+
+@lru_cache(maxsize=None)
+def imports() -> dict[str, list[tuple[str, int]]]:
+    """Module -> every (imported module name, line) in it, relative imports made absolute."""
+    result = {}
+    for module, path in module_files().items():
+        found = []
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found += [(alias.name, node.lineno) for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                found += [(name, node.lineno) for name in _absolute(node, module, path.name == "__init__.py")]
+        result[module] = found
+    return result
+
+
+def project_module(name: str) -> str | None:
+    """The project module `name` refers to (a name inside a module maps to that module), or None."""
+    known = module_files()
+    while name and name not in known:
+        name = name.rpartition(".")[0]
+    return name or None
+
+
+def folder_of(module: str) -> str:
+    return next(folder for package, folder in FOLDERS.items() if module == package or module.startswith(package + "."))
+
+
+@lru_cache(maxsize=None)
+def folder_edges() -> dict[tuple[str, str], list[str]]:
+    """(importing folder, imported folder) -> 'file:line module' for every import crossing folders."""
+    edges = defaultdict(list)
+    for module, found in imports().items():
+        for name, line in found:
+            target = project_module(name)
+            if target is None or folder_of(target) == folder_of(module):
+                continue
+            where = f"{module_files()[module].relative_to(REPO)}:{line} {target}"
+            if where not in edges[folder_of(module), folder_of(target)]:
+                edges[folder_of(module), folder_of(target)].append(where)
+    return dict(edges)
+
+
+def cycles(edges) -> list[tuple[str, ...]]:
+    """Every elementary cycle of the folder graph, each once, starting at its smallest folder."""
+    graph = defaultdict(set)
+    for a, b in edges:
+        graph[a].add(b)
+    found = set()
+
+    def walk(path):
+        for nxt in sorted(graph[path[-1]]):
+            if nxt == path[0]:
+                found.add(tuple(path))
+            elif nxt not in path and nxt > path[0]:
+                walk(path + [nxt])
+
+    for start in sorted(graph):
+        walk([start])
+    return sorted(found, key=lambda c: (len(c), c))
+
+
+def torch_side_imports(module: str) -> list[str]:
+    return [f"{name} (line {line})" for name, line in imports()[module]
+            if any(name == t or name.startswith(t + ".") for t in TORCH_SIDE)]
+
+
+def reaches_torch(module: str) -> list[str]:
+    """The project modules importing a torch-side package that importing `module` can load,
+    lazy imports included (what a torch-free install would trip over)."""
+    seen, todo = set(), [module]
+    while todo:
+        current = todo.pop()
+        if current not in seen:
+            seen.add(current)
+            todo += [target for name, _ in imports()[current] if (target := project_module(name))]
+    return sorted(m for m in seen if torch_side_imports(m))
+
+
+def edges_from(folder: str, to: tuple[str, ...]) -> dict[str, list[str]]:
+    return {b: where for (a, b), where in folder_edges().items() if a == folder and b in to}
+
+
+# ---------------------------------------------------------------------------------------------
+# the rules that hold today
+
+def test_the_graph_is_read_from_every_folder():
+    modules = module_files()
+    assert {folder_of(m) for m in modules} == set(FOLDERS.values())
+    assert {"deramos.train", "deramos.synth.corpus", "deramos.export.api", "deramos.calibration.quantize",
+            "deramos.runtime.scorer", "deramos.bench.cli"} <= set(modules)
+    # known edges are seen, with the file and line they come from
+    assert any(e.startswith("bench/cli.py:") for e in folder_edges()["bench", "runtime"])
+    assert "deramos.runtime.scorer" in {e.split()[-1] for e in folder_edges()["bench", "runtime"]}
+    assert reaches_torch("deramos.train")[:1] == ["deramos.audio_encoder"]
+
+
+def test_the_cycle_finder_finds_cycles():
+    edges = {("a", "b"): [], ("b", "a"): [], ("b", "c"): [], ("c", "d"): [], ("d", "b"): [], ("d", "e"): []}
+    assert cycles(edges) == [("a", "b"), ("b", "c", "d")]
+    assert cycles({("a", "b"): [], ("b", "c"): []}) == []
+
+
+def test_runtime_imports_no_torch_side_package():
+    offenders = {m: torch_side_imports(m) for m in module_files() if folder_of(m) == "runtime"}
+    assert {m: found for m, found in offenders.items() if found} == {}
+
+
+def test_no_runtime_module_can_load_torch():
+    """Not even through another folder or a lazy import."""
+    offenders = {m: reaches_torch(m) for m in module_files() if folder_of(m) == "runtime"}
+    assert {m: found for m, found in offenders.items() if found} == {}
+
+
+def test_runtime_uses_only_light_modules_of_deramos():
+    used = {e.split()[-1] for e in folder_edges().get(("runtime", "deramos"), [])}
+    assert used <= LIGHT_DERAMOS_MODULES, used - LIGHT_DERAMOS_MODULES
+    for module in used:   # and those import nothing of the project and nothing torch-side
+        assert not torch_side_imports(module)
+        assert [name for name, _ in imports()[module] if project_module(name)] == []
+
+
+def test_importing_deramos_is_light():
+    assert imports()["deramos"] == []
+
+
+def test_the_torch_side_uses_only_the_runtime():
+    """deramos/ (model, training, evaluation) shares the runtime's audio, text and window code
+    and imports no other folder: the torch side ends where export/ begins."""
+    assert edges_from("deramos", tuple(set(FOLDERS.values()) - {"deramos", "runtime"})) == {}
+
+
+def test_nothing_imports_bench():
+    assert {a: where for (a, b), where in folder_edges().items() if b == "bench"} == {}
+
+
+# ---------------------------------------------------------------------------------------------
+# the target of issue 11 (section 5): these pass once the cycles are gone (then drop the marks)
+
+@pytest.mark.xfail(strict=True, reason="runtime/backends.py imports deramos.export.tensorrt to build TensorRT "
+                                        "engines on demand (issue 11: the build stage takes that over)")
+def test_runtime_imports_neither_export_nor_calibration():
+    assert edges_from("runtime", ("export", "calibration")) == {}
+
+
+@pytest.mark.xfail(strict=True, reason="calibration/ calls export's graphs, validate and samples "
+                                        "(issue 11: the build stage reads bundles, not export)")
+def test_the_build_stage_does_not_import_export():
+    assert {folder: edges_from(folder, ("export",)) for folder in BUILD_STAGE} == dict.fromkeys(BUILD_STAGE, {})
+
+
+@pytest.mark.xfail(strict=True, reason="calibration/drift.py and quantize.py reach torch through "
+                                        "export/validate.py and export/graphs.py")
+def test_the_build_stage_can_run_without_torch():
+    offenders = {m: reaches_torch(m) for m in module_files() if folder_of(m) in BUILD_STAGE}
+    assert {m: found for m, found in offenders.items() if found} == {}
+
+
+@pytest.mark.xfail(strict=True, reason="cycles today: export <-> calibration, runtime -> export -> runtime, and "
+                                        "deramos <-> runtime through the torch-free deramos.paths")
+def test_the_folder_graph_has_no_cycles():
+    assert cycles(folder_edges()) == []
+
+
+if __name__ == "__main__":
+    for (a, b), where in sorted(folder_edges().items()):
+        print(f"{a} -> {b}  ({len(where)} imports)")
+        for line in where:
+            print(f"    {line}")
+    print("cycles:", [" -> ".join(c + (c[0],)) for c in cycles(folder_edges())] or "none")

@@ -1,0 +1,225 @@
+"""The torch-free build stage, the comparator, INT8 targets and the bundle self-check."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from deramos.build.stage import BuildOptions, build_bundle
+from deramos.runtime import compare as cmp
+from deramos.runtime import targets
+from deramos.runtime.bundle import load_bundle, write_manifest
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+# A child interpreter in which `import torch` fails as it does where torch is not installed.
+NO_TORCH = """
+import importlib.abc, sys
+class _NoTorch(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch.") or name == "transformers":
+            raise ModuleNotFoundError(f"No module named {name!r}")
+sys.meta_path.insert(0, _NoTorch())
+"""
+
+
+def _run(args, **kw):
+    env = dict(os.environ, HF_HUB_OFFLINE="1", PYTHONWARNINGS="ignore")
+    return subprocess.run(args, capture_output=True, text=True, env=env, timeout=600, **kw)
+
+
+# -- INT8 targets ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("flags, kind", [("fpu sse2 avx2 fma", "x86-avx2"), ("avx2 avx512f avx512_vnni", "x86-vnni"),
+                                         ("avx2 avx_vnni", "x86-vnni"), ("avx2 amx_int8 amx_tile", "x86-vnni")])
+def test_cpu_flags_decide_the_x86_kind(tmp_path, monkeypatch, flags, kind):
+    cpuinfo = tmp_path / "cpuinfo"
+    cpuinfo.write_text(f"processor\t: 0\nmodel name\t: test\nflags\t\t: {flags}\n\nprocessor\t: 1\n")
+    assert targets.cpu_flags(cpuinfo) == set(flags.split())
+    monkeypatch.setattr(targets, "cpu_flags", lambda: set(flags.split()))
+    targets.cpu_kind.cache_clear()
+    try:
+        monkeypatch.setattr(targets.platform, "machine", lambda: "x86_64")
+        assert targets.cpu_kind() == kind
+        assert targets.default_int8_target() == "x86-avx2"     # right on every x86 CPU
+    finally:
+        targets.cpu_kind.cache_clear()
+
+
+def test_this_machine_is_described():
+    flags = targets.cpu_flags()
+    kind = targets.cpu_kind()
+    print(f"\nthis CPU: {kind} ({' '.join(sorted(flags & (targets.VNNI_FLAGS | {'avx2', 'avx512f'})))})", end="")
+    assert kind in ("x86-avx2", "x86-vnni", "arm64")
+    assert (kind == "x86-vnni") == bool(flags & targets.VNNI_FLAGS)
+
+
+def test_int8_mismatch_lines():
+    assert targets.int8_mismatch("x86-avx2", "cpu", cpu="x86-vnni") is None
+    assert targets.int8_mismatch("x86-avx2", "cpu", cpu="x86-avx2") is None
+    assert targets.int8_mismatch(None, "cpu", cpu="x86-avx2") is None
+    line = targets.int8_mismatch("x86-vnni", "cpu", cpu="x86-avx2")
+    assert line == ("INT8 graphs were made for x86-vnni; this CPU has no VNNI, so their full-range weights can "
+                    "saturate its INT8 kernels (scores drift): rebuild with --int8-target x86-avx2")
+    assert targets.int8_mismatch("x86-avx2", "cpu", cpu="arm64").endswith("rebuild with --int8-target arm64 for its kernels")
+    assert "not TensorRT" in targets.int8_mismatch("x86-avx2", "cuda")
+    assert targets.int8_mismatch("tensorrt", "cuda") is None
+    with pytest.raises(ValueError, match="unknown INT8 target 'sse'"):
+        targets.int8_scheme("sse")
+
+
+# -- the comparator against scipy ------------------------------------------------------------------
+
+
+def test_agreement_against_scipy():
+    rng = np.random.default_rng(0)
+    ref = rng.uniform(1, 5, 200)
+    cand = ref + rng.normal(0, 0.1, 200) + 0.03
+    a = cmp.agreement(ref, cand)
+    assert a.n == 200
+    assert a.srcc == pytest.approx(stats.spearmanr(cand, ref).statistic, abs=1e-12)
+    assert a.ktau == pytest.approx(stats.kendalltau(cand, ref).statistic, abs=1e-12)
+    assert a.mae == pytest.approx(np.abs(cand - ref).mean()) and a.max_abs == pytest.approx(np.abs(cand - ref).max())
+    assert a.spread == pytest.approx(ref.std()) and a.rel_noise == pytest.approx((cand - ref).std() / ref.std())
+    low, high = a.srcc_ci
+    assert low < a.srcc < high and high - low < 0.02
+    # A constant offset reorders nothing: no relative drift, only the absolute gates see it.
+    shifted = cmp.agreement(ref, ref + 0.04)
+    assert shifted.rel_noise == pytest.approx(0.0, abs=1e-9) and shifted.srcc == 1.0
+    assert shifted.failures("MI", cmp.TOLERANCES["fp16"]) == []
+    assert shifted.failures("MI", cmp.Tolerance(max_abs=0.01)) == ["MI: max |Δ| 0.04 > 0.01"]
+
+
+def test_rank_gate_only_where_scores_spread():
+    rng = np.random.default_rng(1)
+    flat = 3.0 + rng.normal(0, 0.001, 64)                    # an untrained model: scores hardly vary
+    noisy = flat + rng.normal(0, 0.0005, 64)
+    a = cmp.agreement(flat, noisy)
+    assert a.spread < cmp.MIN_SPREAD and a.srcc < 0.97
+    failures = a.failures("TA", cmp.TOLERANCES["int8"])
+    assert len(failures) == 1 and failures[0].startswith("TA: drift std is 0.")          # not an SRCC line
+    spread = 3.0 + rng.normal(0, 0.5, 64)
+    shuffled = cmp.agreement(spread, spread + rng.normal(0, 0.3, 64)).failures("TA", cmp.TOLERANCES["int8"])
+    assert any(f.startswith("TA: SRCC ") and "95% CI" in f and "64 clips" in f for f in shuffled)
+
+
+def test_system_rows_need_three_systems_of_two_clips():
+    ref = {"MI": np.arange(6.0), "TA": np.arange(6.0)}
+    one_each = cmp.compare_scores(ref, ref, precision="fp16", candidate_name="c", reference_name="r", source="s",
+                                  systems=list("abcdef"))
+    assert one_each.systems == {}
+    pairs = cmp.compare_scores(ref, ref, precision="fp16", candidate_name="c", reference_name="r", source="s",
+                               systems=list("aabbcc"))
+    assert set(pairs.systems) == {"MI", "TA"} and pairs.systems["MI"].n == 3 and pairs.passed
+
+
+# -- the build stage (torch-free) ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def fp32_bundle(export_model, tmp_path_factory):
+    """An FP32-only bundle of the export tests' model (probe clips included)."""
+    from deramos.export.api import ExportOptions, export_bundle
+
+    out = tmp_path_factory.mktemp("fp32") / "bundle"
+    export_bundle(export_model, out, ExportOptions(validate_clips=8, progress=False), say=lambda _: None)
+    return out
+
+
+def test_export_writes_probes_with_fp32_scores(fp32_bundle):
+    bundle = load_bundle(fp32_bundle)
+    assert bundle.precisions() == ["fp32"]
+    index = json.loads((fp32_bundle / "probes" / "probes.json").read_text())
+    assert len(index["clips"]) == 32 and index["sample_rate"] == bundle.sample_rate
+    assert all(f"probes/{n:02d}.flac" in bundle.manifest["files"] for n in range(32))
+    mi, ta = (np.array([c[k] for c in index["clips"]]) for k in ("mi", "ta"))
+    assert mi.std() > 0.001 and ta.std() > 0.02 and np.all((mi >= 1) & (mi <= 5)) and np.all((ta >= 1) & (ta <= 5))
+    # The stored scores are what the FP32 graphs give for these very files.
+    from deramos.runtime.scorer import Scorer
+
+    with Scorer.load(fp32_bundle, backend="onnxruntime-cpu") as scorer:
+        again = scorer.score_batch([str(fp32_bundle / c["file"]) for c in index["clips"]], [c["prompt"] for c in index["clips"]])
+    assert np.abs(np.array([s.mi for s in again]) - mi).max() < 1e-5
+
+
+def test_build_without_torch_adds_fp16_and_int8_that_pass(fp32_bundle, tmp_path):
+    """deramos-build in an interpreter where torch cannot be imported: FP16 + INT8 graphs that
+    pass the comparator, then `deramos-run --self-check` passes on each precision."""
+    root = Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
+    code = NO_TORCH + "import sys; from deramos.build.cli import main; sys.argv = ['deramos-build'] + sys.argv[1:]; main()"
+    done = _run([sys.executable, "-c", code, str(root), "--fp16", "--int8", "--calib", "probes"])
+    assert done.returncode == 0, done.stderr
+    assert "int8: PASS" in done.stderr and "fp16: PASS" in done.stderr
+    assert "calibrating on 32 clips from" in done.stderr and "probe clips" in done.stderr
+    manifest = load_bundle(root).manifest
+    assert load_bundle(root).precisions() == ["fp32", "fp16", "int8"]
+    assert manifest["int8"]["target"] == "x86-avx2" and manifest["int8"]["scheme"]["weight_bits"] == 7
+    assert manifest["checks"]["int8"]["clips"] == 64 and manifest["checks"]["int8"]["passed"]
+    for precision in ("fp32", "fp16", "int8"):
+        check = _run([sys.executable, "-c", NO_TORCH + "from deramos.runtime.cli import main; main()",
+                      "--bundle", str(root), "--precision", precision, "--self-check", "--backend", "onnxruntime-cpu"])
+        assert check.returncode == 0, (precision, check.stdout, check.stderr)
+        assert check.stdout.startswith(f"onnxruntime-cpu ({precision}") and "vs stored FP32 outputs on 32 clips" in check.stdout
+        assert check.stdout.rstrip().endswith("PASS")
+
+
+def _broken_int8(fp32_bundle: Path, target: Path) -> Path:
+    """A bundle whose INT8 audio encoder was quantised with ranges 1000x too small (every
+    activation clips), hashes recomputed: it loads, runs, and is wrong."""
+    from deramos.build.onnxio import save_onnx
+    from deramos.calibration.quantize import quantize
+
+    root = Path(shutil.copytree(fp32_bundle, target))
+    build_bundle(root, BuildOptions(int8=True, calib="probes", check=False))
+    ranges = json.loads((root / "calibration" / "audio_encoder.ranges.json").read_text())["ranges"]
+    tiny = {k: [(np.asarray(lo) / 1000).tolist(), (np.asarray(hi) / 1000).tolist()] for k, (lo, hi) in ranges.items()}
+    save_onnx(quantize(root / "audio_encoder.onnx", tiny, "minmax", "x86-avx2"), root / "audio_encoder.int8.onnx")
+    write_manifest(root, load_bundle(root, verify=False).manifest)
+    return root
+
+
+def test_self_check_fails_on_a_broken_int8_graph(fp32_bundle, tmp_path):
+    from deramos.runtime.scorer import Scorer, SelfCheckFailed
+
+    root = _broken_int8(fp32_bundle, tmp_path / "broken")
+    done = _run([sys.executable, "-m", "deramos.runtime.cli", "--bundle", str(root), "--precision", "int8", "--self-check"])
+    assert done.returncode == 1, (done.stdout, done.stderr)
+    last = done.stdout.rstrip().splitlines()[-1]
+    assert last.startswith("FAIL: ") and "drift std is" in last, done.stdout
+    assert "Traceback" not in done.stderr
+    with pytest.raises(SelfCheckFailed, match=r"self-check failed for onnxruntime-cpu \(int8"):
+        Scorer.load(root, backend="onnxruntime-cpu", precision="int8", self_check=True)
+    # FP32 from the same bundle is still right.
+    with Scorer.load(root, backend="onnxruntime-cpu", self_check=True) as scorer:
+        assert scorer.self_check_report.passed and scorer.self_check_report.scores["MI"].max_abs < 1e-4
+
+
+def test_failed_check_keeps_what_passed(fp32_bundle, tmp_path, monkeypatch):
+    """INT8 misses a (configured, impossible) tolerance: the bundle keeps FP32 + FP16, the INT8
+    files are gone, the failed report stays in the manifest, and the CLI exits 1."""
+    monkeypatch.setitem(cmp.TOLERANCES, "int8", cmp.Tolerance(max_abs=0.0))
+    root = Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
+    result = build_bundle(root, BuildOptions(fp16=True, int8=True, calib="probes"))
+    assert result.failed == ["int8"]
+    bundle = load_bundle(root)
+    assert bundle.precisions() == ["fp32", "fp16"]
+    assert not (root / "audio_encoder.int8.onnx").exists() and "int8" not in bundle.manifest
+    assert bundle.manifest["checks"]["int8"]["passed"] is False
+    assert bundle.manifest["checks"]["int8"]["failures"][0].startswith("MI: max |Δ| ")
+    assert bundle.manifest["checks"]["fp16"]["passed"] is True
+
+
+def test_build_cli_errors_are_one_line(tmp_path):
+    done = _run([sys.executable, "-m", "deramos.build.cli", str(tmp_path / "absent"), "--int8"])
+    assert done.returncode == 2
+    assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'absent'}: bundle directory not found"
+    done = _run([sys.executable, "-m", "deramos.build.cli", str(tmp_path)])
+    assert done.returncode == 2 and "nothing to build: give --fp16 and/or --int8" in done.stderr

@@ -82,13 +82,23 @@ def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_si
         sys.exit(_guarded(lambda: _self_check(bundle, backend, precision, threads, as_json, quiet, verbose)))
     jobs, total = _jobs(args, prompt, jsonl)
     if ray_address is not None:
-        from deramos.scale.cli import run
-
+        run = _plugin("ray")
         sys.exit(_guarded(lambda: run(jobs, out, ray_address, bundle=bundle, backend=backend, precision=precision,
                                       batch_size=batch_size, threads=threads, quiet=quiet)))
     code = _guarded(lambda: _score(jobs, total, out, as_json or jsonl is not None, bundle, backend, precision,
                                    batch_size, threads, quiet, verbose))
     sys.exit(code)
+
+
+def _plugin(name: str):
+    """A runner another folder registers under the `deramos.run` entry points (deramos.scale
+    for --ray): the runtime offers the option without importing what serves it."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="deramos.run", name=name))
+    if not found:
+        raise click.UsageError(f"--{name} is not available in this installation (reinstall deramos)")
+    return found[0].load()
 
 
 def _guarded(run) -> int:

@@ -55,7 +55,10 @@ def connect(address: str) -> None:
     A process already connected (ray.init called earlier) keeps its connection."""
     import logging
 
-    import ray
+    try:
+        import ray
+    except ImportError:
+        raise ValueError("--ray needs Ray: pip install 'deramos[ray]'") from None
 
     if not ray.is_initialized():
         ray.init(address=None if address == "auto" else address, include_dashboard=False, log_to_driver=False,

@@ -44,8 +44,8 @@ class ClipScorer:
         with tempfile.TemporaryDirectory(prefix="deramos-serve-") as scratch:
             # Encoded files go to the Scorer as files: decoded in its thread pool, checked and
             # named exactly as a local run would; the temporary name is swapped back below.
-            named = [(f"request {number} item {row}" if len(requests) > 1 else f"item {row}", fields,
-                      Path(scratch) / f"{number}-{row}")
+            # Rows are named within their own request ("item 0"): each client sees only its own.
+            named = [(f"item {row}", fields, Path(scratch) / f"{number}-{row}")
                      for number, rows in enumerate(batches) for row, fields in enumerate(rows)]
             items = [_item(fields, name, path, self.scorer) for name, fields, path in named]
             prompts = [_text(fields.get("prompt")) for _, fields, _ in named]

@@ -53,8 +53,6 @@ def connect(address: str) -> None:
     """auto: the cluster in $RAY_ADDRESS or a running `ray start`, else a local one; local: a new
     local cluster; anything else: that cluster's address (host:6379 or ray://host:10001).
     A process already connected (ray.init called earlier) keeps its connection."""
-    import logging
-
     try:
         import ray
     except ImportError:
@@ -65,7 +63,6 @@ def connect(address: str) -> None:
                  logging_level="ERROR")
     # Ray Data's progress log on the console would bury the per-item error lines printed here;
     # its log file in the Ray session folder keeps everything.
-    for handler in logging.getLogger("ray.data").handlers:
-        if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler):
-            handler.setLevel(logging.ERROR)
-    ray.data.DataContext.get_current().enable_progress_bars = False
+    context = ray.data.DataContext.get_current()
+    context.enable_progress_bars = False
+    context.print_on_execution_start = False

@@ -27,6 +27,7 @@ GPU_ROWS = [("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnxruntime-tensorrt",
 def make_inputs(bundle, clips: int, seconds: float, path: Path, seed: int = 0) -> None:
     """`clips` rendered music clips of `seconds` each and their prompts, tokenised."""
     from ..runtime.audio import resample
+    from ..runtime.contract import seconds_to_samples
     from ..runtime.text import PromptTokenizer
     from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 
@@ -35,7 +36,7 @@ def make_inputs(bundle, clips: int, seconds: float, path: Path, seed: int = 0) -
     for _ in range(clips):
         attrs = random_attributes(rng)
         audio = resample(render_clip(attrs, rng, SAMPLE_RATE, seconds), SAMPLE_RATE, bundle.sample_rate)
-        waves.append(np.resize(audio, int(seconds * bundle.sample_rate)))
+        waves.append(np.resize(audio, seconds_to_samples(seconds, bundle.sample_rate)))
         prompts.append(prompt_for(attrs, rng))
     ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(prompts)
     np.savez(path, waves=np.stack(waves).astype(np.float32), lengths=np.array([len(w) for w in waves], np.int64),
@@ -97,7 +98,7 @@ def ensure_bundle(bundle_dir: str | None, preset_name: str, workdir: Path, say) 
     out = workdir / f"bundle-{preset_name}"
     cmd = [sys.executable, "-m", "deramos.export.cli", "--out", str(out), "--fp16", "--int8",
            "--calib-clips", "8", "--validate-clips", "16"]
-    from ..paths import default_checkpoint_dir
+    from ..runtime.paths import default_checkpoint_dir
 
     if preset_name == "small" and default_checkpoint_dir() is not None:
         cmd += ["--checkpoint", str(default_checkpoint_dir())]

@@ -30,12 +30,18 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
               help=f"Graphs to quantise (comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)}); the rest stay FP32.")
 @click.option("--check-clips", type=click.IntRange(min=1), default=DEFAULTS["check_clips"], show_default=True,
               help="Held-out clips each new precision is compared with FP32 on (at least 64).")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU (one set per precision in the "
+              "bundle), each compared with FP32 like the graphs (needs tensorrt + CUDA).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=DEFAULTS["trt_max_batch"], show_default=True,
+              help="TensorRT profile: largest batch.")
 @click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
+@click.option("--int8-search", is_flag=True, help="When INT8 misses its drift target, keep the layers that cost the most "
+              "ranking agreement in FP32 until it meets it (per-layer sensitivity on the calibration clips).")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime CPU threads for the checks.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write a new bundle here (a copy) instead of in place.")
-def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8_graphs, check_clips, recalibrate,
-         threads, out):
-    """Add FP16 and/or INT8 graphs to an FP32 bundle (from deramos-export), without PyTorch.
+def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8_graphs, check_clips, trt, max_batch,
+         recalibrate, int8_search, threads, out):
+    """Add FP16 / INT8 graphs and TensorRT engines to an FP32 bundle (from deramos-export), without PyTorch.
 
     Every new precision is compared with the bundle's FP32 graphs through the runtime's own
     backends; one that misses its tolerance is left out (the bundle keeps what passed, the
@@ -49,13 +55,15 @@ def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8
     from ..runtime.bundle import BundleError
     from .stage import build_bundle
 
-    if not (fp16 or int8):
-        raise click.UsageError("nothing to build: give --fp16 and/or --int8")
+    if not (fp16 or int8 or trt):
+        raise click.UsageError("nothing to build: give --fp16, --int8 and/or --trt")
     say = lambda text: click.echo(text, err=True)  # noqa: E731
     root = Path(bundle)
     options = BuildOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, calib_clips=calib_clips,
                            check_clips=check_clips, int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
-                           int8_target=int8_target, recalibrate=recalibrate, threads=threads)
+                           int8_target=int8_target, recalibrate=recalibrate, int8_search=int8_search,
+                           threads=threads, trt=trt,
+                           trt_max_batch=max_batch)
     try:
         if out:
             root = Path(shutil.copytree(root, out, dirs_exist_ok=False))

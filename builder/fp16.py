@@ -18,11 +18,12 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
+from ..runtime.contract import SPECS
 from .onnxio import save_onnx
 
 FP32_OPS = {"LayerNormalization", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Softmax", "Log", "Exp",
             "Range", "CumSum", "TopK", "Resize", "RandomUniformLike", "RandomNormalLike"}
-FP32_NODE_PREFIXES = ("/encoder/frontend/",)
+FP32_NODE_PREFIXES = tuple(sorted({p for spec in SPECS.values() for p in spec.fp32_node_prefixes}))
 
 
 def convert_to_fp16(src: Path, dst: Path) -> list[Path]:

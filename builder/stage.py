@@ -35,9 +35,12 @@ class BuildOptions:
     int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS
     int8_target: str = field(default_factory=default_int8_target)
     recalibrate: bool = False
+    int8_search: bool = False            # INT8 misses its target: keep the costliest layers FP32 until it meets it
     seed: int = 0
     threads: int | None = None
     check: bool = True                   # False: skip the comparison with FP32 (benchmark bundles only)
+    trt: bool = False                    # also TensorRT engines for this GPU, one per precision in the bundle
+    trt_max_batch: int = 8
 
 
 @dataclass
@@ -63,20 +66,72 @@ def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], N
         added["fp16"] = _add_fp16(bundle)
     if options.int8:
         added["int8"] = _add_int8(bundle, options, say)
+    write_manifest(bundle.root, bundle.manifest)
+    bundle = load_bundle(bundle.root, verify=False)      # parsed again, new graphs included
     checks = {}
-    if not (added and options.check):
-        write_manifest(bundle.root, bundle.manifest)
+    if not (options.check and added) and not options.trt:
         return BuildResult(checks)
     held = drift_set(options.calib if options.calib != "probes" else None, bundle, options.check_clips,
                      seed=options.seed + 4242)
-    for precision, files in added.items():
+    for precision, files in (added.items() if options.check else ()):
         checks[precision] = measure_drift(bundle, precision, held, options.threads)
+        if precision == "int8" and options.int8_search and not checks[precision].passed:
+            say(checks[precision].format())
+            bundle, checks[precision] = _search_int8(bundle, options, held, say)
         say(checks[precision].format())
         if not checks[precision].passed:
             _drop(bundle, precision, files)
+    if options.trt:
+        checks.update(_add_engines(bundle, options, held, say))
     bundle.manifest.setdefault("checks", {}).update({p: c.to_dict() for p, c in checks.items()})
     write_manifest(bundle.root, bundle.manifest)
     return BuildResult(checks)
+
+
+def _add_engines(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> dict[str, Comparison]:
+    """TensorRT engines for this GPU, each set compared with ONNX Runtime FP32 like any other
+    artefact; a set that misses is unlisted from the manifest (the runtime opens listed files only).
+    `bundle.manifest` is refreshed from disk: build_engines lists what it writes there."""
+    from ..runtime.engine_build import Profiles, TensorRTUnavailable, build_engines
+
+    write_manifest(bundle.root, bundle.manifest)
+    batch = (1, min(4, options.trt_max_batch), options.trt_max_batch)
+    checks = {}
+    for precision in load_bundle(bundle.root, verify=False).precisions():
+        try:
+            out = build_engines(bundle.root, precision, Profiles(batch=batch), say=say)
+        except TensorRTUnavailable as error:
+            raise ValueError(f"--trt: {error}") from None
+        built = load_bundle(bundle.root, verify=False)
+        checks[f"tensorrt-{precision}"] = check = measure_drift(built, precision, held, options.threads, backend="tensorrt")
+        say(check.format())
+        if not check.passed:
+            folder = out.relative_to(bundle.root).as_posix()
+            built.manifest["files"] = {n: h for n, h in built.manifest["files"].items()
+                                       if not (n.startswith(folder + "/") and n.endswith(f".{precision}.engine"))}
+            write_manifest(bundle.root, built.manifest)
+    bundle.manifest = load_bundle(bundle.root, verify=False).manifest | {"checks": bundle.manifest.get("checks", {})}
+    return checks
+
+
+def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> tuple[Bundle, Comparison]:
+    """Per-layer sensitivity on the calibration clips, the costliest layers kept FP32 until INT8
+    meets its tolerance there (builder/search.py); then the held-out check again."""
+    from ..runtime.compare import TOLERANCES
+    from .search import search_exclusions
+
+    clips = _calibration_clips(bundle, options, say)
+    for graph in options.int8_graphs:
+        ranges, _ = int8_ranges(bundle, graph, options, lambda: clips, say)
+        result = search_exclusions(bundle, graph, ranges, options.calib_method, options.int8_target, clips,
+                                   TOLERANCES["int8"], say)
+        bundle.manifest["int8"].setdefault("search", {})[graph] = result.to_dict()
+        timing = result.seconds_per_batch
+        say(f"{graph}: kept FP32 {result.kept_fp32 or 'nothing'}; seconds per batch: FP32 {timing['fp32']:.4f}, "
+            f"INT8 everywhere {timing['int8_all_layers']:.4f}, INT8 as searched {timing['int8_searched']:.4f}")
+    write_manifest(bundle.root, bundle.manifest)
+    bundle = load_bundle(bundle.root, verify=False)
+    return bundle, measure_drift(bundle, "int8", held, options.threads)
 
 
 def _add_fp16(bundle: Bundle) -> list[str]:

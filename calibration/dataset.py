@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from ..runtime.audio import AudioError, load_audio
+from ..runtime.contract import seconds_to_samples
 
 AUDIO_SUFFIXES = {".wav", ".flac", ".ogg", ".mp3", ".aiff", ".aif"}
 
@@ -77,7 +78,7 @@ def _rendered_corpus(sample_rate: int, window_seconds: float, limit: int, seed: 
 
 
 def _crop(wave: np.ndarray, window_seconds: float, sample_rate: int) -> np.ndarray:
-    return wave[: int(round(window_seconds * sample_rate))]
+    return wave[: seconds_to_samples(window_seconds, sample_rate)]
 
 
 def _from_musiceval(root: Path, splits, sample_rate, window_seconds, limit, seed, source=None) -> ClipSet:

@@ -8,7 +8,7 @@ scores, and SRCC >= 0.97 where the FP32 scores spread enough for a ranking to me
 """
 from __future__ import annotations
 
-from ..runtime.backends import OrtBackend
+from ..runtime.backends import OrtBackend, open_backend
 from ..runtime.bundle import Bundle
 from ..runtime.compare import Comparison, compare_scorers
 from ..runtime.scorer import Scorer
@@ -21,10 +21,11 @@ def drift_set(spec: str | None, bundle: Bundle, clips: int = MIN_CLIPS, seed: in
     return held_out_set(spec, bundle.sample_rate, float(bundle.manifest["window_seconds"]), max(clips, MIN_CLIPS), seed)
 
 
-def measure_drift(bundle: Bundle, precision: str, held: ClipSet, threads: int | None = None) -> Comparison:
-    """`precision` against FP32, both on ONNX Runtime's CPU backend."""
+def measure_drift(bundle: Bundle, precision: str, held: ClipSet, threads: int | None = None,
+                  backend: str = "onnxruntime-cpu") -> Comparison:
+    """`precision` on `backend` against FP32 on ONNX Runtime's CPU backend."""
     reference = Scorer(bundle, OrtBackend(bundle, "fp32", threads=threads))
-    candidate = Scorer(bundle, OrtBackend(bundle, precision, threads=threads))
+    candidate = Scorer(bundle, open_backend(backend, bundle, precision, threads))
     with reference, candidate:
         return compare_scorers(reference, candidate, held.waves, held.prompts, precision=precision,
                                source=held.source, systems=held.systems)

@@ -26,13 +26,14 @@ import numpy as np
 
 from ..runtime.audio import pad_waves
 from ..runtime.bundle import sha256_file
+from ..runtime.contract import INT8_DEFAULT_GRAPHS, INT8_GRAPHS, SPECS
 from ..runtime.targets import int8_scheme
 from ..runtime.text import PromptTokenizer
 
-QUANTIZED_GRAPHS = ("audio_encoder",)             # the default (ExportOptions.int8_graphs)
-QUANTIZABLE_GRAPHS = ("audio_encoder", "text_encoder")
+QUANTIZED_GRAPHS = INT8_DEFAULT_GRAPHS             # the default (BuildOptions.int8_graphs)
+QUANTIZABLE_GRAPHS = INT8_GRAPHS
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
-EXCLUDED_NODE_PREFIXES = ("/encoder/frontend/",)
+EXCLUDED_NODE_PREFIXES = tuple(sorted({p for spec in SPECS.values() for p in spec.fp32_node_prefixes}))
 METHODS = ("minmax", "entropy", "percentile")
 CACHE_VERSION = 1
 
@@ -119,8 +120,9 @@ def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list
             for name, d in tensors.data.items()}
 
 
-def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str):
-    """The FP32 graph with QDQ nodes for `target`'s scheme (runtime/targets.py); an onnx ModelProto."""
+def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str, nodes: list[str] | None = None):
+    """The FP32 graph with QDQ nodes for `target`'s scheme (runtime/targets.py); an onnx ModelProto.
+    `nodes`: quantise only these (None: every MatMul/Gemm/Conv outside the FP32 region)."""
     import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
@@ -130,8 +132,8 @@ def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, targe
     excluded = [n.name for n in model.graph.node if n.name.startswith(EXCLUDED_NODE_PREFIXES)]
     tensors = TensorsData(_method(method), {name: TensorData(lowest=np.asarray(lo, np.float32), highest=np.asarray(hi, np.float32))
                                             for name, (lo, hi) in ranges.items()})
-    quantizer = QDQQuantizer(model, True, scheme.weight_bits == 7, QuantType.QInt8, QuantType.QInt8, tensors, [],
-                             excluded, QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
+    quantizer = QDQQuantizer(model, True, scheme.weight_bits == 7, QuantType.QInt8, QuantType.QInt8, tensors,
+                             list(nodes or []), excluded, QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
                                                        "DedicatedQDQPair": True})
     quantizer.quantize_model()
     return quantizer.model.model

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..runtime.audio import resample
+from ..runtime.contract import seconds_to_samples
 from ..synth.degrade import apply_degradations
 from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 
@@ -38,7 +39,7 @@ def sample_set(n: int, sample_rate: int, window_seconds: float, seed: int = 0,
             audio = apply_degradations(audio, severity, rng, SAMPLE_RATE)
         audio = resample(audio.astype(np.float32), SAMPLE_RATE, sample_rate)
         if i % 4 == 3:  # exactly one window, the longest input a graph sees
-            audio = np.resize(audio, int(round(window_seconds * sample_rate)))
+            audio = np.resize(audio, seconds_to_samples(window_seconds, sample_rate))
         waves.append(audio.astype(np.float32))
         described = attrs if i % 2 == 0 else random_attributes(rng)
         prompts.append(prompt_for(described, rng))

@@ -12,13 +12,13 @@ unpadded batch (tests/test_audio_encoder.py checks it against transformers), but
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .checkpoint import read_json_file, read_tensors
 from .config import AudioEncoderConfig
 from .frontend import MelFrontEnd, subsampled_frames
 
@@ -241,7 +241,7 @@ def config_from_muq_dir(directory: str | Path, base: AudioEncoderConfig | None =
     from transformers import Wav2Vec2ConformerConfig
 
     directory = Path(directory)
-    raw = json.loads((directory / "config.json").read_text())
+    raw = read_json_file(directory / "config.json")
     w2v2 = dict(raw.get("w2v2_config") or {})
     w2v2["hidden_size"] = raw.get("encoder_dim", w2v2.get("hidden_size", 1024))
     w2v2["num_hidden_layers"] = raw.get("encoder_depth", w2v2.get("num_hidden_layers", 12))
@@ -270,13 +270,11 @@ def config_from_muq_dir(directory: str | Path, base: AudioEncoderConfig | None =
 
 def muq_state_dict(directory: str | Path) -> tuple[dict[str, torch.Tensor], list[str]]:
     """The encoder's tensors from model.safetensors, renamed to our keys; plus the ignored keys."""
-    from safetensors.torch import load_file
-
     path = Path(directory) / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"{path}: MuQ checkpoint not found (expected config.json + model.safetensors)")
     used, ignored = {}, []
-    for key, tensor in load_file(str(path)).items():
+    for key, tensor in read_tensors(path).items():
         name = key[len(PREFIX):] if key.startswith(PREFIX) else key
         if not name.startswith(USED_PARTS):
             ignored.append(key)

@@ -20,6 +20,37 @@ FORMAT_VERSION = 1
 CHECKPOINT_KINDS = ("best_combined", "best_mi_sys", "best_loss", "last")
 
 
+class CheckpointError(ValueError):
+    """A checkpoint file that exists but cannot be read; the message names the file."""
+
+
+def read_json_file(path: str | Path) -> dict:
+    """A JSON object from `path` (FileNotFoundError when it is missing; CheckpointError when
+    it is not a JSON object)."""
+    path = Path(path)
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as error:
+        raise CheckpointError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
+    except UnicodeDecodeError:
+        raise CheckpointError(f"{path}: not valid JSON (not UTF-8 text)") from None
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
+    return value
+
+
+def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
+    """All tensors of a safetensors file, on the CPU; CheckpointError for a damaged file."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path), device="cpu")
+    except SafetensorError as error:
+        reason = " ".join(str(error).split())
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {reason})") from None
+
+
 def save_checkpoint(model, directory: str | Path, extra: dict | None = None, write_more=None) -> Path:
     """Write atomically: a crash mid-write leaves the previous checkpoint intact.
     `write_more(tmp_dir)` adds files (e.g. resume state) that must land together with the weights."""
@@ -75,7 +106,7 @@ def resolve_checkpoint(path: str | Path, kind: str = "best_combined") -> Path:
 
 
 def read_config(directory: str | Path) -> dict:
-    meta = json.loads((Path(directory) / "config.json").read_text())
+    meta = read_json_file(Path(directory) / "config.json")
     if meta.get("format_version", 0) > FORMAT_VERSION:
         raise ValueError(f"{directory}: checkpoint format {meta['format_version']} is newer than "
                          f"this deramos supports ({FORMAT_VERSION}); upgrade deramos")
@@ -84,14 +115,12 @@ def read_config(directory: str | Path) -> dict:
 
 def load_checkpoint(path: str | Path, kind: str = "best_combined", device: str = "cpu"):
     """Rebuild the model from its config and load the stored weights (strict for those parts)."""
-    from safetensors.torch import load_file
-
     from .model import DeRAMOS
 
     directory = resolve_checkpoint(path, kind)
     meta = read_config(directory)
     model = DeRAMOS(ModelConfig.from_dict(meta["model"]))
-    state = load_file(str(directory / "model.safetensors"), device="cpu")
+    state = read_tensors(directory / "model.safetensors")
     expected = {k for k in model.state_dict() if k.startswith(model.stored_parameter_prefixes())}
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:

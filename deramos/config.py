@@ -10,6 +10,8 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .runtime.contract import seconds_to_samples
+
 # Statistics of the official MuQ checkpoint's log-mel features (its config.json `stat`).
 MUQ_MEL_MEAN = 6.768444971712967
 MUQ_MEL_STD = 18.417922652295623
@@ -48,7 +50,7 @@ class AudioEncoderConfig:
 
     @property
     def window_samples(self) -> int:
-        return int(round(self.window_seconds * self.sample_rate))
+        return seconds_to_samples(self.window_seconds, self.sample_rate)
 
     @property
     def samples_per_frame(self) -> int:

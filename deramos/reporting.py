@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import logging
 
+from .runtime.errors import one_line  # noqa: F401 - the one definition, re-exported for deramos
+
 progress_log = logging.getLogger("deramos.progress")
 
 
@@ -25,6 +27,3 @@ class EvaluationError(DeramosError):
     """deramos-eval has no checkpoint or no clips it can score."""
 
 
-def one_line(error: BaseException | str) -> str:
-    """The message with every run of whitespace (newlines included) made one space."""
-    return " ".join(str(error).split())

@@ -136,7 +136,8 @@ def build_model(args: TrainArgs) -> DeRAMOS:
     try:
         model = DeRAMOS(cfg, seed=args.seed)
     except (OSError, ValueError) as err:   # an encoder directory that is not one
-        raise TrainingError(f"cannot build the {args.preset} model: {one_line(err)}") from None
+        named = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else one_line(err)
+        raise TrainingError(f"{named} (building the {args.preset} model)") from None
     if args.init_audio_encoder:
         from .pretrain import load_pretrained_encoder
 

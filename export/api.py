@@ -13,7 +13,8 @@ from typing import Callable
 from ..calibration.quantize import QUANTIZED_GRAPHS
 from ..calibration.samples import sample_set
 from ..runtime.backends import OrtBackend
-from ..runtime.bundle import FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, graph_file_name, load_bundle, write_manifest
+from ..runtime.bundle import (FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, Bundle, graph_file_name, load_bundle,
+                              sha256_file, write_manifest)
 from ..runtime.probes import record_probes, write_probe_clips
 from ..runtime.scorer import Scorer
 from ..runtime.targets import default_int8_target
@@ -61,16 +62,17 @@ def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
     with timer("export fp32"):
         _export_fp32(model, out, options, files)
     tokenizer = _copy_tokenizer(model, out)
-    parity = {}
+    manifest = build_manifest(model, out, files, tokenizer, {}, options)
     if options.validate:
         with timer("validate fp32"):
-            parity["fp32"] = _validate(model, out, files, options, tokenizer)
-        say(format_report("fp32", parity["fp32"]))
-        if not parity["fp32"]["passed"]:
-            (out / "validation_report.json").write_text(json.dumps({"parity": parity}, indent=2))
-            raise ExportFailed(f"validation failed for fp32 ({'; '.join(parity['fp32']['failures'])}); report in "
+            manifest["parity"]["fp32"] = _validate(model, Bundle(out, manifest), options)
+        report = manifest["parity"]["fp32"]
+        say(format_report("fp32", report))
+        if not report["passed"]:
+            (out / "validation_report.json").write_text(json.dumps({"parity": manifest["parity"]}, indent=2))
+            raise ExportFailed(f"validation failed for fp32 ({'; '.join(report['failures'])}); report in "
                                f"{out / 'validation_report.json'}; manifest.json not written (use --no-validate to skip)")
-    write_manifest(out, build_manifest(model, out, files, tokenizer, parity, options))
+    write_manifest(out, manifest)
     with timer("probes"):
         _add_probes(out, model.cfg, options)
     if options.fp16 or options.int8:
@@ -126,17 +128,20 @@ def _copy_tokenizer(model, out: Path) -> Path:
     return out / "tokenizer.json"
 
 
-def _validate(model, out: Path, files: dict, options: ExportOptions, tokenizer: Path) -> dict:
-    """The FP32 graphs (ONNX Runtime) against the PyTorch model they came from."""
+def _validate(model, bundle: Bundle, options: ExportOptions) -> dict:
+    """The FP32 graphs, run by the runtime's ONNX Runtime backend, against the PyTorch model."""
     from ..runtime.text import PromptTokenizer
-    from .validate import compare, onnx_outputs, ort_sessions, torch_outputs
+    from .validate import backend_outputs, compare, torch_outputs
 
     cfg = model.cfg
     samples = sample_set(options.validate_clips, cfg.audio.sample_rate, cfg.audio.window_seconds, seed=options.seed + 1)
-    tok = PromptTokenizer(tokenizer, cfg.text.max_tokens)
+    tok = PromptTokenizer(bundle.tokenizer_file, cfg.text.max_tokens)
     reference = torch_outputs(model, samples, tok)
-    sessions = ort_sessions({g: out / files[g]["fp32"][0] for g in GRAPHS})
-    return compare(reference, onnx_outputs(sessions, samples, tok), "fp32")
+    backend = OrtBackend(bundle, "fp32")
+    try:
+        return compare(reference, backend_outputs(backend, samples, tok), "fp32")
+    finally:
+        backend.close()
 
 
 def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict, options: ExportOptions) -> dict:
@@ -162,7 +167,7 @@ def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict,
         "score": {"min": cfg.heads.score_min, "max": cfg.heads.score_max, "bins": cfg.heads.num_bins},
         "tokenizer": {"file": tokenizer.name, "max_tokens": cfg.text.max_tokens},
         "graphs": graphs,
-        "files": {name: "" for name in listed},      # hashed by write_manifest
+        "files": {name: sha256_file(out / name) for name in listed},
         "versions": {"deramos": __version__, "torch": torch.__version__, "onnx": onnx.__version__,
                      "onnxruntime": onnxruntime.__version__, "opset": options.opset},
         "parity": parity,

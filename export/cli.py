@@ -8,7 +8,13 @@ from pathlib import Path
 
 import click
 
-from ..paths import default_checkpoint_dir
+from ..calibration.quantize import METHODS, QUANTIZABLE_GRAPHS
+from ..config import PRESETS
+from ..runtime.paths import default_checkpoint_dir
+from ..runtime.targets import INT8_TARGETS, default_int8_target
+from .api import ExportOptions
+
+DEFAULTS = ExportOptions()
 
 
 def _load_model(checkpoint: str | None, preset_name: str | None):
@@ -28,31 +34,34 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(exists=True), help="Run or checkpoint directory [embedded default model].")
-@click.option("--preset", "preset_name", type=click.Choice(["paper", "small", "tiny"]),
+@click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)),
               help="Export a preset with random weights instead (benchmarks, paper-size checks).")
 @click.option("--out", default="deramos-bundle", show_default=True, type=click.Path(file_okay=False))
-@click.option("--fp16", is_flag=True, help="Also write FP16 graphs (front-end and sensitive reductions stay FP32).")
-@click.option("--int8", is_flag=True, help="Also write INT8 QDQ graphs, calibrated, with a drift report.")
-@click.option("--calib", type=click.Path(exists=True), help="Calibration data: MusicEval dir, audio folder + prompts.txt, or JSONL [synthetic].")
-@click.option("--calib-method", type=click.Choice(["minmax", "entropy", "percentile"]), default="minmax", show_default=True)
-@click.option("--calib-clips", default=64, show_default=True, help="Clips used to calibrate.")
+@click.option("--fp16", is_flag=True, help="Also write FP16 graphs (the build stage, deramos-build, checked against FP32).")
+@click.option("--int8", is_flag=True, help="Also write INT8 QDQ graphs, calibrated, checked against FP32.")
+@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=default_int8_target, show_default=True,
+              help="Processor the INT8 graphs are for (see deramos-build --help).")
+@click.option("--calib", type=click.Path(exists=True), help="Optional calibration data: MusicEval dir, audio folder + prompts.txt, or JSONL [rendered synthetic music].")
+@click.option("--calib-method", type=click.Choice(METHODS), default=DEFAULTS.calib_method, show_default=True)
+@click.option("--calib-clips", type=click.IntRange(min=1), default=DEFAULTS.calib_clips, show_default=True, help="Clips used to calibrate.")
 @click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
-@click.option("--int8-graphs", default="audio_encoder", show_default=True,
-              help="Graphs to quantise (comma-separated: audio_encoder,text_encoder); the rest stay FP32.")
-@click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU (needs tensorrt + CUDA).")
-@click.option("--trt-precision", type=click.Choice(["fp32", "fp16", "int8"]), help="Graph the engines are built from [int8 if --int8, else fp16 if --fp16, else fp32].")
-@click.option("--max-batch", default=8, show_default=True, help="TensorRT profile: largest batch.")
-@click.option("--opset", default=17, show_default=True)
-@click.option("--no-validate", is_flag=True, help="Skip the PyTorch-vs-ONNX Runtime checks (experts).")
-@click.option("--validate-clips", default=64, show_default=True, help="Clips compared in validation.")
-def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_clips, recalibrate, int8_graphs, trt,
-         trt_precision, max_batch, opset, no_validate, validate_clips):
+@click.option("--int8-graphs", default=",".join(DEFAULTS.int8_graphs), show_default=True,
+              help=f"Graphs to quantise (comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)}); the rest stay FP32.")
+@click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU, one set per precision, each checked "
+              "against FP32 (needs tensorrt + CUDA).")
+@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="TensorRT profile: largest batch.")
+@click.option("--opset", default=DEFAULTS.opset, show_default=True)
+@click.option("--no-validate", is_flag=True, help="Skip the checks against PyTorch and FP32 (benchmark bundles only).")
+@click.option("--validate-clips", type=click.IntRange(min=1), default=DEFAULTS.validate_clips, show_default=True,
+              help="Clips compared in validation (FP16/INT8 checks use at least 64).")
+def main(checkpoint, preset_name, out, fp16, int8, int8_target, calib, calib_method, calib_clips, recalibrate, int8_graphs,
+         trt, max_batch, opset, no_validate, validate_clips):
     """Export DeRA-MOS to ONNX (FP32, optionally FP16 / INT8) and TensorRT, validated against PyTorch.
 
     \b
     Examples:
       deramos-export --fp16                          # embedded default model -> ./deramos-bundle
-      deramos-export --checkpoint runs/r1 --int8 --calib data/musiceval --out bundle
+      deramos-export --checkpoint runs/r1 --int8 --calib corpus --out bundle   # corpus: a MusicEval-layout dir
       deramos-export --preset paper --fp16 --out paper-bundle   # random weights, full size
     """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
@@ -64,7 +73,8 @@ def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_cl
     say(f"exporting {source} -> {out}")
     options = ExportOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, recalibrate=recalibrate,
                             opset=opset, validate=not no_validate, validate_clips=validate_clips, calib_clips=calib_clips,
-                            int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()))
+                            int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
+                            int8_target=int8_target)
     try:
         manifest = export_bundle(model, out, options, say=say)
     except ExportFailed as err:
@@ -74,17 +84,20 @@ def main(checkpoint, preset_name, out, fp16, int8, calib, calib_method, calib_cl
     say(f"bundle written: {out} ({sum(sizes.values()) / 1e6:.1f} MB, {len(sizes)} files; "
         f"times {manifest['export_seconds']})")
     if trt:
-        _build_trt(out, trt_precision or ("int8" if int8 else "fp16" if fp16 else "fp32"), max_batch, say)
+        _build_trt(out, max_batch, say)
 
 
-def _build_trt(out: str, precision: str, max_batch: int, say) -> None:
-    from .tensorrt import Profiles, TensorRTUnavailable, build_engines
+def _build_trt(out: str, max_batch: int, say) -> None:
+    from ..build.stage import BuildOptions, build_bundle
 
     try:
-        build_engines(out, precision, Profiles(batch=(1, min(4, max_batch), max_batch)), say=say)
-    except TensorRTUnavailable as err:
-        say(f"error: --trt: {err}; the ONNX bundle in {out} is complete")
+        result = build_bundle(out, BuildOptions(trt=True, trt_max_batch=max_batch), say)
+    except ValueError as err:
+        say(f"error: {err}; the ONNX bundle in {out} is complete")
         sys.exit(3)
+    if result.failed:
+        say(f"error: TensorRT engines missed their check against FP32: {', '.join(result.failed)} (left unlisted)")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

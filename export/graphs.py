@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from ..build.onnxio import save_onnx
-from ..runtime.bundle import GRAPH_IO
+from ..runtime.contract import GRAPH_IO, SPECS
 
 DEFAULT_OPSET = 17
 
@@ -49,15 +49,7 @@ class HeadsGraph(nn.Module):
         return out["mi"], out["ta"], out["mi_dist"], out["ta_dist"]
 
 
-DYNAMIC_AXES = {
-    "audio_encoder": {"waveform": {0: "batch", 1: "samples"}, "lengths": {0: "batch"},
-                      "frames": {0: "batch", 1: "frames"}, "frame_mask": {0: "batch", 1: "frames"}},
-    "text_encoder": {"input_ids": {0: "batch", 1: "tokens"}, "attention_mask": {0: "batch", 1: "tokens"},
-                     "tokens": {0: "batch", 1: "tokens"}},
-    "heads": {"frames": {0: "batch", 1: "frames"}, "frame_mask": {0: "batch", 1: "frames"},
-              "tokens": {0: "batch", 1: "tokens"}, "token_mask": {0: "batch", 1: "tokens"},
-              "mi": {0: "batch"}, "ta": {0: "batch"}, "mi_dist": {0: "batch"}, "ta_dist": {0: "batch"}},
-}
+DYNAMIC_AXES = {graph: spec.dynamic_axes() for graph, spec in SPECS.items()}
 
 
 def graph_modules(model) -> dict[str, nn.Module]:
@@ -72,7 +64,8 @@ def example_inputs(model, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]
     n = min(cfg.audio.window_samples, 3 * cfg.audio.sample_rate)
     wave = torch.randn(batch, n) * 0.1
     lengths = torch.tensor([n] + [n * 2 // 3] * (batch - 1), dtype=torch.int64)
-    ids = torch.randint(5, 1000, (batch, 12), dtype=torch.int64)
+    vocab = int(model.text_encoder.model.config.vocab_size)
+    ids = torch.randint(min(5, vocab - 1), min(1000, vocab), (batch, 12), dtype=torch.int64)   # ids the model has
     mask = torch.ones(batch, 12, dtype=torch.int64)
     mask[1:, 8:] = 0
     with torch.no_grad():

@@ -7,13 +7,16 @@ a single line of the form ``<item>: <cause>``, ready to be printed next to the i
 
 from __future__ import annotations
 
+import errno
 import numbers
 import os
-from pathlib import Path
+import stat
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from .errors import one_line as _one_line
 
 __all__ = ["AudioError", "load_audio", "prepare_waveform", "to_mono", "resample", "pad_waves"]
 
@@ -32,7 +35,7 @@ class AudioError(ValueError):
 
 
 def load_audio(
-    path: str | os.PathLike[str],
+    path: str | bytes | os.PathLike,
     target_rate: int,
     *,
     max_seconds: float = 3600.0,
@@ -40,16 +43,14 @@ def load_audio(
 ) -> np.ndarray:
     """Read an audio file and return it as float32 mono samples at ``target_rate``."""
     _check_target_rate(target_rate)
-    name = str(path)
-    _check_file(Path(path), name)
-    rate = _check_header(Path(path), name, max_seconds)
+    name = os.fsdecode(path)   # a name that is not UTF-8 keeps its bytes as surrogate escapes
+    native = _native_name(path, name)
+    _check_file(native, name)
+    _check_header(native, name, max_seconds)
     try:
-        data, rate = sf.read(path, dtype="float32", always_2d=True)
+        mono, rate = _read_mono(native)
     except (sf.SoundFileError, RuntimeError) as error:
         raise AudioError(name, f"cannot decode audio ({_libsndfile_reason(error)})") from error
-    # Mix down here, where the (samples, channels) layout is known for certain, rather than
-    # letting prepare_waveform guess it from the shape (a short 32-channel file would fool it).
-    mono = np.ascontiguousarray(data.mean(axis=1, dtype=np.float64), dtype=np.float32)
     return prepare_waveform(
         mono,
         rate,
@@ -123,20 +124,60 @@ def resample(wave: np.ndarray, rate_in: int, rate_out: int) -> np.ndarray:
 # --- checks -------------------------------------------------------------------------------------
 
 
-def _check_file(path: Path, name: str) -> None:
+def _native_name(path, name: str) -> str | bytes:
+    """The name as the OS takes it: bytes on POSIX, so that a name that is not UTF-8 (decoded by
+    Python with surrogate escapes) reaches libsndfile unchanged."""
+    if os.name == "nt":
+        return name
+    try:
+        return os.fsencode(path)
+    except UnicodeEncodeError as error:   # a lone surrogate that no file system name decodes to
+        char = error.object[error.start]
+        raise AudioError(name, f"file name holds a lone surrogate (U+{ord(char):04X}), "
+                               f"which names no file") from None
+
+
+def _read_mono(native: str | bytes, block_frames: int = 1 << 18) -> tuple[np.ndarray, int]:
+    """Decode block by block and mix down as it goes, so that a long multi-channel file never
+    sits in memory interleaved: the peak is the mono result, not channels x float64 copies.
+    The (samples, channels) layout is known here for certain, unlike in prepare_waveform."""
+    with sf.SoundFile(native) as handle:
+        mono = np.empty(handle.frames, np.float32)
+        filled = 0
+        for block in handle.blocks(blocksize=block_frames, dtype="float32", always_2d=True):
+            mono[filled:filled + len(block)] = block.mean(axis=1, dtype=np.float64)
+            filled += len(block)
+        return mono[:filled], handle.samplerate
+
+
+def _check_file(native: str | bytes, name: str) -> None:
     """Catch the common file-system problems before libsndfile turns them into vaguer errors."""
-    if path.is_dir():
+    try:
+        status = os.stat(native)
+    except FileNotFoundError:
+        raise AudioError(name, "file not found") from None
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise AudioError(name, "symlink loop (the link points back to itself)") from None
+        raise AudioError(name, f"cannot open ({error.strerror or error})") from None
+    if stat.S_ISDIR(status.st_mode):
         raise AudioError(name, "is a directory")
-    if not path.exists():
-        raise AudioError(name, "file not found")
-    if path.stat().st_size == 0:
+    if not stat.S_ISREG(status.st_mode):
+        raise AudioError(name, f"not a regular file (a {_file_kind(status.st_mode)})")
+    if status.st_size == 0:
         raise AudioError(name, "empty file (0 bytes)")
 
 
-def _check_header(path: Path, name: str, max_seconds: float) -> int:
+def _file_kind(mode: int) -> str:
+    kinds = ((stat.S_ISFIFO, "FIFO / named pipe"), (stat.S_ISSOCK, "socket"), (stat.S_ISCHR, "character device"),
+             (stat.S_ISBLK, "block device"))
+    return next((kind for test, kind in kinds if test(mode)), "special file")
+
+
+def _check_header(native: str | bytes, name: str, max_seconds: float) -> int:
     """Read the header only, so a huge file is rejected before it is decoded into memory."""
     try:
-        info = sf.info(str(path))
+        info = sf.info(native)
     except (sf.SoundFileError, RuntimeError) as error:
         raise AudioError(name, f"cannot decode audio ({_libsndfile_reason(error)})") from error
     if info.frames <= 0:
@@ -197,5 +238,3 @@ def _libsndfile_reason(error: Exception) -> str:
     return _one_line(reason).rstrip(".") or type(error).__name__
 
 
-def _one_line(text: str) -> str:
-    return " ".join(text.split())

@@ -14,17 +14,20 @@ import hashlib
 import importlib.util
 import os
 import threading
+from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from deramos import paths
+from . import paths
 
-from .bundle import GRAPH_IO, GRAPHS, PRECISIONS, Bundle, BundleError, check_graph_io
-from .cuda import CudaError, DeviceArray, DeviceBuffers, cuda_runtime
+from .bundle import GRAPH_IO, GRAPHS, PRECISIONS, Bundle, BundleError, check_graph_io, load_bundle
+from .audio import pad_waves
+from .cuda import CudaError, DeviceArray, DeviceBuffers, cuda_runtime, device_batch
 from .engines import TRT_DIR, DeviceDescription, find_engine_set
+from .errors import one_line as _one_line
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
 AUTO_ORDER = BACKENDS[1:]
@@ -35,9 +38,6 @@ ORT_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider",
 class BackendUnavailable(RuntimeError):
     """A backend that cannot run here; the message is one line naming it and the cause."""
 
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 
 
 class Backend:
@@ -64,6 +64,18 @@ class Backend:
 
     def describe(self) -> str:
         return self.name
+
+    @contextmanager
+    def waveform_batch(self, windows: list, width: int):
+        """(wave, start, end) windows as one zero-padded [B, width] float32 batch, where this
+        backend reads it: host memory, or GPU memory when any window is already there."""
+        if not any(isinstance(wave, DeviceArray) for wave, _, _ in windows):
+            yield pad_waves([wave[start:end] for wave, start, end in windows], width)[0]
+            return
+        if self.device != "cuda":
+            raise RuntimeError(f"{self.name} cannot read GPU memory")
+        with device_batch(cuda_runtime(), windows, width, self.device_id) as batch:
+            yield batch
 
     def close(self) -> None:
         pass
@@ -221,10 +233,12 @@ class TensorRTBackend(Backend):
         except CudaError as error:
             raise BackendUnavailable(f"tensorrt: {error}") from None
         self.bundle, self.precision, self.device_id, self.device_info = bundle, precision, device_id, device
-        engines, self.skipped = find_engine_set(bundle.root, precision, device)
+        engines, self.skipped = find_engine_set(bundle.root, precision, device, bundle.files)
         if engines is None and build:
             _build_engines(bundle, precision)
-            engines, self.skipped = find_engine_set(bundle.root, precision, device)
+            bundle = load_bundle(bundle.root)    # the build added its engines to manifest.json
+            self.bundle = bundle
+            engines, self.skipped = find_engine_set(bundle.root, precision, device, bundle.files)
         if engines is None:
             raise BackendUnavailable(no_engine_message(precision, device, self.skipped))
         self.engine_set = engines
@@ -293,7 +307,7 @@ def _import_tensorrt():
 
 def _build_engines(bundle: Bundle, precision: str) -> None:
     try:
-        from deramos.export.tensorrt import build_engines
+        from .engine_build import build_engines
     except ImportError as error:
         raise BackendUnavailable(f"tensorrt: no engine for this GPU and building one needs the export extra "
                                  f"(pip install 'deramos[export]'): {_one_line(error)}") from None

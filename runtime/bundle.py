@@ -28,18 +28,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
-from pathlib import Path
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path, PurePosixPath, PureWindowsPath
+
+from .contract import GRAPH_IO, GRAPHS, PRECISIONS, graph_file_name, seconds_to_samples  # noqa: F401 - re-exported
 
 FORMAT = "deramos-bundle"
 FORMAT_VERSION = 1
-GRAPHS = ("audio_encoder", "text_encoder", "heads")
-PRECISIONS = ("fp32", "fp16", "int8")
-GRAPH_IO = {
-    "audio_encoder": (("waveform", "lengths"), ("frames", "frame_mask")),
-    "text_encoder": (("input_ids", "attention_mask"), ("tokens",)),
-    "heads": (("frames", "frame_mask", "tokens", "token_mask"), ("mi", "ta", "mi_dist", "ta_dist")),
-}
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+MISSING = object()   # a manifest key that is absent (unlike one that is null)
 
 
 class BundleError(ValueError):
@@ -54,46 +53,75 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-def graph_file_name(graph: str, precision: str) -> str:
-    return f"{graph}.onnx" if precision == "fp32" else f"{graph}.{precision}.onnx"
+@dataclass(frozen=True)
+class GraphEntry:
+    """One graph as the manifest lists it (its I/O names are runtime/contract.py's GraphSpec's)."""
+
+    inputs: tuple[str, ...]                  # names, in the order the graph declares them
+    outputs: tuple[str, ...]
+    files: dict[str, tuple[str, ...]]        # precision -> bundle-relative files (first: the graph)
+
+
+@dataclass(frozen=True)
+class Manifest:
+    """manifest.json, checked field by field (parse_manifest); `raw` is the JSON as read."""
+
+    format_version: int
+    sample_rate: int
+    window_seconds: float
+    samples_per_frame: int
+    min_tail_samples: int
+    tokenizer_file: str
+    max_tokens: int
+    graphs: dict[str, GraphEntry]
+    files: dict[str, str]                    # bundle-relative path -> sha256 hex
+    raw: dict = field(repr=False, compare=False)
 
 
 @dataclass
 class Bundle:
     root: Path
-    manifest: dict
+    manifest: dict                           # the raw JSON, for fields the runtime does not interpret
+    spec: Manifest = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.spec = parse_manifest(self.manifest, self.root / "manifest.json")
 
     @property
     def sample_rate(self) -> int:
-        return int(self.manifest["sample_rate"])
+        return self.spec.sample_rate
 
     @property
     def window_samples(self) -> int:
-        return int(round(self.manifest["window_seconds"] * self.sample_rate))
+        return seconds_to_samples(self.spec.window_seconds, self.sample_rate)
 
     @property
     def min_tail_samples(self) -> int:
-        return int(self.manifest["min_tail_samples"])
+        return self.spec.min_tail_samples
 
     @property
     def samples_per_frame(self) -> int:
-        return int(self.manifest["samples_per_frame"])
+        return self.spec.samples_per_frame
 
     @property
     def tokenizer_file(self) -> Path:
-        return self.root / self.manifest["tokenizer"]["file"]
+        return self.root / self.spec.tokenizer_file
 
     @property
     def max_tokens(self) -> int:
-        return int(self.manifest["tokenizer"]["max_tokens"])
+        return self.spec.max_tokens
+
+    @property
+    def files(self) -> dict[str, str]:
+        return self.spec.files
 
     def precisions(self) -> list[str]:
         """Precisions for which every graph has a file."""
-        graphs = self.manifest["graphs"]
-        return [p for p in PRECISIONS if all(p in graphs[g]["files"] for g in GRAPHS)]
+        graphs = self.spec.graphs
+        return [p for p in PRECISIONS if all(p in graphs[g].files for g in GRAPHS)]
 
     def graph_path(self, graph: str, precision: str) -> Path:
-        files = self.manifest["graphs"][graph]["files"]
+        files = self.spec.graphs[graph].files
         if precision not in files:
             have = ", ".join(self.precisions()) or "none"
             raise BundleError(f"{self.root}: no {precision} {graph} graph in this bundle "
@@ -102,7 +130,8 @@ class Bundle:
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
-    """Read manifest.json and (by default) check every listed file's sha256."""
+    """Read and validate manifest.json; every listed file must lie inside the bundle and
+    (by default) match its sha256."""
     root = Path(root)
     manifest_path = root / "manifest.json"
     if not root.is_dir():
@@ -110,35 +139,164 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     if not manifest_path.is_file():
         raise BundleError(f"{manifest_path}: missing (not a deramos bundle; create one with deramos-export)")
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise BundleError(f"{manifest_path}: not valid JSON ({err.msg if hasattr(err, 'msg') else err})") from None
-    _check_header(manifest, manifest_path)
+    bundle = Bundle(root, manifest)
+    for name in bundle.files:
+        resolve_inside(root, name)
     if verify:
         verify_files(root, manifest)
-    return Bundle(root, manifest)
+    return bundle
 
 
-def _check_header(manifest: dict, path: Path) -> None:
+# --- manifest validation: every field the runtime reads, with a one-line error naming it ---------
+
+
+def parse_manifest(raw, path: Path) -> Manifest:
+    _check_header(raw, path)
+    check = _FieldChecks(path)
+    files = _files(raw["files"], check)
+    tokenizer = check.mapping("tokenizer", raw["tokenizer"])
+    tokenizer_file = check.listed("tokenizer.file", tokenizer.get("file", MISSING), files)
+    return Manifest(
+        format_version=raw["format_version"],
+        sample_rate=check.integer("sample_rate", raw["sample_rate"], minimum=1),
+        window_seconds=check.number("window_seconds", raw["window_seconds"]),
+        samples_per_frame=check.integer("samples_per_frame", raw.get("samples_per_frame", MISSING), minimum=1),
+        min_tail_samples=check.integer("min_tail_samples", raw.get("min_tail_samples", MISSING), minimum=0),
+        tokenizer_file=tokenizer_file,
+        max_tokens=check.integer("tokenizer.max_tokens", tokenizer.get("max_tokens", MISSING), minimum=1),
+        graphs={graph: _graph(graph, check.mapping("graphs", raw["graphs"])[graph], check, files)
+                for graph in GRAPHS},
+        files=files, raw=raw)
+
+
+class _FieldChecks:
+    """Type and range checks whose errors read '<manifest>: field <name> ...'."""
+
+    def __init__(self, path: Path):
+        self.path = path
+
+    def fail(self, name: str, problem: str) -> BundleError:
+        return BundleError(f"{self.path}: field {name} {problem}")
+
+    def mapping(self, name: str, value) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(name, f"must be an object, got {_json_type(value)}")
+        return value
+
+    def integer(self, name: str, value, minimum: int) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(name, f"must be an integer, got {_json_type(value)}")
+        if value < minimum:
+            raise self.fail(name, f"must be >= {minimum}, got {value}")
+        return value
+
+    def number(self, name: str, value) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise self.fail(name, f"must be a number, got {_json_type(value)}")
+        if not math.isfinite(value) or value <= 0:
+            raise self.fail(name, f"must be a positive number, got {value}")
+        return float(value)
+
+    def listed(self, name: str, value, files: dict[str, str]) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(name, f"must be a file name, got {_json_type(value)}")
+        if value not in files:
+            raise self.fail(name, f"names {value!r}, which is not in files{{}} (every file the runtime "
+                                  f"opens must be listed with its sha256)")
+        return value
+
+
+def _files(value, check: _FieldChecks) -> dict[str, str]:
+    files = check.mapping("files", value)
+    for name, digest in files.items():
+        problem = relative_path_problem(name)
+        if problem:
+            raise check.fail(f"files[{name!r}]", problem)
+        if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
+            raise check.fail(f"files[{name!r}]", f"must be a sha256 (64 hex digits), got {_json_type(digest)}")
+    return files
+
+
+def _graph(graph: str, spec, check: _FieldChecks, files: dict[str, str]) -> GraphEntry:
+    where = f"graphs.{graph}"
+    spec = check.mapping(where, spec)
+    names = []
+    for side, expected in zip(("inputs", "outputs"), GRAPH_IO[graph]):
+        ios = spec.get(side)
+        got = [io.get("name") if isinstance(io, dict) else io for io in ios] if isinstance(ios, list) else ios
+        if got != list(expected):
+            raise check.fail(f"{where}.{side}", f"must list {list(expected)} (name, dtype, shape), got {got!r}")
+        names.append(tuple(expected))
+    precisions = check.mapping(f"{where}.files", spec.get("files", MISSING))
+    by_precision = {}
+    for precision, listed in precisions.items():
+        name = f"{where}.files.{precision}"
+        if precision not in PRECISIONS:
+            raise check.fail(name, f"is not a precision ({', '.join(PRECISIONS)})")
+        if not isinstance(listed, list) or not listed:
+            raise check.fail(name, f"must be a non-empty list of files, got {_json_type(listed)}")
+        by_precision[precision] = tuple(check.listed(name, f, files) for f in listed)
+    return GraphEntry(names[0], names[1], by_precision)
+
+
+def relative_path_problem(name) -> str | None:
+    """Why `name` cannot be a file of the bundle (None: it can): a bundle-relative POSIX path."""
+    if not isinstance(name, str) or not name:
+        return "must be a non-empty relative path"
+    pure = PurePosixPath(name)
+    if pure.is_absolute() or PureWindowsPath(name).drive or name.startswith("\\"):
+        return "is an absolute path (files must be inside the bundle)"
+    if ".." in pure.parts or ".." in PureWindowsPath(name).parts:
+        return "leaves the bundle ('..'; files must be inside the bundle)"
+    return None
+
+
+def resolve_inside(root: Path, name: str) -> Path:
+    """root/name, refused when it (or a symlink on the way) leads outside the bundle."""
+    path = root / name
+    try:
+        path.resolve().relative_to(root.resolve())
+    except ValueError:
+        raise BundleError(f"{path}: resolves outside the bundle ({path.resolve()}); "
+                          f"a bundle's files must be inside it") from None
+    except RuntimeError:   # a symlink loop (Python < 3.13 raises RuntimeError)
+        raise BundleError(f"{path}: symlink loop") from None
+    return path
+
+
+def _json_type(value) -> str:
+    if value is MISSING:
+        return "missing"
+    kinds = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", list: "a list",
+             dict: "an object", type(None): "null"}
+    shown = repr(value) if isinstance(value, (bool, int, float, str)) else ""
+    return f"{kinds.get(type(value), type(value).__name__)} {shown}".strip()
+
+
+def _check_header(manifest, path: Path) -> None:
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise BundleError(f"{path}: not a deramos bundle manifest (format is not {FORMAT!r})")
-    version = manifest.get("format_version")
-    if not isinstance(version, int):
-        raise BundleError(f"{path}: format_version missing")
+    version = manifest.get("format_version", MISSING)
+    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
+        raise BundleError(f"{path}: field format_version must be a positive integer, got {_json_type(version)}")
     if version > FORMAT_VERSION:
         raise BundleError(f"{path}: bundle format {version} is newer than this runtime supports "
                           f"({FORMAT_VERSION}); upgrade deramos")
     for key in ("graphs", "files", "tokenizer", "sample_rate", "window_seconds"):
         if key not in manifest:
             raise BundleError(f"{path}: manifest has no {key!r} entry")
-    for graph in GRAPHS:
-        if graph not in manifest["graphs"]:
-            raise BundleError(f"{path}: manifest lists no {graph} graph")
+    if isinstance(manifest["graphs"], dict):
+        for graph in GRAPHS:
+            if graph not in manifest["graphs"]:
+                raise BundleError(f"{path}: manifest lists no {graph} graph")
 
 
 def verify_files(root: Path, manifest: dict) -> None:
     for name, expected in sorted(manifest["files"].items()):
-        path = root / name
+        path = resolve_inside(root, name)
         if not path.is_file():
             raise BundleError(f"{path}: missing from the bundle (listed in manifest.json)")
         if sha256_file(path) != expected:
@@ -156,9 +314,8 @@ def write_manifest(root: Path, manifest: dict) -> None:
 
 def check_graph_io(bundle: Bundle, graph: str, precision: str, inputs: list[str], outputs: list[str]) -> None:
     """The names a loaded graph declares must be the ones the manifest promises."""
-    spec = bundle.manifest["graphs"][graph]
-    want_in = [io["name"] for io in spec["inputs"]]
-    want_out = [io["name"] for io in spec["outputs"]]
+    spec = bundle.spec.graphs[graph]
+    want_in, want_out = list(spec.inputs), list(spec.outputs)
     if list(inputs) != want_in or list(outputs) != want_out:
         path = bundle.graph_path(graph, precision)
         raise BundleError(f"{path}: graph inputs/outputs {list(inputs)} -> {list(outputs)} do not match "

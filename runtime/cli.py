@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 from collections import deque
 from dataclasses import dataclass
@@ -12,8 +13,10 @@ import click
 
 from .backends import BACKENDS
 from .bundle import PRECISIONS
+from .errors import one_line as _one_line
 
 EXIT_OK, EXIT_ITEM_FAILED, EXIT_USAGE = 0, 1, 2
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 HELP = """Score text-to-music clips: MI (music impression) and TA (text alignment), 1 to 5.
 
@@ -26,8 +29,9 @@ HELP = """Score text-to-music clips: MI (music impression) and TA (text alignmen
 
 \b
 JSONL input: one object per line, {"path": "a.wav", "prompt": "calm solo piano"}
-(paths relative to the current directory); the output repeats each object with
-"mi", "ta" and "error" added, in input order.
+(UTF-8, paths relative to the current directory); the output repeats each object
+with "mi", "ta" and "error" added, in input order. Two clips without --prompt are
+refused: the second would be taken for the prompt.
 
 \b
 Any audio libsndfile reads, at any rate and channel count; clips longer than the
@@ -68,7 +72,7 @@ class Job:
 @click.option("--self-check", is_flag=True,
               help="Score the bundle's probe clips with this --backend/--precision and compare with their stored "
                    "FP32 scores (max |Δ|, rank agreement); exit 0 within tolerance, 1 outside. Takes no clips.")
-@click.option("-q", "--quiet", is_flag=True, help="No progress bar, no per-item error lines on stderr.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no messages; errors still go to stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which backend runs and why the others were skipped.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[auto|local|ADDRESS]",
               help="Score on a Ray cluster (pip install 'deramos[ray]'): an actor pool of Scorers writes --out "
@@ -135,8 +139,7 @@ def _score(jobs, total, out, as_json, bundle, backend, precision, batch_size, th
             for job, score in _scored(scorer, jobs):
                 if not score.ok:
                     failed += 1
-                    if not quiet:
-                        bar.write(f"error: {score.error}", file=sys.stderr)
+                    bar.write(_printable(f"error: {score.error}"), file=sys.stderr)
                 line = _json_line(job, score) if as_json else _text_line(job, score)
                 if line is not None:
                     bar.write(line, file=sink)
@@ -190,30 +193,55 @@ def _jobs(args: tuple[str, ...], prompt: str | None, jsonl: str | None) -> tuple
     if len(args) != 2:
         raise click.UsageError('give one clip and its prompt (deramos-run clip.wav "prompt"), '
                                'or --prompt "..." with several clips, or --jsonl FILE')
+    if _is_audio_file(args[1]):
+        raise click.UsageError(f'the prompt {_printable(repr(args[1]))} is an audio file; to score several clips '
+                               f'give their prompt with --prompt (deramos-run --prompt "..." CLIPS...)')
     return [Job({"path": args[0], "prompt": args[1]}, args[0], args[1])], 1
 
 
+def _is_audio_file(text: str) -> bool:
+    """A second argument that names an existing audio file is a clip, not a prompt."""
+    suffix = os.path.splitext(text)[1].lstrip(".").upper()
+    return bool(suffix) and (suffix in _audio_suffixes()) and os.path.isfile(text)
+
+
+def _audio_suffixes() -> set[str]:
+    import soundfile
+
+    return set(soundfile.available_formats()) | {"MP3", "OGA", "OPUS", "AIF", "M4A", "AAC", "WMA"}
+
+
 def _jsonl_jobs(source: str) -> tuple[Iterable[Job], int | None]:
+    """A file and stdin are read alike: as bytes, line by line, so that a line that is not
+    UTF-8 fails alone, and a UTF-8 BOM before line 1 is skipped."""
     if source == "-":
-        return (_parse_line(n, line) for n, line in _numbered(sys.stdin) if line.strip()), None
+        stream = getattr(sys.stdin, "buffer", None)
+        lines = stream if stream is not None else (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
+        return (_parse_line(n, line) for n, line in _numbered(lines) if line.strip()), None
     try:
-        with open(source, encoding="utf-8") as handle:
+        with open(source, "rb") as handle:
             lines = [(n, line) for n, line in _numbered(handle) if line.strip()]
-    except (OSError, UnicodeDecodeError) as error:
-        raise click.BadParameter(f"{source}: {_one_line(getattr(error, 'strerror', None) or error)}",
+    except OSError as error:
+        raise click.BadParameter(f"{_printable(source)}: {_one_line(error.strerror or error)}",
                                  param_hint="--jsonl") from None
     return [_parse_line(n, line) for n, line in lines], len(lines)
 
 
-def _numbered(lines) -> Iterator[tuple[int, str]]:
-    return ((number, line) for number, line in enumerate(lines, start=1))
+def _numbered(lines) -> Iterator[tuple[int, bytes]]:
+    for number, line in enumerate(lines, start=1):
+        yield number, (line.removeprefix(b"\xef\xbb\xbf") if number == 1 else line)
 
 
-def _parse_line(number: int, line: str) -> Job:
+def _parse_line(number: int, raw: bytes) -> Job:
     """A JSONL line as a job; a malformed one becomes an item that fails with the reason."""
     from .scorer import Unscorable
 
     where = f"line {number}"
+    try:
+        line = raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return Job({"line": number}, Unscorable(where, f"not UTF-8 text (byte 0x{raw[error.start]:02x} at "
+                                                       f"byte {error.start}; save the file as UTF-8)"), None)
     try:
         record = json.loads(line)
     except json.JSONDecodeError as error:
@@ -234,13 +262,15 @@ def _parse_line(number: int, line: str) -> Job:
 def _text_line(job: Job, score) -> str | None:
     if not score.ok:
         return None   # the error line on stderr says it all
-    return f"{job.record.get('path', score.name)}  MI {score.mi:.2f}  TA {score.ta:.2f}"
+    return _printable(f"{job.record.get('path', score.name)}  MI {score.mi:.2f}  TA {score.ta:.2f}")
 
 
 def _json_line(job: Job, score) -> str:
     result = dict(job.record)
     result.update(mi=_rounded(score.mi), ta=_rounded(score.ta), error=score.error)
-    return json.dumps(result, ensure_ascii=False)
+    # Lone surrogates (from "\ud800" in the input, or a file name that is not UTF-8) cannot be
+    # written as UTF-8: JSON's own escape keeps them, and reading the line back restores them.
+    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(result, ensure_ascii=False))
 
 
 def _rounded(value: float | None) -> float | None:
@@ -273,15 +303,18 @@ def _progress(total: int | None, quiet: bool):
 
 
 def _error(message: str) -> None:
-    print(f"error: {message}", file=sys.stderr)
+    print(_printable(f"error: {message}"), file=sys.stderr)
 
 
 def _error_stream_line(message: str) -> None:
-    print(message, file=sys.stderr)
+    print(_printable(message), file=sys.stderr)
 
 
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
+def _printable(text: str) -> str:
+    """Text for a terminal: a character the stream cannot encode (a lone surrogate) becomes
+    a backslash escape instead of failing the whole run."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(text) else text
+
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ import glob
 import importlib.util
 import os
 import threading
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -158,6 +159,26 @@ class DeviceBuffers:
 _runtime: CudaRuntime | None = None
 _runtime_error: str | None = None
 _lock = threading.Lock()
+
+
+@contextmanager
+def device_batch(cuda: "CudaRuntime", windows: list, width: int, device_id: int):
+    """(wave, start, end) windows, in GPU or host memory, as one zero-padded [B, width] float32
+    DeviceArray on `device_id` (freed on exit): copies stay on the GPU."""
+    cuda.set_device(device_id)      # the current device is per host thread
+    cuda.synchronize()              # the producer may still be writing its tensors on its own stream
+    with DeviceBuffers(cuda) as buffers:
+        batch = buffers.alloc((len(windows), width), np.float32, device_id)
+        row_bytes, item = width * 4, 4
+        cuda.memset_async(batch.ptr, 0, batch.nbytes, 0)
+        for row, (wave, start, end) in enumerate(windows):
+            destination = batch.ptr + row * row_bytes
+            if isinstance(wave, DeviceArray):
+                cuda.memcpy_async(destination, wave.ptr + start * item, (end - start) * item, DEVICE_TO_DEVICE, 0)
+            else:
+                cuda.upload(destination, np.ascontiguousarray(wave[start:end], np.float32), 0)
+        cuda.stream_synchronize(0)
+        yield batch
 
 
 def cuda_runtime() -> CudaRuntime:

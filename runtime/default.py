@@ -16,10 +16,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Callable
 
-from deramos import paths
+from . import paths
+from .errors import TORCH_THEN_EXPORT_EXTRA
 
 from .bundle import FORMAT_VERSION, BundleError
 
@@ -27,7 +29,10 @@ ENV_BUNDLE = "DERAMOS_BUNDLE"
 ENV_CHECKPOINT = "DERAMOS_DEFAULT_CHECKPOINT"
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 HOW_TO_GET_ONE = ("export one with `deramos-export --out DIR` and pass --bundle DIR (or set DERAMOS_BUNDLE), "
-                  "or install the export extra (pip install 'deramos[export]') to export the default model on first use")
+                  f"or, to export the default model on first use, {TORCH_THEN_EXPORT_EXTRA}")
+# A scratch folder whose pid is alive is taken for a running export unless it is this old
+# (then the pid was reused); one whose pid is gone is removed at once.
+STALE_SCRATCH_SECONDS = 6 * 3600
 
 # Options of the first-use export (deramos-export, run as `python -m deramos.export.cli`).
 EXPORT_FLAGS = ("--fp16", "--validate-clips", "16")
@@ -61,7 +66,63 @@ def default_bundle_dir(checkpoint: Path) -> Path:
 
 
 def export_available() -> bool:
-    return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx", "deramos.export"))
+    try:
+        return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx", "deramos.export"))
+    except (ImportError, ValueError):   # a broken or blocked install
+        return False
+
+
+def remove_stale_scratch(folder: Path, max_age: float = STALE_SCRATCH_SECONDS) -> list[Path]:
+    """Delete `<bundle>.tmp-<pid>` folders left by exports that were killed: their process is
+    gone, or (a reused pid) they have not changed for `max_age` seconds."""
+    removed = []
+    for scratch in folder.glob("*.tmp-*") if folder.is_dir() else ():
+        pid = scratch.name.rsplit(".tmp-", 1)[1]
+        try:
+            age = time.time() - scratch.stat().st_mtime
+        except OSError:
+            continue
+        if not (pid.isdigit() and _alive(int(pid))) or age > max_age:
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True
+
+
+def run_tied_to_this_process(command: list[str]) -> subprocess.CompletedProcess:
+    """Run `command`, capturing its output; it dies with this process (even on kill -9), so an
+    export never outlives its user unseen (its own writes would fail only when it next writes)."""
+    return subprocess.run(command, capture_output=True, text=True, preexec_fn=_die_with_parent())
+
+
+def _die_with_parent():
+    """A preexec_fn asking Linux to SIGKILL the child when its parent dies (PR_SET_PDEATHSIG);
+    None elsewhere."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+    import signal
+
+    parent = os.getpid()
+    libc = ctypes.CDLL(None, use_errno=True)
+
+    def arm() -> None:
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        if os.getppid() != parent:   # the parent died before the request took effect
+            os._exit(1)
+    return arm
+
+
+PR_SET_PDEATHSIG = 1
 
 
 def default_bundle(say: Callable[[str], None] | None = None) -> Path:
@@ -71,6 +132,7 @@ def default_bundle(say: Callable[[str], None] | None = None) -> Path:
         raise BundleError(f"no bundle given and no default model in this install "
                           f"({default_checkpoint_location()}); {HOW_TO_GET_ONE}")
     target = default_bundle_dir(checkpoint)
+    remove_stale_scratch(target.parent)
     if (target / "manifest.json").is_file():
         return target
     if not export_available():
@@ -89,7 +151,7 @@ def export_default_bundle(checkpoint: Path, target: Path, say: Callable[[str], N
     try:
         command = [sys.executable, "-m", "deramos.export.cli", "--checkpoint", str(checkpoint),
                    "--out", str(scratch), *EXPORT_FLAGS]
-        done = subprocess.run(command, capture_output=True, text=True)
+        done = run_tied_to_this_process(command)
         if done.returncode != 0:
             lines = [line for line in done.stderr.splitlines() if line.strip()]
             raise BundleError(f"exporting the default model from {checkpoint} failed: "

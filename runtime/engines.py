@@ -12,8 +12,10 @@ import json
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Mapping
 
 from .bundle import GRAPHS
+from .errors import one_line as _one_line
 
 TRT_DIR = "trt"
 BUILD_FILE = "build.json"
@@ -80,11 +82,19 @@ def mismatch_reason(build: dict, precision: str, device: DeviceDescription) -> s
     return None
 
 
-def find_engine_set(bundle_root: Path, precision: str, device: DeviceDescription) -> tuple[EngineSet | None, list[str]]:
-    """The first engine directory under bundle/trt/ that matches; plus a reason per skipped one."""
+def find_engine_set(bundle_root: Path, precision: str, device: DeviceDescription,
+                    listed: Mapping[str, str] | None = None) -> tuple[EngineSet | None, list[str]]:
+    """The first engine directory under bundle/trt/ that matches; plus a reason per skipped one.
+    With `listed` (the manifest's files{}), build.json and the engines must be listed there, so
+    that they were hashed like every other file the runtime opens."""
     skipped: list[str] = []
     for build_file in sorted(Path(bundle_root, TRT_DIR).glob(f"*/{BUILD_FILE}")):
         where = f"{TRT_DIR}/{build_file.parent.name}"
+        unlisted = _unlisted(where, precision, listed)
+        if unlisted:
+            skipped.append(f"{where}: {', '.join(unlisted)} not listed in manifest.json "
+                           f"(not hashed; rebuild with deramos-export --trt)")
+            continue
         try:
             build = json.loads(build_file.read_text())
             if not isinstance(build, dict):
@@ -103,5 +113,10 @@ def find_engine_set(bundle_root: Path, precision: str, device: DeviceDescription
     return None, skipped
 
 
-def _one_line(error: Exception) -> str:
-    return " ".join(str(error).split())
+def _unlisted(where: str, precision: str, listed: Mapping[str, str] | None) -> list[str]:
+    if listed is None:
+        return []
+    names = [BUILD_FILE] + [engine_file_name(g, precision) for g in GRAPHS]
+    return [name for name in names if f"{where}/{name}" not in listed]
+
+

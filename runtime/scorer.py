@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 import os
+import stat
 import threading
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
@@ -26,16 +27,21 @@ from dataclasses import asdict, dataclass, field
 from typing import Iterable, Iterator
 
 import numpy as np
+import soundfile as sf
 
 from .audio import AudioError, load_audio, prepare_waveform
 from .backends import Backend, BackendReport, select_backend
 from .bundle import Bundle, load_bundle
-from .cuda import DEVICE_TO_DEVICE, DeviceArray, DeviceBuffers, cuda_runtime, device_array_of, is_cuda_array
+from .cuda import DeviceArray, device_array_of, is_cuda_array
 from .text import PromptError, PromptTokenizer
 from .windows import split_windows, weighted_mean
+from .errors import one_line as _one_line
 
 MIN_SECONDS = 0.1           # shorter clips carry too little music to judge
 PROMPT_CACHE_SIZE = 256
+# Bytes of audio decoded ahead of the backend (the decoding buffers and the decoded clips
+# waiting to be scored). One clip larger than this still runs, alone.
+DECODE_BUDGET = 1 << 30
 
 
 class SelfCheckFailed(RuntimeError):
@@ -129,9 +135,11 @@ class PromptCache:
 
 class Scorer:
     def __init__(self, bundle: Bundle, backend: Backend, batch_size: int = 8,
-                 prompt_cache_size: int = PROMPT_CACHE_SIZE, decode_workers: int | None = None):
+                 prompt_cache_size: int = PROMPT_CACHE_SIZE, decode_workers: int | None = None,
+                 decode_budget: int = DECODE_BUDGET):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.decode_budget = decode_budget
         self.bundle, self.backend = bundle, backend
         self.batch_size = min(batch_size, backend.max_batch or batch_size)
         self.tokenizer = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens)
@@ -147,7 +155,7 @@ class Scorer:
     @classmethod
     def load(cls, bundle: str | os.PathLike | None = None, backend: str = "auto", precision: str = "fp32",
              threads: int | None = None, batch_size: int = 8, *, verify: bool = True, build: bool = False,
-             self_check: bool = False, say=None) -> "Scorer":
+             self_check: bool = False, say=None, decode_budget: int = DECODE_BUDGET) -> "Scorer":
         """bundle None -> $DERAMOS_BUNDLE -> the default bundle (exported on first use).
         verify: check every file's sha256. self_check: score the bundle's probe clips with the
         chosen backend and precision and compare with their stored FP32 scores (the report is
@@ -157,7 +165,8 @@ class Scorer:
         from .targets import int8_mismatch
 
         loaded = load_bundle(resolve_bundle_dir(bundle, say=say), verify=verify)
-        scorer = cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size)
+        scorer = cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size,
+                     decode_budget=decode_budget)
         if precision == "int8" and say is not None:
             mismatch = int8_mismatch((loaded.manifest.get("int8") or {}).get("target"), scorer.backend.device)
             if mismatch:
@@ -182,14 +191,17 @@ class Scorer:
 
     # -- public API -------------------------------------------------------------------------------
     def score(self, item, prompt: str, sample_rate: int | None = None) -> Score:
-        """One clip; raises ScoringError with a one-line reason if it cannot be scored."""
+        """One clip. Raises ScoringError (a ValueError) whose one-line message names the item and
+        the cause when it cannot be scored; score_batch never raises for a bad item."""
         (result,) = self.iter_scores([(item, prompt)], sample_rate)
         if not result.ok:
             raise ScoringError(result.error)
         return result
 
     def score_batch(self, items, prompts: str | list[str], sample_rate: int | None = None) -> list[Score]:
-        """N clips (paths, arrays, tensors, or an [N, samples] array) against 1 or N prompts."""
+        """N clips (paths, arrays, tensors, or an [N, samples] array) against prompts: a str for
+        all of them, or a list/tuple of str with one per item. A prompt of any other type fails
+        its items (Score.error), like any bad input."""
         items = _as_item_list(items)
         prompts = _as_prompt_list(prompts, len(items))
         return list(self.iter_scores(zip(items, prompts), sample_rate))
@@ -197,7 +209,8 @@ class Scorer:
     def select(self, items, prompt: str, sample_rate: int | None = None, k: int = 1,
                weights: tuple[float, float] = (0.5, 0.5)) -> Selection:
         """Reward filter: the k items with the highest weights[0]*MI + weights[1]*TA, best first
-        (ties keep input order; items that failed are never selected)."""
+        (ties keep input order; items that failed are never selected). k larger than the number
+        of items that scored returns all of them: fewer than k, never an error."""
         weights = _check_weights(weights)
         if isinstance(k, bool) or not isinstance(k, int) or k < 1:
             raise ValueError(f"k must be a positive integer, got {k!r}")
@@ -207,24 +220,17 @@ class Scorer:
         return Selection(ranked, [scores[i] for i in ranked], [values[i] for i in ranked], scores)
 
     def iter_scores(self, pairs: Iterable[tuple[object, str]], sample_rate: int | None = None) -> Iterator[Score]:
-        """Scores for (item, prompt) pairs, in input order, while later items are still decoding."""
+        """Scores for (item, prompt) pairs, in input order, while later items are still decoding.
+        Decoding runs ahead by at most 2 chunks of items and `decode_budget` bytes of audio."""
         chunk_size = max(4 * self.batch_size, 16)
-        lookahead = 2 * chunk_size
-        pool = self._decoder_pool()
-        numbered = enumerate(pairs)
-        pending: deque = deque()
-
-        def refill() -> None:
-            for index, (item, prompt) in numbered:
-                pending.append(pool.submit(self._prepare, index, item, prompt, sample_rate))
-                if len(pending) >= lookahead:
-                    return
-
-        refill()
-        while pending:
-            chunk = [pending.popleft().result() for _ in range(min(chunk_size, len(pending)))]
-            refill()   # keep the decoders busy while this chunk runs on the backend
-            yield from self._score_chunk(chunk)
+        ahead = _DecodeAhead(self, enumerate(pairs), sample_rate, 2 * chunk_size)
+        ahead.refill()
+        while ahead.pending:
+            chunk = ahead.take(chunk_size)
+            ahead.refill()   # keep the decoders busy while this chunk runs on the backend
+            yield from self._score_chunk([prepared for prepared, _ in chunk])
+            ahead.release(chunk)
+            ahead.refill()   # what the budget held back until now
 
     def close(self) -> None:
         if self._pool is not None:
@@ -258,7 +264,7 @@ class Scorer:
             return _Prepared(name, error=_one_line(f"{name}: cannot read input ({type(error).__name__}: {error})"))
 
     def _decode(self, item, name: str, sample_rate) -> np.ndarray | DeviceArray:
-        if isinstance(item, (str, os.PathLike)):
+        if isinstance(item, (str, bytes, os.PathLike)):
             return load_audio(item, self.sample_rate, min_seconds=self.min_seconds)
         if is_cuda_array(item):
             return self._device_wave(item, name, sample_rate)
@@ -361,27 +367,67 @@ class Scorer:
     def _audio_feeds(self, windows: list[tuple[np.ndarray | DeviceArray, int, int]]):
         lengths = np.array([end - start for _, start, end in windows], np.int64)
         width = max(int(lengths.max()), self.backend.min_samples)
-        if not any(isinstance(wave, DeviceArray) for wave, _, _ in windows):
-            batch = np.zeros((len(windows), width), np.float32)
-            for row, (wave, start, end) in enumerate(windows):
-                batch[row, :end - start] = wave[start:end]
+        with self.backend.waveform_batch(windows, width) as batch:   # the backend owns device memory
             yield {"waveform": batch, "lengths": lengths}
-            return
-        cuda = cuda_runtime()
-        cuda.set_device(self.backend.device_id)   # the current device is per host thread
-        cuda.synchronize()   # the producer may still be writing its tensors on its own stream
-        with DeviceBuffers(cuda) as buffers:
-            batch = buffers.alloc((len(windows), width), np.float32, self.backend.device_id)
-            row_bytes, item = width * 4, 4
-            cuda.memset_async(batch.ptr, 0, batch.nbytes, 0)
-            for row, (wave, start, end) in enumerate(windows):
-                destination = batch.ptr + row * row_bytes
-                if isinstance(wave, DeviceArray):
-                    cuda.memcpy_async(destination, wave.ptr + start * item, (end - start) * item, DEVICE_TO_DEVICE, 0)
-                else:
-                    cuda.upload(destination, wave[start:end], 0)
-            cuda.stream_synchronize(0)
-            yield {"waveform": batch, "lengths": lengths}
+
+
+class _DecodeAhead:
+    """Decoding submitted in input order while both the item count and the bytes held stay
+    under their bounds. Sizes come from the file header (or the array), before decoding."""
+
+    def __init__(self, scorer: "Scorer", numbered, sample_rate, max_items: int):
+        self.scorer, self.numbered, self.sample_rate, self.max_items = scorer, numbered, sample_rate, max_items
+        self.pool = scorer._decoder_pool()
+        self.pending: deque = deque()       # (future, bytes charged)
+        self.held = 0                        # bytes charged to submitted, unreleased items
+        self._next = None
+
+    def refill(self) -> None:
+        while len(self.pending) < self.max_items:
+            if self._next is None:
+                self._next = next(self.numbered, None)
+                if self._next is None:
+                    return
+            index, (item, prompt) = self._next
+            cost = _decode_bytes(item, self.sample_rate, self.scorer.sample_rate)
+            if self.held and self.held + cost > self.scorer.decode_budget:
+                return
+            self._next = None
+            self.held += cost
+            future = self.pool.submit(self.scorer._prepare, index, item, prompt, self.sample_rate)
+            self.pending.append((future, cost))
+
+    def take(self, count: int) -> list[tuple[_Prepared, int]]:
+        taken = []
+        while self.pending and len(taken) < count:
+            future, cost = self.pending.popleft()
+            taken.append((future.result(), cost))
+        return taken
+
+    def release(self, chunk: list[tuple[_Prepared, int]]) -> None:
+        for prepared, cost in chunk:
+            prepared.wave = None
+            self.held -= cost
+
+
+def _decode_bytes(item, sample_rate, target_rate: int) -> int:
+    """What decoding `item` holds at its peak: the mono clip at its own rate plus the resampled
+    copy (float32). 0 when unknown: the decoder then reports the problem."""
+    frames, rate = 0, target_rate
+    if isinstance(item, (str, bytes, os.PathLike)):
+        try:
+            native = item if os.name == "nt" else os.fsencode(item)
+            if not stat.S_ISREG(os.stat(native).st_mode):
+                return 0      # opening a FIFO would block here; the decoder refuses it
+            info = sf.info(native)
+            frames, rate = info.frames, info.samplerate
+        except Exception:   # unreadable, missing, odd name: _prepare says why
+            return 0
+    elif hasattr(item, "shape") and getattr(item, "ndim", 0) in (1, 2):
+        frames, rate = max(item.shape) if item.ndim == 2 else item.shape[0], sample_rate or target_rate
+    if frames <= 0 or not isinstance(rate, (int, float)) or rate <= 0:
+        return 0
+    return 4 * (frames + int(frames * target_rate / rate))
 
 
 # --- input normalisation -----------------------------------------------------------------------------
@@ -389,7 +435,7 @@ class Scorer:
 
 def _as_item_list(items) -> list:
     """One path -> [path]; an [N, ...] array or tensor -> its N rows; a list stays a list."""
-    if isinstance(items, (str, os.PathLike, Unscorable)):
+    if isinstance(items, (str, bytes, os.PathLike, Unscorable)):
         return [items]
     if isinstance(items, (list, tuple)):
         return list(items)
@@ -401,7 +447,10 @@ def _as_item_list(items) -> list:
 
 
 def _as_prompt_list(prompts, count: int) -> list:
-    if isinstance(prompts, str) or prompts is None:
+    """A str is the prompt of every item; a list or tuple gives one per item (or one for all).
+    Anything else (bytes, a dict, a number, None) is passed on as every item's prompt, for
+    each item to fail with the reason."""
+    if not isinstance(prompts, (list, tuple)):
         return [prompts] * count
     prompts = list(prompts)
     if len(prompts) == 1:
@@ -422,8 +471,8 @@ def _check_weights(weights) -> tuple[float, float]:
 
 
 def _item_name(item, index: int) -> str:
-    if isinstance(item, (str, os.PathLike)):
-        return str(item)
+    if isinstance(item, (str, bytes, os.PathLike)):
+        return os.fsdecode(item)
     if isinstance(item, Unscorable):
         return item.name
     return f"item {index}"
@@ -436,7 +485,4 @@ def _host_array_from_dlpack(tensor, name: str) -> np.ndarray:
     except Exception as error:  # e.g. torch refuses tensors that require grad
         raise AudioError(name, f"cannot read the tensor ({error}); pass tensor.detach() or a numpy array") from None
 
-
-def _one_line(text) -> str:
-    return " ".join(str(text).split())
 

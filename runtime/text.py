@@ -5,11 +5,17 @@ trained on are exactly the ids the runtime feeds it.
 """
 from __future__ import annotations
 
+import re
+import unicodedata
 from pathlib import Path
 
 import numpy as np
 
+from .bundle import BundleError
+from .errors import one_line as _one_line
+
 PAD_CANDIDATES = ("[PAD]", "<pad>", "<|pad|>")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class PromptError(ValueError):
@@ -22,7 +28,10 @@ class PromptTokenizer:
 
         self.path = Path(tokenizer_file)
         self.max_tokens = int(max_tokens)
-        self._tokenizer = Tokenizer.from_file(str(self.path))
+        try:
+            self._tokenizer = Tokenizer.from_file(str(self.path))
+        except Exception as error:   # tokenizers raises a bare Exception for a malformed file
+            raise BundleError(f"{self.path}: not a readable tokenizers file ({_one_line(error)})") from None
         self._tokenizer.no_padding()
         self._tokenizer.enable_truncation(max_length=self.max_tokens)
         self.pad_id = self._find_pad_id()
@@ -37,8 +46,12 @@ class PromptTokenizer:
     @staticmethod
     def check(prompt, name: str = "prompt") -> str:
         if not isinstance(prompt, str):
-            raise PromptError(f"{name}: expected a string, got {type(prompt).__name__}")
-        if not prompt.strip():
+            raise PromptError(f"{name}: prompt must be a string, got {type(prompt).__name__}")
+        surrogate = _SURROGATE.search(prompt)
+        if surrogate:
+            raise PromptError(f"{name}: prompt holds a lone surrogate (U+{ord(surrogate.group()):04X} at "
+                              f"character {surrogate.start()}), which is not text")
+        if all(_invisible(char) for char in prompt):
             raise PromptError(f"{name}: empty prompt")
         return prompt
 
@@ -52,3 +65,10 @@ class PromptTokenizer:
             ids[row, : len(enc.ids)] = enc.ids
             mask[row, : len(enc.ids)] = 1
         return ids, mask
+
+
+def _invisible(char: str) -> bool:
+    """Whitespace, control and format characters (zero-width joiners, BOMs) carry no words."""
+    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+
+

@@ -183,7 +183,11 @@ def _serve(bundle, host, http_port, grpc_port, metrics_port, backend, precision,
     scorer = Scorer.load(bundle, backend=backend, precision=precision, threads=threads, batch_size=batch_size,
                          say=lambda line: print(line, file=sys.stderr))
     use_own_libpython()
-    from pytriton.triton import Triton, TritonConfig
+    try:
+        from pytriton.triton import Triton, TritonConfig
+    except ImportError:
+        raise RuntimeError("deramos-serve needs nvidia-pytriton: pip install 'deramos[serve]' "
+                           "(in an environment of its own: it pins numpy<2)") from None
 
     config = TritonConfig(http_address=host, http_port=http_port, grpc_address=host, grpc_port=grpc_port,
                           metrics_address=host, metrics_port=metrics_port, allow_metrics=True,

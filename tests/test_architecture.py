@@ -22,7 +22,7 @@ _PACKAGE_DIR = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["set
 FOLDERS = dict(sorted(_PACKAGE_DIR.items(), key=lambda item: -len(item[0])))
 TORCH_SIDE = ("torch", "transformers", "safetensors.torch", "onnxscript")
 # The only modules of deramos/ the runtime may use: they import nothing but the standard library.
-LIGHT_DERAMOS_MODULES = {"deramos", "deramos.paths"}
+LIGHT_DERAMOS_MODULES = {"deramos"}
 # The torch-free build stage of issue 11: calibration/ and the build module's folder, once it exists.
 BUILD_STAGE = tuple(f for f in ("calibration", "builder") if f in FOLDERS.values())
 
@@ -188,27 +188,19 @@ def test_nothing_imports_bench():
 # ---------------------------------------------------------------------------------------------
 # the target of issue 11 (section 5): these pass once the cycles are gone (then drop the marks)
 
-@pytest.mark.xfail(strict=True, reason="runtime/backends.py imports deramos.export.tensorrt to build TensorRT "
-                                        "engines on demand (issue 11: the build stage takes that over)")
 def test_runtime_imports_neither_export_nor_calibration():
     assert edges_from("runtime", ("export", "calibration")) == {}
 
 
-@pytest.mark.xfail(strict=True, reason="calibration/ calls export's graphs, validate and samples "
-                                        "(issue 11: the build stage reads bundles, not export)")
 def test_the_build_stage_does_not_import_export():
     assert {folder: edges_from(folder, ("export",)) for folder in BUILD_STAGE} == dict.fromkeys(BUILD_STAGE, {})
 
 
-@pytest.mark.xfail(strict=True, reason="calibration/drift.py and quantize.py reach torch through "
-                                        "export/validate.py and export/graphs.py")
 def test_the_build_stage_can_run_without_torch():
     offenders = {m: reaches_torch(m) for m in module_files() if folder_of(m) in BUILD_STAGE}
     assert {m: found for m, found in offenders.items() if found} == {}
 
 
-@pytest.mark.xfail(strict=True, reason="cycles today: export <-> calibration, runtime -> export -> runtime, and "
-                                        "deramos <-> runtime through the torch-free deramos.paths")
 def test_the_folder_graph_has_no_cycles():
     assert cycles(folder_edges()) == []
 

@@ -368,3 +368,53 @@ def test_encoder_is_stateless_between_calls():
         encoder(clip(20000, 10)[None], torch.tensor([20000]))   # a different length in between
         b, _ = encoder(wave, torch.tensor([8000]))
     assert torch.equal(a, b)
+
+
+# --- damaged checkpoint files: a library error naming the file; deramos-train says it in one line ---
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+def _corrupt_json(path: Path) -> None:
+    path.write_text('{"encoder_dim": 32,')
+
+
+DAMAGE = {
+    "truncated safetensors": ("model.safetensors", _truncate,
+                              "not a readable safetensors file (truncated or corrupt: "),
+    "corrupt config.json": ("config.json", _corrupt_json,
+                            "not valid JSON (Expecting property name enclosed in double quotes at line 1 column 20)"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_a_damaged_muq_directory_names_the_file(tmp_path, case):
+    from deramos.checkpoint import CheckpointError
+
+    name, damage, cause = DAMAGE[case]
+    write_muq_dir(tmp_path / "muq")
+    damage(tmp_path / "muq" / name)
+    with pytest.raises(CheckpointError) as raised:
+        load_muq_encoder(tmp_path / "muq")
+    assert str(raised.value).startswith(f"{tmp_path / 'muq' / name}: {cause}")
+    assert "\n" not in str(raised.value)
+
+
+@pytest.mark.parametrize("case", sorted(DAMAGE))
+def test_deramos_train_with_a_damaged_audio_encoder_is_one_line(tmp_path, case):
+    from click.testing import CliRunner
+
+    from deramos.train import main
+
+    name, damage, cause = DAMAGE[case]
+    write_muq_dir(tmp_path / "muq")
+    damage(tmp_path / "muq" / name)
+    (tmp_path / "data").mkdir()
+    result = CliRunner().invoke(main, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
+                                       "--preset", "tiny", "--audio-encoder", str(tmp_path / "muq")])
+    assert result.exit_code == 1
+    assert result.output.startswith(f"Error: {tmp_path / 'muq' / name}: {cause}")
+    assert result.output.count("\n") == 1 and "Traceback" not in result.output
+    assert not (tmp_path / "run").exists()

@@ -222,4 +222,34 @@ def test_build_cli_errors_are_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'absent'}: bundle directory not found"
     done = _run([sys.executable, "-m", "deramos.build.cli", str(tmp_path)])
-    assert done.returncode == 2 and "nothing to build: give --fp16 and/or --int8" in done.stderr
+    assert done.returncode == 2 and "nothing to build: give --fp16, --int8 and/or --trt" in done.stderr
+
+
+def test_int8_search_keeps_the_costliest_layers_fp32(fp32_bundle, tmp_path):
+    """Per-layer sensitivity, then the costliest layers kept FP32 until the target is met."""
+    from deramos.build.search import quantisable_layers, search_exclusions
+    from deramos.calibration.dataset import ClipSet
+    from deramos.runtime.audio import load_audio
+    from deramos.runtime.probes import load_probes
+
+    root = Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
+    build_bundle(root, BuildOptions(int8=True, calib="probes", check=False))
+    bundle = load_bundle(root, verify=False)
+    ranges = json.loads((root / "calibration" / "audio_encoder.ranges.json").read_text())["ranges"]
+    probes = load_probes(bundle)
+    clips = ClipSet([load_audio(f, bundle.sample_rate) for f in probes.files[:12]], probes.prompts[:12], source="probes")
+    layers = quantisable_layers(root / "audio_encoder.onnx")
+    assert len(layers) >= 4 and all(nodes for nodes in layers.values())
+
+    loose = search_exclusions(bundle, "audio_encoder", ranges, "minmax", "x86-avx2", clips, cmp.Tolerance(rel_noise=10.0))
+    assert loose.kept_fp32 == [] and loose.comparison.passed and loose.sensitivity == {}   # nothing to search
+    full = loose.comparison.scores["MI"].rel_noise + loose.comparison.scores["TA"].rel_noise
+    assert full > 0
+    said = []
+    strict = search_exclusions(bundle, "audio_encoder", ranges, "minmax", "x86-avx2", clips,
+                               cmp.Tolerance(max_abs=0.0), say=said.append)
+    assert strict.kept_fp32 == sorted(layers, key=lambda layer: -strict.sensitivity[layer])   # all, costliest first
+    assert strict.comparison.passed and strict.comparison.scores["MI"].max_abs == 0.0      # FP32 itself
+    assert set(strict.seconds_per_batch) == {"fp32", "int8_all_layers", "int8_searched"}
+    assert any("INT8 sensitivity of" in line for line in said)
+    assert strict.to_dict()["kept_nodes"] == [n for layer in strict.kept_fp32 for n in layers[layer]]

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from deramos.export.validate import TOLERANCES
-from deramos.runtime.bundle import (FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, BundleError, check_graph_io,
+from deramos.runtime.bundle import (FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, Bundle, BundleError, check_graph_io,
                                     load_bundle, verify_files)
 
 # What each graph declares: name -> (dtype, shape); ints are fixed sizes of the tiny preset.
@@ -222,10 +222,9 @@ def test_graph_io_mismatch_names_the_file(copy):
 
 def test_missing_precision_is_a_clear_error(bundle, tmp_path):
     root, _ = bundle
-    loaded = load_bundle(root, verify=False)
-    manifest = json.loads(json.dumps(loaded.manifest))
+    manifest = json.loads(json.dumps(load_bundle(root, verify=False).manifest))
     del manifest["graphs"]["heads"]["files"]["int8"]
-    loaded.manifest = manifest
+    loaded = Bundle(root, manifest)
     assert loaded.precisions() == ["fp32", "fp16"]
     with pytest.raises(BundleError) as err:
         loaded.graph_path("heads", "int8")

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deramos.paths import PACKAGE_DIR
+from deramos.runtime.paths import PACKAGE_DIR
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 REPO = Path(__file__).resolve().parents[1]

@@ -553,3 +553,48 @@ def test_cli_help_lists_every_option():
     for expected in ("--checkpoint", "--out", "--fp16", "--int8", "--calib", "--calib-method", "--recalibrate",
                      "--trt", "--no-validate", "--opset", "--max-batch"):
         assert expected in options
+
+
+def test_a_text_vocabulary_smaller_than_1000_exports(tmp_path, torch_single_thread):
+    """The tracing inputs once used ids up to 1000 whatever the vocabulary (IndexError)."""
+    import onnxruntime as ort
+
+    from deramos.config import preset
+    from deramos.model import DeRAMOS
+
+    cfg = preset("tiny")
+    cfg.text.vocab_size = 300
+    model = DeRAMOS(cfg).eval()
+    ids, mask = export_graphs.example_inputs(model)["text_encoder"]
+    assert int(ids.max()) < 300
+    manifest = export_bundle(model, tmp_path / "bundle", ExportOptions(validate=False, progress=False),
+                             say=lambda _: None)
+    assert "text_encoder.onnx" in manifest["files"]
+    ids = torch.tensor([[5, 299, 17, 2]], dtype=torch.int64)
+    mask = torch.ones_like(ids)
+    session = ort.InferenceSession(str(tmp_path / "bundle" / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    (tokens,) = session.run(None, {"input_ids": ids.numpy(), "attention_mask": mask.numpy()})
+    with torch.no_grad():
+        expected = model.text_encoder(ids, mask).numpy()
+    np.testing.assert_allclose(tokens, expected, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_fewer_calibration_clips_than_asked_for_is_said(tmp_path, torch_single_thread, runtime_model):
+    """--calib-clips 16 on a folder of 3 clips: the export says it calibrated on 3."""
+    import soundfile as sf
+
+    from deramos.runtime.audio import resample
+    from deramos.synth.music import SAMPLE_RATE, random_attributes, render_clip
+
+    folder = tmp_path / "calib"
+    folder.mkdir()
+    for i in range(3):
+        rng = np.random.default_rng(i)
+        wave = resample(render_clip(random_attributes(rng), rng, SAMPLE_RATE, 2.0).astype(np.float32), SAMPLE_RATE, 16000)
+        sf.write(str(folder / f"clip{i}.wav"), wave, 16000)
+    (folder / "prompts.txt").write_text("calm piano\n")
+    said: list[str] = []
+    export_bundle(runtime_model, tmp_path / "bundle", ExportOptions(int8=True, calib=str(folder), calib_clips=16,
+                                                                    validate=False, progress=False), say=said.append)
+    assert f"calibration: --calib-clips 16 asked for, but only 3 usable clips in {folder}: calibrated on 3" in said

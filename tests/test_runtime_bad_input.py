@@ -2,7 +2,11 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -47,7 +51,11 @@ def files(tmp_path_factory):
         "float32": write_wav(root / "float32.wav", good, subtype="FLOAT"),
         "six_channels_96k": write_wav(root / "six.flac", six_channels, rate=96000, subtype="PCM_24"),
         "ten_minutes": write_wav(root / "ten_minutes.wav", tone(TEN_MINUTES)),
+        "fifo": root / "fifo.wav",
+        "symlink_loop": root / "loop.wav",
     }
+    os.mkfifo(paths["fifo"])                   # reading it would block forever: refused by type
+    paths["symlink_loop"].symlink_to("loop.wav")
     assert sf.info(str(paths["pcm_u8"])).subtype == "PCM_U8" and sf.info(str(paths["six_channels_96k"])).channels == 6
     return paths
 
@@ -66,6 +74,8 @@ FILE_CASES = {
     "float32": None,
     "six_channels_96k": None,
     "ten_minutes": None,
+    "fifo": "not a regular file (a FIFO / named pipe)",
+    "symlink_loop": "symlink loop (the link points back to itself)",
 }
 
 
@@ -281,3 +291,174 @@ def test_missing_bundle_directory(tmp_path, files):
 
 def test_bundle_loads_unchanged(runtime_bundle):
     assert load_bundle(runtime_bundle).precisions() == ["fp32", "fp16"]
+
+
+# --- prompts of the wrong kind ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize("prompts, kind", [(5, "int"), (b"calm piano", "bytes"), ({"p": 1}, "dict"), (None, "NoneType"),
+                                           (3.5, "float")])
+def test_a_prompt_that_is_not_a_string_fails_every_item(runtime_scorer, files, prompts, kind):
+    scores = runtime_scorer.score_batch([files["good"], files["silence"]], prompts)
+    assert [s.error for s in scores] == [f"{files['good']}: prompt must be a string, got {kind}",
+                                         f"{files['silence']}: prompt must be a string, got {kind}"]
+    with pytest.raises(ScoringError, match=f"prompt must be a string, got {kind}"):
+        runtime_scorer.score(files["good"], prompts)
+
+
+def test_one_bad_prompt_in_a_list_fails_only_its_item(runtime_scorer, files):
+    scores = runtime_scorer.score_batch([files["good"]] * 4, (PROMPT, None, 7, PROMPT))
+    assert [s.error for s in scores] == [None, f"{files['good']}: prompt must be a string, got NoneType",
+                                         f"{files['good']}: prompt must be a string, got int", None]
+    assert scores[0].mi == scores[3].mi
+
+
+@pytest.mark.parametrize("prompt", ["\u200b\u200d\t", "\ufeff", "\x00\x07 \x1b", "\u2028\u00a0\u3000", "\u200e\u2060"])
+def test_invisible_prompts_are_empty(runtime_scorer, files, prompt):
+    scores = runtime_scorer.score_batch([files["good"], files["good"]], [prompt, PROMPT])
+    assert scores[0].error == f"{files['good']}: empty prompt" and scores[1].ok
+
+
+def test_a_zero_width_character_inside_words_is_fine(runtime_scorer, files):
+    assert runtime_scorer.score(files["good"], "calm\u200bpiano").ok
+
+
+def test_a_lone_surrogate_in_a_prompt_is_an_item_error(runtime_scorer, files):
+    scores = runtime_scorer.score_batch([files["good"], files["good"]], ["calm \ud800 piano", PROMPT])
+    assert scores[0].error == (f"{files['good']}: prompt holds a lone surrogate (U+D800 at character 5), "
+                               f"which is not text")
+    assert scores[1].ok
+
+
+# --- names and encodings (a real deramos-run process: its real stdout and stderr) ----------------
+
+
+def deramos_run(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:
+    script = Path(sys.executable).parent / "deramos-run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONIOENCODING": ""}
+    return subprocess.run([script, *args], input=stdin, capture_output=True, env=env, timeout=120)
+
+
+def printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode()
+
+
+@pytest.fixture(scope="module")
+def odd_names(files, tmp_path_factory):
+    """A valid WAV and an empty file whose names are not UTF-8 (byte 0xff)."""
+    root = os.fsencode(tmp_path_factory.mktemp("names"))
+    good, empty = os.path.join(root, b"clip-\xff.wav"), os.path.join(root, b"empty-\xff.wav")
+    shutil.copyfile(files["good"], good)
+    open(empty, "wb").close()
+    return good, empty
+
+
+def test_a_file_name_that_is_not_utf8_is_scored(runtime_scorer, files, odd_names):
+    good, empty = odd_names
+    name = os.fsdecode(good)
+    assert "\udcff" in name
+    scores = runtime_scorer.score_batch([good, name, Path(name), empty, files["good"]], PROMPT)
+    assert [s.ok for s in scores] == [True, True, True, False, True]
+    assert scores[0].mi == scores[1].mi == scores[2].mi == scores[4].mi
+    assert scores[0].name == name
+    assert scores[3].error == f"{os.fsdecode(empty)}: empty file (0 bytes)"
+
+
+def test_a_file_name_that_is_not_utf8_through_the_cli(runtime_bundle, odd_names):
+    good, empty = odd_names
+    text = deramos_run(b"--bundle", os.fsencode(runtime_bundle), b"--prompt", PROMPT.encode(), good, empty)
+    assert text.returncode == 1 and b"Traceback" not in text.stderr
+    assert text.stdout.decode().startswith(f"{printable(os.fsdecode(good))}  MI ")
+    assert text.stderr.decode() == f"error: {printable(os.fsdecode(empty))}: empty file (0 bytes)\n"
+    as_json = deramos_run(b"--bundle", os.fsencode(runtime_bundle), b"--json", b"--prompt", PROMPT.encode(), good, empty)
+    rows = [json.loads(line) for line in as_json.stdout.decode().splitlines()]
+    assert [os.fsencode(row["path"]) for row in rows] == [good, empty]       # the bytes survive the round trip
+    assert rows[0]["error"] is None and rows[1]["error"] == f"{os.fsdecode(empty)}: empty file (0 bytes)"
+
+
+def test_lone_surrogates_in_jsonl_fail_their_lines_only(runtime_bundle, files):
+    lines = [json.dumps({"path": str(files["good"]), "prompt": "calm \ud800 piano"}),
+             json.dumps({"path": "clip-\ud800.wav", "prompt": PROMPT}),
+             json.dumps({"path": str(files["good"]), "prompt": PROMPT, "id": 3})]
+    assert "\\ud800" in lines[0]                                   # JSON's escape, as a producer writes it
+    result = deramos_run("--bundle", str(runtime_bundle), "--jsonl", "-", stdin="\n".join(lines).encode() + b"\n")
+    assert result.returncode == 1 and b"Traceback" not in result.stderr
+    rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [row["prompt"] for row in rows] == ["calm \ud800 piano", PROMPT, PROMPT]
+    assert rows[0]["error"] == f"{files['good']}: prompt holds a lone surrogate (U+D800 at character 5), which is not text"
+    assert rows[1]["error"] == "clip-\ud800.wav: file name holds a lone surrogate (U+D800), which names no file"
+    assert rows[2]["id"] == 3 and rows[2]["error"] is None and 1.0 <= rows[2]["mi"] <= 5.0
+    assert error_lines(result.stderr.decode()) == [printable(f"error: {rows[0]['error']}"),
+                                                   printable(f"error: {rows[1]['error']}")]
+
+
+def test_jsonl_file_and_stdin_agree_on_a_bom_and_on_latin1(runtime_bundle, files, tmp_path):
+    good = json.dumps({"path": str(files["good"]), "prompt": PROMPT}).encode()
+    latin1 = json.dumps({"path": str(files["good"]), "prompt": "café"}, ensure_ascii=False).encode("latin-1")
+    data = b"\xef\xbb\xbf" + good + b"\n" + latin1 + b"\n" + good + b"\n"
+    source = tmp_path / "items.jsonl"
+    source.write_bytes(data)
+    from_file = deramos_run("--bundle", str(runtime_bundle), "--jsonl", str(source))
+    from_stdin = deramos_run("--bundle", str(runtime_bundle), "--jsonl", "-", stdin=data)
+    at = latin1.index(b"\xe9")
+    for result in (from_file, from_stdin):
+        assert result.returncode == 1, result.stderr
+        rows = [json.loads(line) for line in result.stdout.decode().splitlines()]
+        assert [row["error"] for row in rows] == [
+            None, f"line 2: not UTF-8 text (byte 0xe9 at byte {at}; save the file as UTF-8)", None]
+        assert rows[0]["mi"] == rows[2]["mi"]
+    assert from_file.stdout == from_stdin.stdout and from_file.stderr == from_stdin.stderr
+
+
+# --- newcomer frictions -------------------------------------------------------------------------
+
+
+def test_two_clips_without_prompt_are_refused(runtime_bundle, files, tmp_path):
+    result = run_cli(["--bundle", runtime_bundle, files["good"], files["silence"]])
+    assert result.exit_code == 2 and result.stdout == ""
+    assert f"the prompt '{files['silence']}' is an audio file; to score several clips give their prompt " \
+           f"with --prompt" in result.stderr
+    with_prompt = run_cli(["--bundle", runtime_bundle, "--prompt", PROMPT, files["good"], files["silence"]])
+    assert with_prompt.exit_code == 0 and len(with_prompt.stdout.splitlines()) == 2
+    notes = tmp_path / "notes.txt"                  # an existing file that is not audio is a prompt
+    notes.write_text("x")
+    assert run_cli(["--bundle", runtime_bundle, files["good"], notes]).exit_code == 0
+
+
+def test_quiet_still_reports_errors(runtime_bundle, files):
+    result = run_cli(["-q", "--bundle", runtime_bundle, "--prompt", PROMPT, files["good"], files["missing"]])
+    assert result.exit_code == 1
+    assert result.stdout.startswith(f"{files['good']}  MI ") and len(result.stdout.splitlines()) == 1
+    assert result.stderr == f"error: {files['missing']}: file not found\n"
+
+
+# --- memory ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_decoding_ahead_stays_within_its_byte_budget(runtime_bundle, tmp_path):
+    """Three 20-minute files: with a budget that fits one decoded file, one is held at a time;
+    with the default 1 GiB all three are decoded ahead. Measured with tracemalloc (numpy's
+    buffers are traced), on the real decoder and backend."""
+    import tracemalloc
+
+    seconds = 20 * 60
+    paths = [write_wav(tmp_path / f"long{i}.wav", tone(seconds)) for i in range(3)]
+    one_file = seconds * RATE * 4                 # float32 mono at the model's rate: 76.8 MB
+
+    def peak(budget: int) -> tuple[int, list]:
+        with Scorer.load(runtime_bundle, backend="onnxruntime-cpu", decode_budget=budget) as scorer:
+            tracemalloc.start()
+            try:
+                scores = scorer.score_batch(paths, PROMPT)
+                return tracemalloc.get_traced_memory()[1], scores
+            finally:
+                tracemalloc.stop()
+
+    bounded, scores = peak(200 * 10**6)
+    assert [(s.ok, s.windows) for s in scores] == [(True, 200)] * 3
+    assert scores[0].mi == scores[1].mi == scores[2].mi
+    unbounded, _ = peak(1 << 30)
+    print(f"peak traced: bounded {bounded / 1e6:.1f} MB, unbounded {unbounded / 1e6:.1f} MB, one file {one_file / 1e6:.1f} MB")
+    assert one_file < bounded < 1.5 * one_file, bounded
+    assert unbounded > 2.5 * one_file, unbounded

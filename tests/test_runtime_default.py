@@ -1,6 +1,14 @@
 """The default bundle: exported from the embedded checkpoint on first use, then reused."""
 from __future__ import annotations
 
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
 import pytest
 from runtime_helpers import RATE, music, run_cli, write_wav
 
@@ -87,3 +95,79 @@ def test_a_failed_export_is_one_line_and_leaves_nothing_behind(default_env, monk
     message = str(raised.value)
     assert message.startswith(f"exporting the default model from {broken} failed: ") and "\n" not in message
     assert [p.name for p in default_env.iterdir() if not p.name.endswith(".lock")] == []
+
+
+def _process_gone(pid: int) -> bool:
+    """Exited: no such process, or a zombie waiting for a reaper that may never come."""
+    try:
+        with open(f"/proc/{pid}/stat") as handle:
+            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
+def test_kill_9_during_the_first_use_export_leaves_nothing_running_and_the_next_run_cleans_up(
+        default_env, runtime_bundle, tmp_path):
+    clip = write_wav(tmp_path / "clip.wav", music(1.0, seed=9))
+    user = subprocess.Popen([Path(sys.executable).parent / "deramos-run", clip, PROMPT],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=dict(os.environ))
+    scratch = default_env / f"default-{default_module.checkpoint_hash(Path(os.environ[default_module.ENV_CHECKPOINT]))}" \
+                            f".tmp-{user.pid}"
+    deadline = time.monotonic() + 120
+    while not scratch.exists() and time.monotonic() < deadline and user.poll() is None:
+        time.sleep(0.05)
+    assert scratch.is_dir(), "the export never started"
+    children = Path(f"/proc/{user.pid}/task/{user.pid}/children").read_text().split()
+    assert len(children) == 1                               # the deramos-export process
+    os.kill(user.pid, signal.SIGKILL)
+    user.wait()
+    deadline = time.monotonic() + 30
+    while not _process_gone(int(children[0])) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert _process_gone(int(children[0])), "the export outlived deramos-run"
+    assert scratch.is_dir()                                 # a killed process cleans nothing itself
+
+    # The next run: here the bundle is already in place (another process exported it), and the
+    # dead run's scratch folder (139 MB for the real model) is removed all the same.
+    target = scratch.with_name(scratch.name.split(".tmp-")[0])
+    shutil.copytree(runtime_bundle, target)
+    result = run_cli([clip, PROMPT])
+    assert result.exit_code == 0, result.stderr
+    assert sorted(p.name for p in default_env.iterdir()) == [target.name, target.name + ".lock"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and PR_SET_PDEATHSIG")
+def test_a_silent_child_dies_with_its_parent():
+    """The export child may run for minutes without writing (so no broken pipe would stop it):
+    here a child that only sleeps, started the way the export is, must die with its parent."""
+    parent = subprocess.Popen([sys.executable, "-c",
+                               "import sys; from deramos.runtime.default import run_tied_to_this_process as run; "
+                               "run([sys.executable, '-c', 'import time; time.sleep(300)'])"])
+    children_file = Path(f"/proc/{parent.pid}/task/{parent.pid}/children")
+    deadline = time.monotonic() + 60
+    while not children_file.read_text().split() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    (child,) = map(int, children_file.read_text().split())
+    time.sleep(0.5)                                        # past the child's exec
+    parent.kill()
+    parent.wait()
+    deadline = time.monotonic() + 10
+    while not _process_gone(child) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    gone = _process_gone(child)
+    if not gone:
+        os.kill(child, signal.SIGKILL)
+    assert gone, "the child outlived its parent"
+
+
+def test_a_scratch_folder_of_a_live_export_is_kept(default_env):
+    default_env.mkdir(parents=True)
+    live = default_env / f"default-abc.tmp-{os.getpid()}"          # this process is alive
+    dead = default_env / "default-abc.tmp-999999999"                 # no such pid
+    old = default_env / f"default-abd.tmp-{os.getpid()}"
+    for folder in (live, dead, old):
+        folder.mkdir()
+    os.utime(old, (time.time() - default_module.STALE_SCRATCH_SECONDS - 60,) * 2)   # a reused pid
+    assert sorted(default_module.remove_stale_scratch(default_env)) == sorted([dead, old])
+    assert sorted(p.name for p in default_env.iterdir()) == [live.name]

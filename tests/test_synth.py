@@ -336,9 +336,15 @@ def test_cli_writes_a_corpus_and_prints_a_summary(tmp_path):
 
 def test_too_few_clips_per_system_is_refused(tmp_path):
     with pytest.raises(ValueError, match="3 clips per system"):
-        generate_corpus(tmp_path, clips=5, systems=2, progress=False)
-    result = CliRunner().invoke(cli_main, ["--out", str(tmp_path), "--clips", "5", "--systems", "2"])
-    assert result.exit_code != 0 and "3 clips per system" in result.output
+        generate_corpus(tmp_path / "api", clips=5, systems=2, progress=False)
+    out = tmp_path / "cli"
+    result = CliRunner().invoke(cli_main, ["--out", str(out), "--clips", "24"])      # 10 systems by default
+    assert result.exit_code == 2
+    assert result.output.splitlines()[-1] == ("Error: Invalid value for --clips: 24 is too few for 10 systems: "
+                                              "the minimum is 30 (3 per system); give more clips or fewer --systems")
+    assert not out.exists()                                      # nothing written before the check
+    help_text = " ".join(CliRunner().invoke(cli_main, ["--help"]).output.split())
+    assert "at least 3 per system (30 for the default 10 systems)" in help_text
 
 
 # --------------------------------------------------------------------------- counterfactual prompts

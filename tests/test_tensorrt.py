@@ -1,17 +1,15 @@
-"""export/tensorrt.py: the logic that runs anywhere (device tag, shape profiles, availability),
+"""runtime/engine_build.py: the logic that runs anywhere (device tag, shape profiles, availability),
 and engine builds that need TensorRT and a CUDA GPU (skipped elsewhere, with the reason)."""
 from __future__ import annotations
 
 import importlib.util
 import json
-import sys
-import types
 
 import numpy as np
 import pytest
 
-from deramos.export import tensorrt as trt_export
-from deramos.export.tensorrt import Profiles, TensorRTUnavailable, _shapes, available, build_engines, device_tag
+from deramos.runtime import engine_build as trt_export
+from deramos.runtime.engine_build import Profiles, TensorRTUnavailable, _shapes, available, build_engines, device_tag
 from deramos.runtime.bundle import GRAPH_IO, GRAPHS, load_bundle
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
@@ -113,39 +111,23 @@ def test_build_engines_refuses_without_tensorrt(export_bundle_dir):
     assert not (root / "trt").exists()
 
 
-class _FakeCudart:
-    """Stands in for libcudart: `gpus` devices, compute capability 8.9, a device name."""
-
-    def __init__(self, gpus: int):
-        self.gpus = gpus
-
-    def cudaGetDeviceCount(self, count):                 # noqa: N802 - the C API's names
-        count._obj.value = self.gpus
-        return 0 if self.gpus else 100                   # 100: cudaErrorNoDevice
-
-    def cudaDeviceGetAttribute(self, value, attribute, device):  # noqa: N802
-        value._obj.value = {75: 8, 76: 9}[attribute]
-        return 0
-
-    def cudaGetDeviceProperties(self, buffer, device):  # noqa: N802
-        buffer.value = b"NVIDIA L4"
-        return 0
+def test_device_tag_names_gpu_capability_and_version():
+    assert device_tag({"name": "NVIDIA L4", "compute_capability": "8.9"}, "10.3.0") == "nvidia-l4-sm89-trt10.3.0"
+    assert device_tag({"name": "Orin (nvgpu)", "compute_capability": "8.7"}, "10.3.0") == "orin-nvgpu-sm87-trt10.3.0"
 
 
-def test_device_name_reads_the_cuda_runtime(monkeypatch):
-    monkeypatch.setattr(trt_export, "_cudart", lambda: _FakeCudart(1))
-    device = trt_export.device_name()
-    assert device == {"name": "NVIDIA L4", "compute_capability": "8.9"}
-    assert device_tag(device, "10.3.0") == "nvidia-l4-sm89-trt10.3.0"
+def test_no_gpu_here_is_a_clear_reason():
+    """The real CUDA probe (runtime/cuda.py) on this machine: one line saying why, never a crash."""
+    from deramos.runtime.cuda import CudaError, cuda_runtime
 
-
-def test_no_gpu_is_a_clear_reason(monkeypatch):
-    monkeypatch.setitem(sys.modules, "tensorrt", types.SimpleNamespace(__version__="10.3.0"))
-    monkeypatch.setattr(trt_export, "_cudart", lambda: _FakeCudart(0))
-    ok, why = available()
-    assert ok is False and "no CUDA GPU visible" in why and "\n" not in why
-    monkeypatch.setattr(trt_export, "_cudart", lambda: _FakeCudart(1))
-    assert available() == (True, "")
+    try:
+        cuda_runtime()
+    except CudaError:
+        with pytest.raises(TensorRTUnavailable, match=r"^no usable CUDA GPU: ") as err:
+            trt_export.device_name()
+        assert "\n" not in str(err.value)
+    else:
+        pytest.skip("a CUDA GPU is visible here: nothing to refuse")
 
 
 # -- needs TensorRT and a CUDA GPU -----------------------------------------------------------------
@@ -179,3 +161,20 @@ def test_build_engines_for_this_gpu(tensorrt_gpu, export_bundle_dir, tmp_path, p
         assert set(record["profiles"][f"{graph}.{precision}"]) == set(GRAPH_IO[graph][0])
     assert (out / "timing.cache").stat().st_size > 0
     load_bundle(root)                                    # engines beside the bundle do not break it
+    # What an engine computes is compared with FP32, like every other artefact: the bundle's
+    # probes against their stored FP32 scores, and held-out clips against ONNX Runtime FP32.
+    from deramos.calibration.drift import drift_set
+    from deramos.runtime.backends import OrtBackend
+    from deramos.runtime.compare import compare_scorers
+    from deramos.runtime.scorer import Scorer
+
+    with Scorer.load(root, backend="tensorrt", precision=precision) as engine:
+        probe_check = engine.run_self_check()
+        assert probe_check.passed, probe_check.format()
+        bundle = load_bundle(root)
+        held = drift_set(None, bundle)
+        with Scorer(bundle, OrtBackend(bundle, "fp32")) as fp32:
+            comparison = compare_scorers(fp32, engine, held.waves, held.prompts, precision=precision,
+                                         source=held.source, systems=held.systems)
+    print("\n" + comparison.format())
+    assert comparison.passed and comparison.clips == 64

@@ -9,12 +9,15 @@ from ..reporting import one_line
 from .corpus import generate_corpus
 
 DEFAULTS = defaults_of(generate_corpus)
+CLIPS_PER_SYSTEM = 3   # each system needs clips in train, dev and test
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus to (created if missing).")
-@click.option("--clips", default=DEFAULTS["clips"], show_default=True, type=click.IntRange(min=3), help="Number of clips in all splits together.")
-@click.option("--systems", default=DEFAULTS["systems"], show_default=True, type=click.IntRange(min=1), help="Number of simulated text-to-music systems (at least 3 clips each).")
+@click.option("--clips", default=DEFAULTS["clips"], show_default=True, type=click.IntRange(min=1),
+              help=f"Number of clips in all splits together: at least {CLIPS_PER_SYSTEM} per system "
+                   f"({CLIPS_PER_SYSTEM * DEFAULTS['systems']} for the default {DEFAULTS['systems']} systems).")
+@click.option("--systems", default=DEFAULTS["systems"], show_default=True, type=click.IntRange(min=1), help=f"Number of simulated text-to-music systems (at least {CLIPS_PER_SYSTEM} clips each).")
 @click.option("--seed", default=DEFAULTS["seed"], show_default=True, type=click.IntRange(min=0), help="Random seed; the same seed gives byte-identical files.")
 @click.option("--min-seconds", default=DEFAULTS["min_seconds"], show_default=True, type=click.FloatRange(min=0.5), help="Shortest clip length.")
 @click.option("--max-seconds", default=DEFAULTS["max_seconds"], show_default=True, type=click.FloatRange(min=0.5), help="Longest clip length.")
@@ -28,6 +31,10 @@ def main(out_dir, clips, systems, seed, min_seconds, max_seconds, progress):
     systems with distinct quality and prompt-faithfulness; MI and TA are means of
     five simulated raters' integer votes.
     """
+    if clips < CLIPS_PER_SYSTEM * systems:   # checked before anything is written
+        raise click.BadParameter(f"{clips} is too few for {systems} systems: the minimum is "
+                                 f"{CLIPS_PER_SYSTEM * systems} ({CLIPS_PER_SYSTEM} per system); "
+                                 f"give more clips or fewer --systems", param_hint="--clips")
     try:
         summary = generate_corpus(out_dir, clips, systems, seed, min_seconds, max_seconds, progress=progress)
     except ValueError as error:

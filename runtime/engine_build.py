@@ -17,7 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from ..runtime.bundle import GRAPHS, load_bundle
+from .bundle import GRAPHS, load_bundle, write_manifest
+from .contract import SPECS, seconds_to_samples
+from .cuda import CudaError, cuda_runtime
+from .engines import BUILD_FILE, TRT_DIR, engine_file_name
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -46,42 +49,13 @@ def available() -> tuple[bool, str]:
     return True, ""
 
 
-def _cudart():
-    import ctypes
-    import ctypes.util
-
-    for name in ("libcudart.so", "libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", ctypes.util.find_library("cudart")):
-        if name:
-            try:
-                return ctypes.CDLL(name)
-            except OSError:
-                continue
-    raise TensorRTUnavailable("no CUDA runtime library (libcudart) found: no usable NVIDIA GPU here")
-
-
 def device_name() -> dict:
-    """{"name", "compute_capability"} of GPU 0, via the CUDA runtime (no torch, no pycuda)."""
-    import ctypes
-
-    cudart = _cudart()
-    count = ctypes.c_int(0)
-    if cudart.cudaGetDeviceCount(ctypes.byref(count)) != 0 or count.value == 0:
-        raise TensorRTUnavailable("no CUDA GPU visible (cudaGetDeviceCount found none)")
-    major, minor = ctypes.c_int(), ctypes.c_int()
-    cudart.cudaDeviceGetAttribute(ctypes.byref(major), 75, 0)   # cudaDevAttrComputeCapabilityMajor
-    cudart.cudaDeviceGetAttribute(ctypes.byref(minor), 76, 0)   # cudaDevAttrComputeCapabilityMinor
-    name = _device_name_string(cudart)
-    return {"name": name, "compute_capability": f"{major.value}.{minor.value}"}
-
-
-def _device_name_string(cudart) -> str:
-    import ctypes
-
-    # cudaDeviceProp starts with `char name[256]`; a generous buffer covers every CUDA version's struct.
-    buffer = ctypes.create_string_buffer(4096)
-    if cudart.cudaGetDeviceProperties(buffer, 0) != 0:
-        return "unknown-gpu"
-    return buffer.value.decode(errors="replace")
+    """{"name", "compute_capability"} of GPU 0, through the runtime's libcudart binding (runtime/cuda.py)."""
+    try:
+        cuda = cuda_runtime()
+        return {"name": cuda.device_name(0), "compute_capability": cuda.compute_capability(0)}
+    except CudaError as error:
+        raise TensorRTUnavailable(f"no usable CUDA GPU: {error}") from None
 
 
 def device_tag(device: dict, trt_version: str) -> str:
@@ -94,22 +68,19 @@ def _major(version: str) -> int:
 
 
 def _shapes(graph: str, bundle, profiles: Profiles) -> dict[str, tuple[tuple, tuple, tuple]]:
+    """min/opt/max input shapes of one graph, from its GraphSpec's axes (runtime/contract.py)."""
     cfg = bundle.manifest["model"]["config"]
-    b = profiles.batch
     max_tokens = profiles.tokens[2] or bundle.max_tokens
-    t = (profiles.tokens[0], min(profiles.tokens[1], max_tokens), max_tokens)
-    window = profiles.seconds[2] or bundle.manifest["window_seconds"]
-    n = tuple(int(s * bundle.sample_rate) for s in (profiles.seconds[0], min(profiles.seconds[1], window), window))
-    frames = tuple(max(1, x // bundle.samples_per_frame) for x in n)
-    da, dt = cfg["audio"]["hidden_size"], cfg["text"]["hidden_size"]
-    if graph == "audio_encoder":
-        return {"waveform": tuple((b[i], n[i]) for i in range(3)), "lengths": tuple((b[i],) for i in range(3))}
-    if graph == "text_encoder":
-        return {name: tuple((b[i], t[i]) for i in range(3)) for name in ("input_ids", "attention_mask")}
-    return {"frames": tuple((b[i], frames[i], da) for i in range(3)),
-            "frame_mask": tuple((b[i], frames[i]) for i in range(3)),
-            "tokens": tuple((b[i], t[i], dt) for i in range(3)),
-            "token_mask": tuple((b[i], t[i]) for i in range(3))}
+    window = profiles.seconds[2] or bundle.spec.window_seconds
+    seconds = (profiles.seconds[0], min(profiles.seconds[1], window), window)
+    sizes = []
+    for i in range(3):
+        samples = seconds_to_samples(seconds[i], bundle.sample_rate)
+        sizes.append({"batch": profiles.batch[i], "samples": samples, "frames": max(1, samples // bundle.samples_per_frame),
+                      "tokens": (profiles.tokens[0], min(profiles.tokens[1], max_tokens), max_tokens)[i],
+                      "audio_dim": cfg["audio"]["hidden_size"], "text_dim": cfg["text"]["hidden_size"]})
+    per_size = [SPECS[graph].shapes(s) for s in sizes]
+    return {name: tuple(shapes[name] for shapes in per_size) for name in per_size[0]}
 
 
 def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Profiles | None = None,
@@ -123,10 +94,10 @@ def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Pro
     bundle = load_bundle(bundle_dir)
     profiles = profiles or Profiles()
     device = device_name()
-    out = Path(bundle_dir) / "trt" / device_tag(device, trt.__version__)
+    out = Path(bundle_dir) / TRT_DIR / device_tag(device, trt.__version__)
     out.mkdir(parents=True, exist_ok=True)
     logger = trt.Logger(trt.Logger.WARNING)
-    record = _existing_record(out / "build.json") or {
+    record = _existing_record(out / BUILD_FILE) or {
         "tensorrt_version": trt.__version__, "gpu_name": device["name"],
         "compute_capability": device["compute_capability"], "precision": [], "engines": {}, "profiles": {}}
     # One build.json per device directory, listing every precision built there.
@@ -135,13 +106,21 @@ def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Pro
         onnx_path = bundle.graph_path(graph, precision)
         shapes = _shapes(graph, bundle, profiles)
         engine = _build_one(trt, logger, onnx_path, shapes, precision, out / "timing.cache")
-        name = f"{graph}.{precision}.engine"
+        name = engine_file_name(graph, precision)
         (out / name).write_bytes(engine)
         record["engines"][f"{graph}.{precision}"] = name
         record["profiles"][f"{graph}.{precision}"] = {k: [list(s) for s in v] for k, v in shapes.items()}
         say(f"TensorRT {graph} ({precision}) -> {out / name}")
-    (out / "build.json").write_text(json.dumps(record, indent=2))
+    (out / BUILD_FILE).write_text(json.dumps(record, indent=2))
+    _list_in_manifest(Path(bundle_dir), [out / BUILD_FILE, *(out / name for name in record["engines"].values())])
     return out
+
+
+def _list_in_manifest(bundle_dir: Path, paths: list[Path]) -> None:
+    """The runtime opens only files that manifest.json lists with their sha256."""
+    manifest = json.loads((bundle_dir / "manifest.json").read_text())
+    manifest["files"].update({path.relative_to(bundle_dir).as_posix(): "" for path in paths})
+    write_manifest(bundle_dir, manifest)
 
 
 def _existing_record(path: Path) -> dict | None:

@@ -1,10 +1,13 @@
-"""Where things live on disk (no heavy imports: the runtime uses this too)."""
+"""Where things live on disk: the embedded default checkpoint and the user cache."""
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+# The deramos package folder (the default checkpoint ships in it). Asked of the import system,
+# not derived from this file: an editable install maps deramos.runtime to another folder.
+PACKAGE_DIR = Path(importlib.util.find_spec("deramos").submodule_search_locations[0]).resolve()
 
 
 def default_checkpoint_location() -> Path:

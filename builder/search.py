@@ -1,0 +1,149 @@
+"""INT8 precision search: when an INT8 graph misses its drift target, keep the layers that cost
+the most ranking agreement in FP32 until it meets it (the idea of Polygraphy's `debug precision`
+and ModelOpt's auto-quantize, judged here by the ranking of whole-model scores).
+
+1. Sensitivity: each layer (the quantisable nodes of one module, e.g. one conformer FFN) is
+   quantised ALONE, the model scores the search clips, and its cost is the ranking agreement it
+   loses against FP32: (1 - SRCC) summed over MI and TA, ties broken by the relative drift.
+2. Greedy: the most costly 1, 2, 4, ... layers stay FP32 (everything else quantised) until the
+   whole model meets the tolerance on the search clips.
+3. Speed: the kept layers cost time; the INT8 graph with and without them is timed against FP32
+   on one batch of the search clips, so the report says what accuracy was bought for.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from ..calibration.dataset import ClipSet
+from ..calibration.quantize import EXCLUDED_NODE_PREFIXES, QUANTIZED_OPS, quantize
+from ..runtime.audio import pad_waves
+from ..runtime.backends import OrtBackend
+from ..runtime.bundle import Bundle, graph_file_name
+from ..runtime.compare import Comparison, Tolerance, compare_scores
+from ..runtime.scorer import Scorer
+from ..runtime.text import PromptTokenizer
+from .onnxio import save_onnx
+
+
+@dataclass
+class SearchResult:
+    graph: str
+    kept_fp32: list[str]                      # layers (module paths) kept in FP32
+    kept_nodes: list[str]                     # their nodes
+    sensitivity: dict[str, float]             # layer -> ranking cost when quantised alone
+    comparison: Comparison                    # the final graph against FP32 on the search clips
+    seconds_per_batch: dict[str, float] = field(default_factory=dict)   # fp32, int8 (all), int8 (searched)
+
+    def to_dict(self) -> dict:
+        return {"graph": self.graph, "kept_fp32": self.kept_fp32, "kept_nodes": self.kept_nodes,
+                "sensitivity": self.sensitivity, "passed": self.comparison.passed,
+                "failures": self.comparison.failures, "seconds_per_batch": self.seconds_per_batch,
+                "search_clips": self.comparison.clips}
+
+
+def layer_of(node_name: str) -> str:
+    """The module a node belongs to: its name without the op ('/encoder/conformer/layers.0/ffn1')."""
+    parts = node_name.strip("/").split("/")
+    return "/" + "/".join(parts[:-2] if len(parts) > 3 else parts[:-1])
+
+
+def quantisable_layers(fp32_path: Path) -> dict[str, list[str]]:
+    import onnx
+
+    proto = onnx.load(str(fp32_path), load_external_data=False)
+    layers: dict[str, list[str]] = {}
+    for node in proto.graph.node:
+        if node.op_type in QUANTIZED_OPS and not node.name.startswith(EXCLUDED_NODE_PREFIXES):
+            layers.setdefault(layer_of(node.name), []).append(node.name)
+    return layers
+
+
+def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, target: str, clips: ClipSet,
+                      tolerance: Tolerance, say=lambda _: None) -> SearchResult:
+    """Find the layers of `graph` to keep FP32 so INT8 meets `tolerance` on `clips`; leaves the
+    bundle's INT8 file of `graph` quantised accordingly."""
+    fp32_path = bundle.graph_path(graph, "fp32")
+    layers = quantisable_layers(fp32_path)
+    all_nodes = [n for nodes in layers.values() for n in nodes]
+    reference = _scores(bundle, "fp32", clips)
+    quantised = lambda keep: _try(bundle, graph, ranges, method, target, clips, reference,  # noqa: E731
+                                  [n for n in all_nodes if n not in keep], tolerance)
+    kept: list[str] = []
+    comparison = quantised(set())
+    sensitivity = {} if comparison.passed else {
+        layer: _ranking_cost(quantised(set(all_nodes) - set(nodes))) for layer, nodes in layers.items()}
+    order = sorted(sensitivity, key=lambda layer: -sensitivity[layer])
+    if order:
+        say(f"{graph}: INT8 sensitivity of {len(layers)} layers (1 - SRCC, MI + TA): "
+            + ", ".join(f"{layer} {sensitivity[layer]:.4f}" for layer in order[:5]))
+    count = 1
+    while not comparison.passed and len(kept) < len(order):
+        kept = order[:count]
+        comparison = quantised({n for layer in kept for n in layers[layer]})
+        say(f"{graph}: {len(kept)} layer(s) kept FP32 -> {'PASS' if comparison.passed else '; '.join(comparison.failures)}")
+        count = min(2 * count, len(order))
+    kept_nodes = [n for layer in kept for n in layers[layer]]
+    result = SearchResult(graph, kept, kept_nodes, sensitivity, comparison)
+    result.seconds_per_batch = _speeds(bundle, graph, ranges, method, target, clips, all_nodes, kept_nodes)
+    return result
+
+
+def _try(bundle, graph, ranges, method, target, clips, reference, nodes, tolerance) -> Comparison:
+    """Quantise only `nodes` of `graph`, write it as the bundle's INT8 file, score the clips."""
+    _write(bundle, graph, ranges, method, target, nodes)
+    candidate = _scores(bundle, "int8", clips)
+    return compare_scores(reference, candidate, precision="int8", candidate_name="int8 (searched)",
+                          reference_name="fp32", source=clips.source, tolerance=tolerance)
+
+
+def _write(bundle, graph, ranges, method, target, nodes) -> None:
+    """`graph` with only `nodes` quantised (none: the FP32 graph itself) as its INT8 file."""
+    import onnx
+
+    fp32 = bundle.graph_path(graph, "fp32")
+    proto = quantize(fp32, ranges, method, target, nodes=nodes) if nodes else onnx.load(str(fp32))
+    save_onnx(proto, bundle.root / graph_file_name(graph, "int8"))
+
+
+def _scores(bundle: Bundle, precision: str, clips: ClipSet) -> dict[str, np.ndarray]:
+    with Scorer(bundle, OrtBackend(bundle, precision)) as scorer:
+        scores = scorer.score_batch(clips.waves, clips.prompts, sample_rate=bundle.sample_rate)
+    bad = [s.error for s in scores if not s.ok]
+    if bad:
+        raise ValueError(f"search clips could not be scored: {bad[0]}")
+    return {"MI": np.array([s.mi for s in scores]), "TA": np.array([s.ta for s in scores])}
+
+
+def _ranking_cost(comparison: Comparison) -> float:
+    """Ranking agreement lost (1 - SRCC, MI + TA), with the relative drift as a tie-breaker."""
+    scores = comparison.scores.values()
+    return float(sum(1 - a.srcc for a in scores) + 1e-3 * sum(a.rel_noise for a in scores))
+
+
+def _speeds(bundle, graph, ranges, method, target, clips, all_nodes, kept_nodes, repeats: int = 5) -> dict[str, float]:
+    """Seconds per batch of `graph` alone: FP32, INT8 everywhere, INT8 as searched (left in place)."""
+    if graph == "text_encoder":
+        ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(clips.prompts[:8])
+        feeds = {"input_ids": ids, "attention_mask": mask}
+    else:
+        wave, lengths = pad_waves([w[:bundle.window_samples] for w in clips.waves[:8]])
+        feeds = {"waveform": wave, "lengths": lengths}
+    timings = {"fp32": _time(bundle, "fp32", graph, feeds, repeats)}
+    _write(bundle, graph, ranges, method, target, all_nodes)
+    timings["int8_all_layers"] = _time(bundle, "int8", graph, feeds, repeats)
+    _write(bundle, graph, ranges, method, target, [n for n in all_nodes if n not in set(kept_nodes)])
+    timings["int8_searched"] = _time(bundle, "int8", graph, feeds, repeats)
+    return timings
+
+
+def _time(bundle, precision, graph, feeds, repeats) -> float:
+    backend = OrtBackend(bundle, precision)
+    backend.run(graph, feeds)                          # warm-up
+    start = time.perf_counter()
+    for _ in range(repeats):
+        backend.run(graph, feeds)
+    return (time.perf_counter() - start) / repeats

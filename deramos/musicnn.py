@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .config import MUSICNN_SOURCE as WEIGHTS_SOURCE  # noqa: F401  (what cfg.source says)
 from .config import AudioEncoderConfig
 from .frontend import dft_basis, hann_window
 
@@ -33,7 +34,6 @@ PATCH_FRAMES = 187
 BN_EPS = 1e-3   # tf.compat.v1.layers.batch_normalization's default
 MODELS = ("MTT_musicnn", "MSD_musicnn")
 WEIGHTS_DIR = Path(__file__).parent / "musicnn_weights"
-WEIGHTS_SOURCE = "package:deramos.musicnn_weights"
 # Written by `make musicnn-weights`; checked before the weights are used.
 WEIGHTS_SHA256 = {
     "MTT_musicnn": "472ea6898ae1b3ed67b8f67d987f3ab86046aeb0229abdfa83cf5e923d0a2f58",

@@ -386,7 +386,7 @@ def _print_epoch(r: dict) -> None:
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="MusicEval-layout directory.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
-@click.option("--preset", type=click.Choice(["paper", "small", "tiny"]), default="small", show_default=True)
+@click.option("--preset", type=click.Choice(["paper", "small", "musicnn", "tiny"]), default="small", show_default=True)
 @click.option("--loss", type=click.Choice(LOSS_KINDS), default="dera", show_default=True,
               help="dera = distributional + listwise (MI) + alignment (TA); the others are baselines.")
 @click.option("--epochs", default=100, show_default=True)

@@ -28,7 +28,7 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(exists=True), help="Run or checkpoint directory [embedded default model].")
-@click.option("--preset", "preset_name", type=click.Choice(["paper", "small", "tiny"]),
+@click.option("--preset", "preset_name", type=click.Choice(["paper", "small", "musicnn", "tiny"]),
               help="Export a preset with random weights instead (benchmarks, paper-size checks).")
 @click.option("--out", default="deramos-bundle", show_default=True, type=click.Path(file_okay=False))
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (front-end and sensitive reductions stay FP32).")

@@ -8,7 +8,7 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test demo default-model ablation bench clean musicnn-weights musicnn-parity
+.PHONY: test demo default-model ablation bench clean musicnn-weights musicnn-parity realmusic
 
 # TensorFlow only converts musicnn's checkpoints and checks the port against them: its own
 # environment, never imported by the package. musicnn's metadata pins numpy < 1.17, hence --no-deps.
@@ -57,6 +57,11 @@ musicnn-parity: $(TF_VENV)/.installed $(VENV)/.realmusic
 $(VENV)/.realmusic: $(VENV)/.installed
 	$(PY) -m pip install -q -e ".[realmusic]"
 	touch $@
+
+# Real-music training set and a held-out set from disjoint sources (audio generated, not committed).
+realmusic: $(VENV)/.realmusic
+	$(VENV)/bin/deramos-realmusic --set train --out build/realmusic/train --no-progress
+	$(VENV)/bin/deramos-realmusic --set heldout --out build/realmusic/heldout --clips-per-system 20 --pieces 40 --no-progress
 
 clean:
 	rm -rf $(VENV) $(TF_VENV) build *.egg-info

@@ -412,7 +412,7 @@ def _print_epoch(r: dict) -> None:
 @click.option("--rank-weight", type=float, help="λ_r of the listwise loss [0.01].")
 @click.option("--align-weight", type=float, help="λ_a of the alignment loss [0.2].")
 @click.option("--counterfactual-prompts", default=0, show_default=True, metavar="K",
-              help="deramos-synth corpora only: also train TA on K prompts per clip that get 1-2 attributes "
+              help="deramos-synth/deramos-realmusic corpora only: also train TA on K prompts per clip that get 1-2 attributes "
                    "wrong, scored like the simulated raters would (0 = off, the paper's recipe).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(**opts):

@@ -39,7 +39,7 @@ from .musiceval import read_system_mos
 
 log = logging.getLogger("deramos")
 # Frozen pretrained encoders (paper) want the paper's small step; encoders trained from scratch a larger one.
-DEFAULT_LR = {"paper": 5e-5, "small": 3e-4, "tiny": 1e-3}
+DEFAULT_LR = {"paper": 5e-5, "small": 3e-4, "musicnn": 3e-4, "tiny": 1e-3}
 SELECTIONS = {  # checkpoint name -> (score from an epoch record, higher is better)
     "best_loss": lambda r: -r["val_loss"],
     "best_mi_sys": lambda r: r["dev"]["system"]["MI"]["SRCC"],
@@ -391,7 +391,7 @@ def _print_epoch(r: dict) -> None:
               help="dera = distributional + listwise (MI) + alignment (TA); the others are baselines.")
 @click.option("--epochs", default=100, show_default=True)
 @click.option("--batch-size", default=24, show_default=True)
-@click.option("--lr", type=float, help="Peak AdamW learning rate [paper 5e-5, small 3e-4, tiny 1e-3].")
+@click.option("--lr", type=float, help="Peak AdamW learning rate [paper 5e-5, small and musicnn 3e-4, tiny 1e-3].")
 @click.option("--warmup-steps", default=200, show_default=True, help="Linear warm-up, then cosine decay to 10%.")
 @click.option("--grad-clip", default=1.0, show_default=True, help="Gradient norm clip (0: off).")
 @click.option("--patience", default=15, show_default=True, help="Early stopping on validation loss.")

@@ -41,10 +41,10 @@ def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
-def evaluate_model(model, data: Path, records: dict, format_clips: int) -> dict:
+def evaluate_model(model, data: Path, records: dict, format_clips: int, cache_dir: Path | None = None) -> dict:
     clips = read_split(data, "test").clips
     waves = [load_audio(c.path, model.cfg.audio.sample_rate) for c in clips]
-    featurizer = Featurizer(model)
+    featurizer = Featurizer(model, cache_dir=cache_dir)   # frozen encoders: each clip encoded once
     mi, ta = predict(featurizer, waves, [c.prompt for c in clips])
     true = {"MI": np.array([c.mi for c in clips]), "TA": np.array([c.ta for c in clips])}
     metrics = evaluate([c.system_id for c in clips], {"MI": mi, "TA": ta}, true, read_system_mos(data))
@@ -107,6 +107,7 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", action="append", required=True, help="name=checkpoint-or-run-directory")
     parser.add_argument("--format-clips", type=int, default=24)
+    parser.add_argument("--cache-dir", type=Path, help="Frozen-encoder feature cache (as deramos-train's).")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
@@ -114,7 +115,7 @@ def main(argv=None) -> int:
     results = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
-        results[name] = evaluate_model(load_checkpoint(path), args.data, records, args.format_clips)
+        results[name] = evaluate_model(load_checkpoint(path), args.data, records, args.format_clips, args.cache_dir)
         print(json.dumps({name: {k: v for k, v in results[name].items() if k != "metrics"}}), flush=True)
     table = markdown(results)
     print(table)

@@ -11,7 +11,12 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test demo default-model ablation bench clean
+.PHONY: test demo default-model ablation bench clean musicnn-weights musicnn-parity realmusic
+
+# TensorFlow only converts musicnn's checkpoints and checks the port against them: its own
+# environment, never imported by the package. musicnn's metadata pins numpy < 1.17, hence --no-deps.
+TF_VENV := .venv-tf
+TF_PY   := $(TF_VENV)/bin/python
 
 $(VENV)/.installed: pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
@@ -41,5 +46,31 @@ ablation: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(VENV)/bin/deramos-bench --preset paper --batch-sizes 4 --clip-seconds 30 --seconds 30 --json build/bench-paper.json
 
+$(TF_VENV)/.installed: Makefile
+	$(PYTHON) -m venv $(TF_VENV)
+	$(TF_PY) -m pip install -q --upgrade pip
+	$(TF_PY) -m pip install -q --no-deps "musicnn==0.1.0"
+	$(TF_PY) -m pip install -q "tensorflow-cpu==2.21.0" "librosa>=0.10" "safetensors>=0.4" "soundfile>=0.12"
+	touch $@
+
+musicnn-weights: $(TF_VENV)/.installed
+	$(TF_PY) scripts/musicnn_tf.py convert --out deramos/musicnn_weights
+
+# Real clips (music21 scores through fluidsynth) -> TensorFlow reference -> the port, <= 1e-4.
+musicnn-parity: $(TF_VENV)/.installed $(VENV)/.realmusic
+	$(PY) scripts/musicnn_parity.py clips --out build/musicnn-parity/clips
+	$(TF_PY) scripts/musicnn_tf.py reference --out build/musicnn-parity/reference build/musicnn-parity/clips/*.wav
+	$(PY) scripts/musicnn_parity.py compare --reference build/musicnn-parity/reference --report build/musicnn-parity/report.json
+
+# Real-music corpora need music21 (PyPI) and fluidsynth + General-MIDI soundfonts (Debian).
+$(VENV)/.realmusic: $(VENV)/.installed
+	$(PY) -m pip install -q -e ".[realmusic]"
+	touch $@
+
+# Real-music training set and a held-out set from disjoint sources (audio generated, not committed).
+realmusic: $(VENV)/.realmusic
+	$(VENV)/bin/deramos-realmusic --set train --out build/realmusic/train --no-progress
+	$(VENV)/bin/deramos-realmusic --set heldout --out build/realmusic/heldout --clips-per-system 20 --pieces 40 --no-progress
+
 clean:
-	rm -rf $(VENV) $(SERVE_VENV) build *.egg-info
+	rm -rf $(VENV) $(SERVE_VENV) $(TF_VENV) build *.egg-info

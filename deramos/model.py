@@ -15,16 +15,24 @@ from .heads import Heads
 from .text_encoder import TextEncoder
 
 
+def build_audio_encoder(cfg) -> tuple[nn.Module, list[str]]:
+    """(encoder, checkpoint keys it ignored) for an AudioEncoderConfig."""
+    if cfg.arch == "musicnn":
+        from .musicnn import MusicnnEncoder
+
+        return MusicnnEncoder(cfg), []
+    if cfg.source:
+        return load_muq_encoder(cfg.source, cfg)
+    return AudioEncoder(cfg), []
+
+
 class DeRAMOS(nn.Module):
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         super().__init__()
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            if cfg.audio.source:
-                self.audio_encoder, self.ignored_checkpoint_keys = load_muq_encoder(cfg.audio.source, cfg.audio)
-                cfg.audio = self.audio_encoder.cfg
-            else:
-                self.audio_encoder, self.ignored_checkpoint_keys = AudioEncoder(cfg.audio), []
+            self.audio_encoder, self.ignored_checkpoint_keys = build_audio_encoder(cfg.audio)
+            cfg.audio = self.audio_encoder.cfg
             self.text_encoder = TextEncoder(cfg.text, seed=seed + 1)
             self.heads = Heads(cfg.audio.hidden_size, self.text_encoder.hidden_size, cfg.heads)
         self.cfg = cfg

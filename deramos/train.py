@@ -41,7 +41,7 @@ from .reporting import TrainingError, one_line, progress_log
 
 log = logging.getLogger("deramos")
 # Frozen pretrained encoders (paper) want the paper's small step; encoders trained from scratch a larger one.
-DEFAULT_LR = {"paper": 5e-5, "small": 3e-4, "tiny": 1e-3}
+DEFAULT_LR = {"paper": 5e-5, "small": 3e-4, "musicnn": 3e-4, "tiny": 1e-3}
 SELECTIONS = {  # checkpoint name -> (score from an epoch record, higher is better)
     "best_loss": lambda r: -r["val_loss"],
     "best_mi_sys": lambda r: r["dev"]["system"]["MI"]["SRCC"],
@@ -505,7 +505,7 @@ def _default(name: str, **option):
 @click.option("--rank-weight", type=float, help=f"λ_r of the listwise loss [{LOSS_DEFAULTS['rank_weight']:g}].")
 @click.option("--align-weight", type=float, help=f"λ_a of the alignment loss [{LOSS_DEFAULTS['align_weight']:g}].")
 @_default("counterfactual_prompts", metavar="K",
-          help="deramos-synth corpora only: also train TA on K prompts per clip that get 1-2 attributes "
+          help="deramos-synth/deramos-realmusic corpora only: also train TA on K prompts per clip that get 1-2 attributes "
                "wrong, scored like the simulated raters would (0 = off, the paper's recipe).")
 @click.option("--no-progress", is_flag=True, help="No progress bars.")
 def main(**opts):

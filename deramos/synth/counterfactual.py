@@ -43,9 +43,12 @@ def load_counterfactuals(root: str | Path, count: int, seed: int) -> dict[str, l
     Deterministic for (corpus, count, seed)."""
     path = Path(root) / META_FILE
     if not path.exists():
-        raise FileNotFoundError(f"{path}: not found; counterfactual prompts need a corpus made by deramos-synth")
+        raise FileNotFoundError(f"{path}: not found; counterfactual prompts need a corpus made by deramos-synth or deramos-realmusic")
     table = {}
     for index, line in enumerate(path.read_text(encoding="utf-8").splitlines()):
         record = json.loads(line)
+        if "counterfactuals" in record:   # written with the corpus (deramos-realmusic)
+            table[record["wav"]] = [(text, float(ta)) for text, ta in record["counterfactuals"][:count]]
+            continue
         table[record["wav"]] = counterfactual_prompts(record, count, np.random.default_rng([seed, index]))
     return table

@@ -1,0 +1,270 @@
+"""musicnn (Pons & Serra, MTG-UPF, 2019) in PyTorch, with its log-mel front-end inside.
+
+The network is a port of musicnn's `build_musicnn` (PyPI package musicnn 0.1.0, ISC
+licence); the weights in `musicnn_weights/` are its MTT_musicnn and MSD_musicnn checkpoints,
+converted by scripts/musicnn_tf.py. Front-end, as musicnn's extractor computes it with
+librosa: 16 kHz, centred STFT (n_fft 512, hop 256, zero padding, periodic Hann), power,
+96 Slaney mel bands, log10(1 + 10000 * mel), cut into 187-frame (3 s) patches.
+
+Differences from musicnn's extractor, both deliberate:
+- the log-mel stays in float32; musicnn rounds the mel to float16 and takes the log there,
+  where 10000 * mel overflows to inf on loud tonal music (its taggram becomes NaN);
+- the frames after the last full patch are zero-padded to one more patch instead of dropped
+  (musicnn pads the same way only when the whole clip is shorter than a patch).
+
+`MusicnnEncoder` is the DeRA-MOS audio encoder: patches every `patch_hop` mel frames, each
+patch through one or both backbones, the chosen features of each patch as one frame.
+"""
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import MUSICNN_SOURCE as WEIGHTS_SOURCE  # noqa: F401  (what cfg.source says)
+from .config import AudioEncoderConfig
+from .frontend import dft_basis, hann_window
+
+SAMPLE_RATE, N_FFT, HOP, N_MELS = 16000, 512, 256, 96
+PATCH_FRAMES = 187
+BN_EPS = 1e-3   # tf.compat.v1.layers.batch_normalization's default
+MODELS = ("MTT_musicnn", "MSD_musicnn")
+WEIGHTS_DIR = Path(__file__).parent / "musicnn_weights"
+# Written by `make musicnn-weights`; checked before the weights are used.
+WEIGHTS_SHA256 = {
+    "MTT_musicnn": "472ea6898ae1b3ed67b8f67d987f3ab86046aeb0229abdfa83cf5e923d0a2f58",
+    "MSD_musicnn": "d22810e1998f6817a009d74d40cd424207bc3a2311e585d1a90018cb47bc3ab1",
+}
+# Per-patch outputs an encoder can pass on, with their widths.
+FEATURES = {"penultimate": 200, "taggram": 50, "mean": 753, "max": 753}
+
+MTT_LABELS = (
+    "guitar", "classical", "slow", "techno", "strings", "drums", "electronic", "rock", "fast",
+    "piano", "ambient", "beat", "violin", "vocal", "synth", "female", "indian", "opera", "male",
+    "singing", "vocals", "no vocals", "harpsichord", "loud", "quiet", "flute", "woman",
+    "male vocal", "no vocal", "pop", "soft", "sitar", "solo", "man", "classic", "choir", "voice",
+    "new age", "dance", "male voice", "female vocal", "beats", "harp", "cello", "no voice",
+    "weird", "country", "metal", "female voice", "choral",
+)
+MSD_LABELS = (
+    "rock", "pop", "alternative", "indie", "electronic", "female vocalists", "dance", "00s",
+    "alternative rock", "jazz", "beautiful", "metal", "chillout", "male vocalists",
+    "classic rock", "soul", "indie rock", "Mellow", "electronica", "80s", "folk", "90s", "chill",
+    "instrumental", "punk", "oldies", "blues", "hard rock", "ambient", "acoustic",
+    "experimental", "female vocalist", "guitar", "Hip-Hop", "70s", "party", "country",
+    "easy listening", "sexy", "catchy", "funk", "electro", "heavy metal", "Progressive rock",
+    "60s", "rnb", "indie pop", "sad", "House", "happy",
+)
+LABELS = {"MTT_musicnn": MTT_LABELS, "MSD_musicnn": MSD_LABELS}
+
+
+# --------------------------------------------------------------------------- front-end
+
+
+def hz_to_mel_slaney(hz):
+    """Slaney's mel scale: linear below 1 kHz (3 mels per 200 Hz), logarithmic above."""
+    hz = np.asarray(hz, dtype=np.float64)
+    log_step = np.log(6.4) / 27.0
+    linear = hz * 3.0 / 200.0
+    return np.where(hz >= 1000.0, 15.0 + np.log(np.maximum(hz, 1e-10) / 1000.0) / log_step, linear)
+
+
+def mel_to_hz_slaney(mel):
+    mel = np.asarray(mel, dtype=np.float64)
+    log_step = np.log(6.4) / 27.0
+    return np.where(mel >= 15.0, 1000.0 * np.exp(log_step * (mel - 15.0)), mel * 200.0 / 3.0)
+
+
+def slaney_filterbank(sample_rate: int = SAMPLE_RATE, n_fft: int = N_FFT, n_mels: int = N_MELS) -> np.ndarray:
+    """[n_freqs, n_mels] triangles on the Slaney scale, each scaled to unit area (librosa's default)."""
+    fft_hz = np.linspace(0.0, sample_rate / 2.0, n_fft // 2 + 1)
+    edges = mel_to_hz_slaney(np.linspace(0.0, hz_to_mel_slaney(sample_rate / 2.0), n_mels + 2))
+    lower, centre, upper = edges[:-2], edges[1:-1], edges[2:]
+    rising = (fft_hz[:, None] - lower[None, :]) / (centre - lower)[None, :]
+    falling = (upper[None, :] - fft_hz[:, None]) / (upper - centre)[None, :]
+    triangles = np.maximum(0.0, np.minimum(rising, falling))
+    return (triangles * (2.0 / (upper - lower))[None, :]).astype(np.float32)
+
+
+def mel_frames(num_samples, hop: int = HOP):
+    """Frames of a centred STFT: 1 + N // hop."""
+    return 1 + num_samples // hop
+
+
+class LogMel(nn.Module):
+    """wave [B, N], lengths [B] -> log10(1 + 10000 * mel) [B, 96, 1 + N // 256], valid [B, T].
+
+    Each clip is zero-padded at its own end (samples past its length are zeroed), so it gives
+    the same frames alone or in a batch. `use_dft_conv` and `float64` mean what they mean in
+    deramos/frontend.py: the exportable STFT, and the float64 reference for validation."""
+
+    def __init__(self):
+        super().__init__()
+        self.use_dft_conv = False
+        self.float64 = False
+        self.register_buffer("mel_fb", torch.from_numpy(slaney_filterbank()), persistent=False)
+        self.register_buffer("window", torch.from_numpy(hann_window(N_FFT).astype(np.float32)), persistent=False)
+        self.register_buffer("basis", torch.from_numpy(dft_basis(N_FFT)), persistent=False)
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        wave = wave.double() if self.float64 else wave.float()
+        inside = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+        padded = F.pad(wave * inside.to(wave.dtype), (N_FFT // 2, N_FFT // 2))
+        power = self._power(padded)                                            # [B, F, T]
+        mel = torch.matmul(self.mel_fb.t().to(power.dtype), power)
+        log_mel = torch.log10(1.0 + 10000.0 * mel).float()
+        positions = torch.arange(log_mel.shape[-1], device=wave.device)
+        valid = positions[None, :] < mel_frames(lengths)[:, None]
+        return log_mel * valid[:, None, :].to(log_mel.dtype), valid
+
+    def _power(self, padded: torch.Tensor) -> torch.Tensor:
+        if self.use_dft_conv:
+            basis = self.basis if not self.float64 else torch.from_numpy(dft_basis(N_FFT, np.float64)).to(padded.device)
+            real, imag = F.conv1d(padded[:, None, :], basis, stride=HOP).chunk(2, dim=1)
+            return real * real + imag * imag
+        window = self.window if not self.float64 else torch.from_numpy(hann_window(N_FFT)).to(padded.device)
+        spec = torch.stft(padded, N_FFT, HOP, window=window, center=False, return_complex=True)
+        return spec.real.square() + spec.imag.square()
+
+
+# --------------------------------------------------------------------------- network
+
+
+class ConvReluBN(nn.Module):
+    """musicnn's conv -> ReLU -> batch norm (in that order); 2-D or 1-D."""
+
+    def __init__(self, conv: nn.Module, channels: int, two_d: bool):
+        super().__init__()
+        self.conv = conv
+        self.bn = (nn.BatchNorm2d if two_d else nn.BatchNorm1d)(channels, eps=BN_EPS)
+
+    def forward(self, x):
+        return self.bn(F.relu(self.conv(x)))
+
+
+def _frontend_block(filters: int, kernel: tuple[int, int]) -> ConvReluBN:
+    return ConvReluBN(nn.Conv2d(1, filters, kernel), filters, two_d=True)
+
+
+def _midend_block(in_ch: int) -> ConvReluBN:
+    return ConvReluBN(nn.Conv1d(in_ch, 64, 7, padding=3), 64, two_d=False)
+
+
+class Musicnn(nn.Module):
+    """log-mel patches [P, 187, 96] -> per-patch outputs (see FEATURES and `forward`).
+
+    Front-end: timbral filters spanning 7 frames x 40 % / 70 % of the mel bands, temporal
+    filters spanning 128/64/32 frames x 1 band, each max-pooled over frequency; mid-end: three
+    1-D convolutions with residual connections; back-end: max and mean over time, dense layers."""
+
+    def __init__(self, num_classes: int = 50):
+        super().__init__()
+        self.input_bn = nn.BatchNorm2d(1, eps=BN_EPS)
+        self.timbral_74 = _frontend_block(204, (7, int(0.4 * N_MELS)))
+        self.timbral_77 = _frontend_block(204, (7, int(0.7 * N_MELS)))
+        self.temporal_128 = _frontend_block(51, (128, 1))
+        self.temporal_64 = _frontend_block(51, (64, 1))
+        self.temporal_32 = _frontend_block(51, (32, 1))
+        self.mid1, self.mid2, self.mid3 = _midend_block(561), _midend_block(64), _midend_block(64)
+        self.pool_bn = nn.BatchNorm1d(1506, eps=BN_EPS)
+        self.dense = nn.Linear(1506, 200)
+        self.dense_bn = nn.BatchNorm1d(200, eps=BN_EPS)
+        self.output = nn.Linear(200, num_classes)
+
+    def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
+        x = self.input_bn(patches[:, None])                                    # [P, 1, 187, 96]
+        front = [self._pool_frequency(block, x, pad) for block, pad in (
+            (self.timbral_74, (3, 3)), (self.timbral_77, (3, 3)),
+            (self.temporal_128, (63, 64)), (self.temporal_64, (31, 32)), (self.temporal_32, (15, 16)))]
+        front = torch.cat(front, dim=1)                                        # [P, 561, 187]
+        mid1 = self.mid1(front)
+        mid2 = self.mid2(mid1) + mid1
+        mid3 = self.mid3(mid2) + mid2
+        midend = torch.cat([front, mid1, mid2, mid3], dim=1)                   # [P, 753, 187]
+        highest, mean = midend.amax(dim=2), midend.mean(dim=2)
+        # TF flattens [P, 753, (max, mean)]: the two pools interleave channel by channel.
+        pooled = torch.stack([highest, mean], dim=-1).reshape(patches.shape[0], -1)
+        penultimate = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
+        return {"taggram": torch.sigmoid(self.output(penultimate)), "penultimate": penultimate,
+                "mean": mean, "max": highest, "pooled": pooled}
+
+    @staticmethod
+    def _pool_frequency(block: ConvReluBN, x: torch.Tensor, time_pad: tuple[int, int]) -> torch.Tensor:
+        """Zero-pad time ('same' as TF pads it), convolve, max over frequency -> [P, C, 187]."""
+        return block(F.pad(x, (0, 0, *time_pad))).amax(dim=3)
+
+
+def check_weights(model: str, directory: Path = WEIGHTS_DIR) -> Path:
+    """The shipped weights of `model`, after checking their sha256."""
+    if model not in WEIGHTS_SHA256:
+        raise ValueError(f"unknown musicnn model {model!r}; choose from {list(MODELS)}")
+    path = Path(directory) / f"{model}.safetensors"
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: musicnn weights missing (make musicnn-weights writes them)")
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if digest != WEIGHTS_SHA256[model]:
+        raise ValueError(f"{path}: sha256 {digest} does not match the converted weights "
+                         f"({WEIGHTS_SHA256[model]})")
+    return path
+
+
+def load_musicnn(model: str) -> Musicnn:
+    from safetensors.torch import load_file
+
+    network = Musicnn(num_classes=len(LABELS[model]) if model in LABELS else 50)
+    network.load_state_dict(load_file(str(check_weights(model))), strict=True)
+    return network.eval()
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+class MusicnnEncoder(nn.Module):
+    """DeRA-MOS audio encoder: wave [B, N] at 16 kHz + lengths -> frames [B, P, D], mask [B, P].
+
+    One frame per 187-frame patch, patches starting every `cfg.patch_hop` mel frames; a patch
+    is real when it starts inside the clip. D is the chosen features of every backbone, in order."""
+
+    def __init__(self, cfg: AudioEncoderConfig):
+        super().__init__()
+        unknown = [f for f in cfg.features if f not in FEATURES]
+        if not cfg.backbones or not cfg.features or unknown:
+            raise ValueError(f"musicnn encoder needs backbones from {list(MODELS)} and features from "
+                             f"{list(FEATURES)} (got {list(cfg.backbones)}, {list(cfg.features)})")
+        if cfg.sample_rate != SAMPLE_RATE or cfg.patch_hop < 1:
+            raise ValueError(f"musicnn encoder needs sample_rate {SAMPLE_RATE} and patch_hop >= 1 "
+                             f"(got {cfg.sample_rate}, {cfg.patch_hop})")
+        self.cfg = cfg
+        self.frontend = LogMel()
+        self.backbones = nn.ModuleDict({name: load_musicnn(name) for name in cfg.backbones})
+        cfg.hidden_size = len(cfg.backbones) * sum(FEATURES[f] for f in cfg.features)
+
+    def patches(self, log_mel: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 96, T] -> patches [B, P, 187, 96], real [B, P]; gathers keep it exportable."""
+        hop = self.cfg.patch_hop
+        count = (log_mel.shape[-1] + hop - 1) // hop
+        starts = torch.arange(count, device=log_mel.device) * hop
+        index = starts[:, None] + torch.arange(PATCH_FRAMES, device=log_mel.device)[None, :]
+        padded = F.pad(log_mel, (0, PATCH_FRAMES))                           # every patch fits
+        patches = padded[:, :, index].permute(0, 2, 3, 1)                    # [B, P, 187, 96]
+        return patches, starts[None, :] < valid.sum(dim=1, keepdim=True)
+
+    def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        log_mel, valid = self.frontend(wave, lengths)
+        patches, real = self.patches(log_mel, valid)
+        b, p = real.shape
+        flat = patches.reshape(b * p, PATCH_FRAMES, N_MELS)
+        parts = []
+        for network in self.backbones.values():
+            outputs = network(flat)
+            parts += [outputs[name] for name in self.cfg.features]
+        frames = torch.cat(parts, dim=-1).reshape(b, p, -1)
+        return frames * real[..., None].to(frames.dtype), real
+
+    def output_frames(self, lengths):
+        """Encoder frames (patches) for clips of `lengths` samples."""
+        return (mel_frames(lengths) + self.cfg.patch_hop - 1) // self.cfg.patch_hop

@@ -1,0 +1,339 @@
+"""A MOS corpus of real music in the MusicEval layout: scores rendered, recordings excerpted.
+
+Each simulated system (deramos-synth's archetypes: its degradation habits and how often it
+gets a prompt attribute wrong) "answers" prompts with real music:
+- a score from music21's corpus whose key has the mode it plays, with as many parts as its
+  ensemble, every part given a program of its instrument family, at its tempo and loudness,
+  rendered by fluidsynth through a General-MIDI soundfont;
+- or an excerpt of a recording from a Debian game-soundtrack package, whose attributes come
+  from musicnn's tags (the prompt is then what the system gets wrong, not the audio).
+Then deramos-synth's degradations, simulated raters and counterfactual prompts, as there.
+
+The training and held-out sets draw on disjoint sources (composers, soundfont, packages):
+SOURCES says which. Layout as deramos-synth writes it, plus `sources.json` (licences).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from ..synth.corpus import (ARCHETYPES, RATERS_PER_CLIP, WAV_PREFIX, Rater, _draw_degradations,
+                            _split_sizes, _votes, _write_tables, latent_mi)
+from ..synth.degrade import apply_degradations
+from .attributes import (ENSEMBLES, FAMILIES, PEAK, PROMPT_KINDS, VELOCITY, RealAttributes,
+                         attribute_matches, change_attribute, counterfactual, latent_ta, prompt_for,
+                         random_attributes)
+from .render import (SOUNDFONTS, Arrangement, RenderError, arranged_score, find_soundfont,
+                     load_recording, normalise, render_score, trim)
+
+SAMPLE_RATE = 16000
+COUNTERFACTUALS_PER_CLIP = 8
+RECORDING_DIRS = {
+    "wesnoth-1.16-music": "/usr/share/games/wesnoth/1.16/data/core/music",
+    "hyperrogue-music": "/usr/share/hyperrogue/music",
+    "drascula-music": "/usr/share/scummvm/drascula/audio",
+}
+LICENCES = {
+    "music21": "BSD-3-Clause (PyPI music21); the scores are public-domain works",
+    "wesnoth-1.16-music": "GPL-2 (Debian package; /usr/share/doc/wesnoth-1.16-music/copyright)",
+    "hyperrogue-music": "GPL-2+ (Debian package; /usr/share/doc/hyperrogue-music/copyright)",
+    "drascula-music": "Drascula licence, BSD-like (Debian package; /usr/share/doc/drascula-music/copyright)",
+}
+SOURCES = {
+    "train": {"composers": ("bach", "monteverdi", "haydn", "mozart"), "soundfonts": ("FluidR3_GM.sf2",),
+              "recordings": ("wesnoth-1.16-music",)},
+    "heldout": {"composers": ("palestrina", "beethoven", "schumann_robert", "schumann_clara", "trecento"),
+                "soundfonts": ("TimGM6mb.sf2",), "recordings": ("hyperrogue-music", "drascula-music")},
+}
+
+
+@dataclass(frozen=True)
+class Piece:
+    path: str
+    parts: int
+    mode: str
+
+
+def piece_pool(composers, count: int, rng, problems: list[str]) -> list[Piece]:
+    """`count` parsable scores of these composers with their part count and mode."""
+    from music21 import corpus
+
+    paths = [p for c in composers for p in corpus.getComposer(c)]
+    pool = []
+    for index in rng.permutation(len(paths)):
+        if len(pool) >= count:
+            break
+        try:
+            score = corpus.parse(paths[index])
+            parts = [p for p in score.parts if len(p.flatten().notes)]
+            mode = score.measures(1, 16).analyze("key").mode
+        except Exception as error:   # music21 raises many kinds on odd files
+            problems.append(f"{paths[index]}: skipped ({type(error).__name__})")
+            continue
+        if parts and mode in ("major", "minor"):
+            pool.append(Piece(str(paths[index]), len(parts), mode))
+    return pool
+
+
+def recording_files(packages) -> list[Path]:
+    files = []
+    for package in packages:
+        folder = Path(RECORDING_DIRS[package])
+        files += sorted(p for p in folder.glob("*.ogg") if p.stat().st_size > 200_000)
+    return files
+
+
+@dataclass(frozen=True)
+class ClipPlan:
+    index: int
+    wav: str
+    system: str
+    prompt_id: str
+    asked: RealAttributes | None     # None: a recording, prompted from what it is
+    kind: str                        # "score" | "recording"
+    split: str
+
+
+def plan_corpus(systems: int, clips_per_system: int, recording_share: float, seed: int, held_out: bool):
+    rng = np.random.default_rng([seed, 0])
+    system_ids = [f"S{i:03d}" for i in range(1, systems + 1)]
+    profiles = dict(zip(system_ids, [ARCHETYPES[i % len(ARCHETYPES)] for i in rng.permutation(systems)]))
+    raters = [Rater(float(rng.normal(0, 0.3)), float(rng.normal(0, 0.3)), float(rng.uniform(0.35, 0.6))) for _ in range(8)]
+    n_prompts = max(clips_per_system, math.ceil(systems * clips_per_system / 3))   # distinct within a system
+    prompts = []
+    for number in range(1, n_prompts + 1):
+        attrs = random_attributes(rng)
+        prompts.append((f"P{number:03d}", attrs, prompt_for(attrs, rng)))
+    order, cursor, plans = rng.permutation(n_prompts), 0, []
+    sizes = _split_sizes([clips_per_system] * systems)
+    recording_number = 1
+    for sid, size in zip(system_ids, sizes):
+        labels = ["test"] * clips_per_system if held_out else [n for n, k in size.items() for _ in range(k)]
+        labels = [labels[i] for i in rng.permutation(len(labels))]
+        for k in range(clips_per_system):
+            if rng.random() < recording_share:
+                pid, asked, kind = f"P{900 + recording_number:04d}", None, "recording"
+                recording_number += 1
+            else:
+                pid, asked, _ = prompts[order[(cursor + k) % n_prompts]]
+                kind = "score"
+            plans.append(ClipPlan(len(plans), f"{WAV_PREFIX}{sid}_{pid}.wav", sid, pid, asked, kind, labels[k]))
+        cursor += clips_per_system
+    return profiles, plans, raters, prompts
+
+
+# --------------------------------------------------------------------------- one clip
+
+
+class Renderer:
+    """What every clip of one corpus shares: pieces, recordings, soundfonts, the tagger."""
+
+    def __init__(self, pool: list[Piece], recordings: list[Path], soundfonts: list[Path], seconds: float):
+        self.pool, self.recordings, self.soundfonts, self.seconds = pool, recordings, soundfonts, seconds
+        self._tagger = None
+        self._scores: dict[str, object] = {}
+
+    def score_audio(self, heard: RealAttributes, jitter: float, rng) -> tuple[np.ndarray, dict]:
+        low, high = ENSEMBLES[heard.ensemble][1]
+        fits = [p for p in self.pool if p.mode == heard.mode and p.parts >= low] or \
+               [p for p in self.pool if p.mode == heard.mode]
+        piece = fits[int(rng.integers(len(fits)))]
+        count = int(rng.integers(min(low, piece.parts), min(high, piece.parts) + 1))
+        parts = tuple(sorted({0, *rng.choice(piece.parts, size=count, replace=False).tolist()}))[:count]
+        programs = tuple(int(p) for p in rng.choice(FAMILIES[heard.instrument][1], size=len(parts)))
+        arrangement = Arrangement(parts, programs, heard.tempo_bpm, VELOCITY[heard.dynamics], 1, 24)
+        soundfont = self.soundfonts[int(rng.integers(len(self.soundfonts)))]
+        score = arranged_score(self._parse(piece.path), arrangement, jitter * 0.12, rng)
+        audio = trim(render_score(score, soundfont, SAMPLE_RATE), self.seconds, SAMPLE_RATE)
+        if len(audio) < 4 * SAMPLE_RATE:
+            raise RenderError(f"{Path(piece.path).name}: only {len(audio) / SAMPLE_RATE:.1f} s rendered")
+        audio = normalise(audio, float(rng.uniform(*PEAK[heard.dynamics])))
+        return audio, {"piece": piece.path, "parts": list(parts), "programs": list(programs),
+                       "soundfont": soundfont.name}
+
+    def recording_audio(self, rng) -> tuple[np.ndarray, RealAttributes, dict]:
+        path = self.recordings[int(rng.integers(len(self.recordings)))]
+        total = sf.info(str(path)).duration
+        offset = float(rng.uniform(0.0, max(0.0, total - self.seconds - 1.0)))
+        audio = load_recording(path, SAMPLE_RATE, offset, self.seconds)
+        if len(audio) < 4 * SAMPLE_RATE or np.abs(audio).max() < 1e-3:
+            raise RenderError(f"{path.name}: excerpt at {offset:.0f} s too short or silent")
+        return audio, self.tag_attributes(audio), {"recording": str(path), "offset": round(offset, 2)}
+
+    def tag_attributes(self, audio: np.ndarray) -> RealAttributes:
+        """What musicnn's tags say the recording is (families without a tag are never chosen)."""
+        import torch
+
+        from ..musicnn import LABELS
+
+        if self._tagger is None:
+            self._tagger = _tagger()
+        with torch.no_grad():
+            frames, _ = self._tagger(torch.from_numpy(audio)[None], torch.tensor([len(audio)]))
+        mtt = dict(zip(LABELS["MTT_musicnn"], frames[0, :, :50].mean(0).tolist()))
+        msd = dict(zip(LABELS["MSD_musicnn"], frames[0, :, 50:].mean(0).tolist()))
+        families = {"piano": mtt["piano"], "harpsichord": mtt["harpsichord"], "guitar": mtt["guitar"],
+                    "strings": max(mtt["strings"], mtt["violin"], mtt["cello"]), "flute": mtt["flute"],
+                    "choir": max(mtt["choir"], mtt["choral"]), "synth": max(mtt["synth"], mtt["electronic"])}
+        return RealAttributes(
+            instrument=max(families, key=families.get),
+            ensemble="solo" if mtt["solo"] > 0.3 else "full",
+            tempo_bpm=140.0 if mtt["fast"] > mtt["slow"] else 72.0,
+            mode="major" if msd["happy"] >= msd["sad"] else "minor",
+            dynamics="loud" if mtt["loud"] > max(mtt["quiet"], mtt["soft"]) else "soft")
+
+    def _parse(self, path: str):
+        from music21 import corpus
+
+        if path not in self._scores:
+            self._scores[path] = corpus.parse(path)
+        return self._scores[path]
+
+
+def _tagger():
+    from ..config import AudioEncoderConfig
+    from ..musicnn import PATCH_FRAMES, MusicnnEncoder
+
+    return MusicnnEncoder(AudioEncoderConfig(arch="musicnn", sample_rate=SAMPLE_RATE, hop_length=256,
+                                             backbones=("MTT_musicnn", "MSD_musicnn"), features=("taggram",),
+                                             patch_hop=PATCH_FRAMES)).eval()
+
+
+def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: int, wav_dir: Path) -> dict:
+    rng = np.random.default_rng([seed, 1, plan.index])
+    severities = _draw_degradations(profile, rng)
+    if plan.kind == "score":
+        asked = plan.asked
+        heard = asked
+        for kind in PROMPT_KINDS:
+            if rng.random() < profile.mismatch_rate:
+                heard = change_attribute(heard, kind, rng)
+        audio, source = renderer.score_audio(heard, severities.get("timing_jitter", 0.0), rng)
+        prompt = None   # the shared prompt_info text, filled in by build_corpus
+    else:
+        audio, heard, source = renderer.recording_audio(rng)
+        asked = heard
+        for kind in PROMPT_KINDS:
+            if rng.random() < profile.mismatch_rate:
+                asked = change_attribute(asked, kind, rng)
+        prompt = prompt_for(asked, rng)
+    # Out-of-tune playing cannot be rendered into a General-MIDI score: pitch wobble stands in.
+    effects = dict(severities)
+    if "detune" in effects:
+        effects["wobble"] = max(effects.get("wobble", 0.0), effects["detune"])
+    audio = apply_degradations(audio, effects, rng, SAMPLE_RATE)
+    sf.write(wav_dir / plan.wav, np.clip(np.rint(audio * 32767.0), -32768, 32767).astype(np.int16),
+             SAMPLE_RATE, subtype="PCM_16")
+
+    matches = attribute_matches(asked, heard)
+    mi_heard = float(np.clip(latent_mi(severities) + rng.normal(0.0, 0.2), 1.0, 5.0))
+    ta_heard = float(np.clip(latent_ta(matches) + rng.normal(0.0, 0.2), 1.0, 5.0))
+    panel = [raters[i] for i in rng.choice(len(raters), size=RATERS_PER_CLIP, replace=False)]
+    mi_votes = _votes(mi_heard, lambda r: r.mi_bias, panel, rng)
+    ta_votes = _votes(ta_heard, lambda r: r.ta_bias, panel, rng)
+    ta = round(sum(ta_votes) / RATERS_PER_CLIP, 1)
+    cf_rng = np.random.default_rng([seed, 2, plan.index])
+    return {
+        "wav": plan.wav, "system": plan.system, "profile": profile.name, "split": plan.split,
+        "prompt_id": plan.prompt_id, "kind": plan.kind,
+        "prompt_source": "prompt_info" if plan.kind == "score" else "demo_prompt_info",
+        "prompt": prompt, "seconds": round(len(audio) / SAMPLE_RATE, 3), "source": source,
+        "prompt_attributes": asked.to_dict(), "rendered_attributes": heard.to_dict(), "matches": matches,
+        "degradations": severities, "mi_votes": mi_votes, "ta_votes": ta_votes,
+        "mi": round(sum(mi_votes) / RATERS_PER_CLIP, 1), "ta": ta,
+        "counterfactuals": [list(counterfactual(asked, heard, ta, cf_rng)) for _ in range(COUNTERFACTUALS_PER_CLIP)],
+    }
+
+
+# --------------------------------------------------------------------------- corpus
+
+
+def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_system: int = 60,
+                 recording_share: float = 0.25, pieces: int = 80, seconds: float = 8.0, seed: int = 0,
+                 workers: int = 1, progress: bool = True) -> dict:
+    """Write a real-music MOS corpus (`which`: train or heldout) to `out_dir`; return a summary."""
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    if which not in SOURCES:
+        raise ValueError(f"unknown set {which!r}; choose from {sorted(SOURCES)}")
+    source = SOURCES[which]
+    out = Path(out_dir)
+    wav_dir = out / "wav"
+    wav_dir.mkdir(parents=True, exist_ok=True)
+    problems: list[str] = []
+    rng = np.random.default_rng([seed, 3])
+    pool = piece_pool(source["composers"], pieces, rng, problems)
+    recordings = recording_files(source["recordings"])
+    if not pool or (recording_share > 0 and not recordings):
+        raise RenderError(f"{which}: no scores ({len(pool)}) or no recordings ({len(recordings)}) found "
+                          f"(pip install music21; apt-get install {' '.join(source['recordings'])})")
+    renderer = Renderer(pool, recordings, [find_soundfont(name) for name in source["soundfonts"]], seconds)
+    profiles, plans, raters, prompts = plan_corpus(systems, clips_per_system, recording_share, seed, which == "heldout")
+    jobs = [(plan, profiles[plan.system], raters, seed, str(wav_dir)) for plan in plans]
+    records = []
+    for result in tqdm(_run(jobs, renderer, workers), total=len(jobs), desc=f"realmusic {which}", disable=not progress):
+        (records if isinstance(result, dict) else problems).append(result)
+    records.sort(key=lambda r: r["wav"])
+    for record in records:
+        if record["prompt"] is None:
+            record["prompt"] = next(text for pid, _, text in prompts if pid == record["prompt_id"])
+    _write_tables(out, records, [(pid, attrs, text) for pid, attrs, text in prompts])
+    summary = _summary(out, which, records, problems, pool, recordings, source, started)
+    (out / "sources.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+_RENDERER: Renderer | None = None
+
+
+def _init_worker(renderer: Renderer) -> None:
+    global _RENDERER
+    import torch
+
+    torch.set_num_threads(1)
+    _RENDERER = renderer
+
+
+def _one(job):
+    plan, profile, raters, seed, wav_dir = job
+    try:
+        return synthesize_clip(plan, profile, raters, _RENDERER, seed, Path(wav_dir))
+    except RenderError as error:
+        return f"{plan.wav}: {error}"
+
+
+def _run(jobs, renderer: Renderer, workers: int):
+    if workers <= 1:
+        _init_worker(renderer)
+        yield from map(_one, jobs)
+        return
+    import multiprocessing
+
+    with multiprocessing.get_context("fork").Pool(workers, _init_worker, (renderer,)) as pool:
+        yield from pool.imap(_one, jobs, chunksize=2)
+
+
+def _summary(out, which, records, problems, pool, recordings, source, started) -> dict:
+    used_recordings = {r["source"].get("recording") for r in records} - {None}
+    return {
+        "set": which, "clips": len(records), "problems": problems,
+        "splits": {s: sum(r["split"] == s for r in records) for s in ("train", "dev", "test")},
+        "scores": sum(r["kind"] == "score" for r in records), "recordings": sum(r["kind"] == "recording" for r in records),
+        "pieces_in_pool": len(pool), "pieces_used": len({r["source"].get("piece") for r in records} - {None}),
+        "recording_files_used": len(used_recordings),
+        "composers": list(source["composers"]),
+        "soundfonts": {name: {"package": SOUNDFONTS[name][0], "licence": SOUNDFONTS[name][1]} for name in source["soundfonts"]},
+        "recording_packages": {p: LICENCES[p] for p in source["recordings"]},
+        "score_licence": LICENCES["music21"],
+        "mean_mi": float(np.mean([r["mi"] for r in records])), "mean_ta": float(np.mean([r["ta"] for r in records])),
+        "audio_seconds": float(sum(r["seconds"] for r in records)), "wall_seconds": time.perf_counter() - started,
+        "cpu_count": os.cpu_count(),
+    }

@@ -1,0 +1,130 @@
+"""Evaluate checkpoints on a real-music held-out set (deramos-realmusic --set heldout).
+
+    python scripts/realmusic_report.py --data build/realmusic/heldout \\
+        --model default=deramos/default_model --model musicnn=build/runs/musicnn \\
+        --json build/realmusic-report.json --markdown build/realmusic-report.md
+
+Per model: utterance and system SRCC for MI and TA (the clips' own prompts); matched vs
+mismatched prompt AUC (each clip scored with a prompt describing what it really is and with
+one that gets 2-3 kinds wrong); mean MI of clean clips and of heavily degraded ones (latent
+MI <= 2); |dMI| between PCM16 and PCM24 / float WAV and MP3 / Ogg Vorbis of the same clip.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from deramos.checkpoint import load_checkpoint
+from deramos.features import Featurizer, predict
+from deramos.metrics import evaluate
+from deramos.musiceval import read_split, read_system_mos
+from deramos.realmusic.attributes import PROMPT_KINDS, RealAttributes, change_attribute, prompt_for
+from deramos.runtime.audio import load_audio, resample
+from deramos.synth.corpus import latent_mi
+
+# name -> (container, subtype, sample rate (None: the model's), libsndfile options). Lossy files are
+# written at 44.1 kHz as music is distributed: MP3 at a constant 192 kbps, Vorbis at ~190 kbps.
+FORMATS = {"PCM_24": ("WAV", "PCM_24", None, {}), "FLOAT": ("WAV", "FLOAT", None, {}),
+           "MP3": ("MP3", None, 44100, {"bitrate_mode": "CONSTANT", "compression_level": 0.4}),
+           "OGG": ("OGG", "VORBIS", 44100, {"compression_level": 0.05})}
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(positive > negative) over all pairs, ties counted half (Mann-Whitney)."""
+    diff = positive[:, None] - negative[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
+
+
+def evaluate_model(model, data: Path, records: dict, format_clips: int, cache_dir: Path | None = None) -> dict:
+    clips = read_split(data, "test").clips
+    waves = [load_audio(c.path, model.cfg.audio.sample_rate) for c in clips]
+    featurizer = Featurizer(model, cache_dir=cache_dir)   # frozen encoders: each clip encoded once
+    mi, ta = predict(featurizer, waves, [c.prompt for c in clips])
+    true = {"MI": np.array([c.mi for c in clips]), "TA": np.array([c.ta for c in clips])}
+    metrics = evaluate([c.system_id for c in clips], {"MI": mi, "TA": ta}, true, read_system_mos(data))
+    rng = np.random.default_rng(0)
+    heard = [RealAttributes.from_dict(records[c.path.name]["rendered_attributes"]) for c in clips]
+    matched = [prompt_for(h, rng) for h in heard]
+    mismatched = []
+    for h in heard:
+        other = h
+        for kind in rng.choice(PROMPT_KINDS, size=int(rng.integers(2, 4)), replace=False):
+            other = change_attribute(other, str(kind), rng)
+        mismatched.append(prompt_for(other, rng))
+    _, ta_matched = predict(featurizer, waves, matched)
+    _, ta_mismatched = predict(featurizer, waves, mismatched)
+    severity = np.array([latent_mi(records[c.path.name]["degradations"]) for c in clips])
+    clean = np.array([not records[c.path.name]["degradations"] for c in clips])
+    return {
+        "clips": len(clips), "metrics": metrics,
+        "matched_vs_mismatched_auc": round(auc(ta_matched, ta_mismatched), 3),
+        "ta_matched_mean": round(float(ta_matched.mean()), 3), "ta_mismatched_mean": round(float(ta_mismatched.mean()), 3),
+        "mi_clean_mean": round(float(mi[clean].mean()), 3), "clean_clips": int(clean.sum()),
+        "mi_heavy_mean": round(float(mi[severity <= 2.0].mean()), 3), "heavy_clips": int((severity <= 2.0).sum()),
+        "format_delta_mi": format_deltas(featurizer, waves[:format_clips], [c.prompt for c in clips[:format_clips]],
+                                         model.cfg.audio.sample_rate),
+    }
+
+
+def format_deltas(featurizer, waves, prompts, rate) -> dict:
+    """Mean and max |dMI| against the PCM16 WAV of the same audio."""
+    base_mi, _ = predict(featurizer, waves, prompts)
+    out = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, (container, subtype, file_rate, options) in FORMATS.items():
+            decoded = []
+            for i, wave in enumerate(waves):
+                path = Path(tmp) / f"{i}.{container.lower()}"
+                data = resample(wave, rate, file_rate) if file_rate else wave
+                sf.write(path, data, file_rate or rate, format=container, subtype=subtype, **options)
+                decoded.append(load_audio(path, rate))
+            mi, _ = predict(featurizer, decoded, prompts)
+            delta = np.abs(mi - base_mi)
+            out[name] = {"mean": round(float(delta.mean()), 4), "max": round(float(delta.max()), 4)}
+    return out
+
+
+def markdown(results: dict) -> str:
+    lines = ["| model | utt MI | utt TA | sys MI | sys TA | AUC matched/mismatched | MI clean | MI heavy | "
+             "max dMI MP3 | max dMI OGG | max dMI PCM24 | max dMI float |", "|" + "---|" * 12]
+    for name, r in results.items():
+        u, s, f = r["metrics"]["utterance"], r["metrics"]["system"], r["format_delta_mi"]
+        lines.append(f"| {name} | {u['MI']['SRCC']:.3f} | {u['TA']['SRCC']:.3f} | {s['MI']['SRCC']:.3f} | "
+                     f"{s['TA']['SRCC']:.3f} | {r['matched_vs_mismatched_auc']:.3f} | {r['mi_clean_mean']:.2f} "
+                     f"({r['clean_clips']}) | {r['mi_heavy_mean']:.2f} ({r['heavy_clips']}) | {f['MP3']['max']:.3f} | "
+                     f"{f['OGG']['max']:.3f} | {f['PCM_24']['max']:.4f} | {f['FLOAT']['max']:.4f} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--model", action="append", required=True, help="name=checkpoint-or-run-directory")
+    parser.add_argument("--format-clips", type=int, default=24)
+    parser.add_argument("--cache-dir", type=Path, help="Frozen-encoder feature cache (as deramos-train's).")
+    parser.add_argument("--json", type=Path)
+    parser.add_argument("--markdown", type=Path)
+    args = parser.parse_args(argv)
+    records = {json.loads(line)["wav"]: json.loads(line) for line in (args.data / "synth_meta.jsonl").read_text().splitlines()}
+    results = {}
+    for spec in args.model:
+        name, _, path = spec.partition("=")
+        results[name] = evaluate_model(load_checkpoint(path), args.data, records, args.format_clips, args.cache_dir)
+        print(json.dumps({name: {k: v for k, v in results[name].items() if k != "metrics"}}), flush=True)
+    table = markdown(results)
+    print(table)
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    if args.markdown:
+        args.markdown.write_text(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

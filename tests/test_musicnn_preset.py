@@ -1,0 +1,78 @@
+"""The `musicnn` preset: frozen musicnn + frozen MiniLM + DeRA-MOS heads, through checkpoint,
+export and the torch-free runtime (windows of long clips included)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from deramos.checkpoint import load_checkpoint, save_checkpoint
+from deramos.config import MUSICNN_SOURCE, ModelConfig, preset
+from deramos.features import Featurizer, predict
+from deramos.model import DeRAMOS
+
+DATA = Path(__file__).parent / "data" / "musicnn"
+PROMPTS = ("A string quartet playing a slow, sad classical piece.", "Fast loud rock with drums.")
+
+
+@pytest.fixture(scope="module")
+def model():
+    return DeRAMOS(preset("musicnn"), seed=3).eval()
+
+
+def real_clips() -> list[np.ndarray]:
+    bach, _ = sf.read(DATA / "bach_bwv1.6_2s.wav", dtype="float32")
+    quartet, _ = sf.read(DATA / "beethoven_op18no1_4s.wav", dtype="float32")
+    # 14 s: longer than the 10 s window, so the runtime and predict() both split it
+    return [quartet, np.concatenate([quartet, bach, quartet, bach, bach])]
+
+
+def test_preset_shape_and_what_a_checkpoint_stores(model, tmp_path):
+    cfg = model.cfg
+    assert (cfg.audio.arch, cfg.audio.hidden_size, cfg.audio.samples_per_frame) == ("musicnn", 500, 94 * 256)
+    assert cfg.audio.source == MUSICNN_SOURCE and cfg.audio.frozen and cfg.text.frozen
+    assert model.stored_parameter_prefixes() == ("heads.",)
+    assert not any(p.requires_grad for p in model.audio_encoder.parameters())
+    save_checkpoint(model, tmp_path / "ckpt")
+    stored = json.loads((tmp_path / "ckpt" / "config.json").read_text())
+    assert ModelConfig.from_dict(stored["model"]).audio == cfg.audio
+    assert (tmp_path / "ckpt" / "model.safetensors").stat().st_size < 10_000_000   # heads only: 2.27 M parameters
+    loaded = load_checkpoint(tmp_path / "ckpt")
+    wave = torch.from_numpy(real_clips()[0])[None]
+    ids = torch.tensor([[101, 2200, 102]])
+    with torch.no_grad():
+        a = model(wave, torch.tensor([wave.shape[1]]), ids, torch.ones_like(ids))
+        b = loaded(wave, torch.tensor([wave.shape[1]]), ids, torch.ones_like(ids))
+    assert torch.allclose(a["mi"], b["mi"]) and torch.allclose(a["ta"], b["ta"])
+
+
+def test_train_mode_keeps_the_frozen_encoder_in_eval(model):
+    model.train()
+    try:
+        assert not model.audio_encoder.training
+        assert not any(m.training for m in model.audio_encoder.modules())
+    finally:
+        model.eval()
+
+
+@pytest.mark.slow
+def test_exported_bundle_scores_like_pytorch(model, tmp_path):
+    from deramos.export.api import ExportOptions, export_bundle
+    from deramos.runtime.scorer import Scorer
+
+    said = []
+    manifest = export_bundle(model, tmp_path / "bundle", ExportOptions(fp16=True, validate_clips=4, progress=False),
+                             say=said.append)
+    assert manifest["parity"]["fp32"]["passed"] and manifest["parity"]["fp16"]["passed"]
+    assert manifest["samples_per_frame"] == 94 * 256 and manifest["sample_rate"] == 16000
+    clips = real_clips()
+    mi_torch, ta_torch = predict(Featurizer(model), clips, list(PROMPTS))
+    with Scorer.load(tmp_path / "bundle", backend="onnxruntime-cpu") as scorer:
+        scores = scorer.score_batch(clips, list(PROMPTS), sample_rate=16000)
+    assert all(s.ok for s in scores)
+    assert np.abs(np.array([s.mi for s in scores]) - mi_torch).max() <= 1e-3
+    assert np.abs(np.array([s.ta for s in scores]) - ta_torch).max() <= 1e-3

@@ -1,0 +1,92 @@
+"""deramos-realmusic: attributes and prompts, counterfactual prompts, and a real (tiny) corpus
+rendered from music21 scores with fluidsynth (skipped where those are not installed)."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from deramos.musiceval import read_split
+from deramos.realmusic.attributes import (ENSEMBLES, FAMILIES, PROMPT_KINDS, RealAttributes, attribute_matches,
+                                          change_attribute, counterfactual, latent_ta, prompt_for)
+from deramos.realmusic.render import SOUNDFONT_DIRS, RenderError, find_soundfont
+from deramos.synth.counterfactual import load_counterfactuals
+from deramos.synth.music import VOCABULARY
+
+ASKED = RealAttributes(instrument="strings", ensemble="solo", tempo_bpm=70.0, mode="minor", dynamics="soft")
+
+
+def test_prompt_names_every_kind_and_is_deterministic():
+    text = prompt_for(ASKED)
+    assert text == prompt_for(ASKED)
+    phrases = [e.format(i=i) for e in ENSEMBLES["solo"][0] for i in FAMILIES["strings"][0]]
+    assert any(p.lower() in text.lower() for p in phrases)
+    assert any(w in text.lower() for w in VOCABULARY["tempo"]["slow"])
+    assert any(w in text.lower() for w in VOCABULARY["mood"]["minor"])
+    assert any(w in text.lower() for w in VOCABULARY["dynamics"]["soft"])
+
+
+def test_change_attribute_changes_exactly_one_kind():
+    rng = np.random.default_rng(0)
+    for kind in PROMPT_KINDS:
+        changed = change_attribute(ASKED, kind, rng)
+        matches = attribute_matches(changed, ASKED)
+        assert [k for k, ok in matches.items() if not ok] == [kind]
+    with pytest.raises(ValueError, match="unknown attribute kind 'genre'"):
+        change_attribute(ASKED, "genre", rng)
+
+
+def test_latent_ta_and_counterfactual_scores():
+    assert latent_ta(attribute_matches(ASKED, ASKED)) == pytest.approx(4.7)
+    assert latent_ta({k: False for k in PROMPT_KINDS}) == 1.0
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        text, ta = counterfactual(ASKED, ASKED, 4.4, rng)
+        assert 1.0 <= ta < 4.4 and text != prompt_for(ASKED)
+
+
+def test_precomputed_counterfactuals_are_what_training_reads(tmp_path):
+    record = {"wav": "a-S001_P001.wav", "counterfactuals": [["Loud brass.", 2.1], ["Fast choir.", 1.5], ["x", 3.0]]}
+    (tmp_path / "synth_meta.jsonl").write_text(json.dumps(record) + "\n")
+    assert load_counterfactuals(tmp_path, 2, seed=0) == {"a-S001_P001.wav": [("Loud brass.", 2.1), ("Fast choir.", 1.5)]}
+
+
+def test_missing_soundfont_is_one_clear_line():
+    with pytest.raises(RenderError, match=r"^soundfont Nope.sf2 not found in .* \(apt-get install \?\)$"):
+        find_soundfont("Nope.sf2")
+
+
+def _renderable() -> bool:
+    return (shutil.which("fluidsynth") is not None and importlib.util.find_spec("music21") is not None
+            and any((d / "FluidR3_GM.sf2").is_file() for d in SOUNDFONT_DIRS))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not _renderable(), reason="needs fluidsynth, fluid-soundfont-gm and music21 (make realmusic)")
+def test_tiny_corpus_in_musiceval_layout(tmp_path):
+    from deramos.realmusic.corpus import build_corpus
+
+    summary = build_corpus(tmp_path, "train", systems=2, clips_per_system=3, recording_share=0.0, pieces=3,
+                           seconds=4.0, seed=5, workers=1, progress=False)
+    assert summary["clips"] == 6 and summary["problems"] == []
+    assert summary["soundfonts"] == {"FluidR3_GM.sf2": {"package": "fluid-soundfont-gm", "licence": "MIT"}}
+    assert json.loads((tmp_path / "sources.json").read_text())["score_licence"].startswith("BSD-3-Clause")
+    clips = [c for split in ("train", "dev", "test") for c in read_split(tmp_path, split).clips]
+    assert len(clips) == 6
+    records = {json.loads(line)["wav"]: json.loads(line) for line in (tmp_path / "synth_meta.jsonl").read_text().splitlines()}
+    for clip in clips:
+        record = records[clip.path.name]
+        wave, rate = sf.read(clip.path, dtype="float32")
+        assert rate == 16000 and len(wave) == 4 * 16000 and np.abs(wave).max() > 0.01
+        heard = RealAttributes.from_dict(record["rendered_attributes"])
+        assert set(record["source"]["programs"]) <= set(FAMILIES[heard.instrument][1])
+        asked = RealAttributes.from_dict(record["prompt_attributes"])
+        assert any(p in clip.prompt for p in FAMILIES[asked.instrument][0])
+        assert len(record["counterfactuals"]) == 8 and clip.mi == record["mi"] and clip.ta == record["ta"]
+    solo = [r for r in records.values() if r["rendered_attributes"]["ensemble"] == "solo"]
+    assert all(len(r["source"]["parts"]) == 1 for r in solo)

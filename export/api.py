@@ -102,8 +102,10 @@ def _add_probes(out: Path, cfg, options: ExportOptions) -> None:
     if options.probe_clips <= 0:
         return
     bundle = load_bundle(out)
-    samples = sample_set(options.probe_clips, cfg.audio.sample_rate, min(3.0, cfg.audio.window_seconds),
-                         seed=options.seed + 77)
+    # Long enough for the model's shortest input (musicnn needs 1.5 s), at most 3 s (a small bundle).
+    shortest = max(1.0, 1.1 * bundle.samples_per_frame / bundle.sample_rate)
+    samples = sample_set(options.probe_clips, cfg.audio.sample_rate, min(max(3.0, 2 * shortest), cfg.audio.window_seconds),
+                         seed=options.seed + 77, min_seconds=shortest)
     files = write_probe_clips(out, samples.waves, samples.prompts, cfg.audio.sample_rate)
     with Scorer(bundle, OrtBackend(bundle, "fp32")) as scorer:
         index = record_probes(scorer, files, samples.prompts)

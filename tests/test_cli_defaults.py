@@ -99,7 +99,7 @@ def test_choices_come_from_the_library_constants():
     assert list(train["window_policy"].type.choices) == list(WINDOW_POLICIES)
     assert list(pretrain["preset"].type.choices) == list(PRETRAINABLE)
     assert list(evaluate["kind"].type.choices) == list(CHECKPOINT_KINDS)
-    assert "[paper|small|tiny]" in help_line(train_main, "--preset")
+    assert f"[{'|'.join(PRESETS)}]" in help_line(train_main, "--preset")
 
 
 def test_unset_options_name_the_library_default_in_their_help():

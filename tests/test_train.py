@@ -380,7 +380,7 @@ def test_counterfactual_prompts_need_a_synthetic_corpus(tiny_corpus, tmp_path):
     shutil.copytree(tiny_corpus, data)
     (data / "synth_meta.jsonl").unlink()
     with pytest.raises(TrainingError, match=r"^--counterfactual-prompts: .*synth_meta.jsonl: not found; counterfactual "
-                                            r"prompts need a corpus made by deramos-synth$"):
+                                            r"prompts need a corpus made by deramos-synth or deramos-realmusic$"):
         run_training(targs(data, tmp_path / "lib", tmp_path / "cache", epochs=1, counterfactual_prompts=2))
     result = cli(["--data", str(data), "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "run"),
                   "--cache-dir", str(tmp_path / "cache"), "--counterfactual-prompts", "2", "--no-progress"])

@@ -7,6 +7,8 @@
       text_encoder.onnx             input_ids, attention_mask [B, L] i64 -> tokens [B, L, Dt] f32
       heads.onnx                    frames, frame_mask, tokens, token_mask -> mi, ta [B], mi_dist, ta_dist [B, K]
       *.fp16.onnx, *.int8.onnx      the same graphs in FP16 / INT8 (QDQ); inputs and outputs stay FP32
+      <graph file>.data             the weights of a graph over 16 MB (runtime/contract.py), listed
+                                    after the graph in graphs.<graph>.files.<precision>
       calibration/                  INT8 calibration cache and drift report
       trt/<device-tag>/             TensorRT engines + build.json, built for one GPU
 
@@ -26,7 +28,6 @@ This module only reads and verifies (numpy + json): the runtime never imports to
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -34,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .contract import GRAPH_IO, GRAPHS, PRECISIONS, graph_file_name, seconds_to_samples  # noqa: F401 - re-exported
+from .hashmemo import HashMemo, sha256_file  # noqa: F401 - sha256_file re-exported
 
 FORMAT = "deramos-bundle"
 FORMAT_VERSION = 1
@@ -43,14 +45,6 @@ MISSING = object()   # a manifest key that is absent (unlike one that is null)
 
 class BundleError(ValueError):
     """A bundle that cannot be used; the message names the file and the cause."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 @dataclass(frozen=True)
@@ -127,6 +121,11 @@ class Bundle:
             raise BundleError(f"{self.root}: no {precision} {graph} graph in this bundle "
                               f"(it has: {have}; export with --{precision} to add it)")
         return self.root / files[precision][0]
+
+    def graph_files(self, graph: str, precision: str) -> list[Path]:
+        """The graph file first, then the side files its weights live in (external data)."""
+        first = self.graph_path(graph, precision)
+        return [first] + [self.root / name for name in self.spec.graphs[graph].files[precision][1:]]
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
@@ -294,13 +293,21 @@ def _check_header(manifest, path: Path) -> None:
                 raise BundleError(f"{path}: manifest lists no {graph} graph")
 
 
-def verify_files(root: Path, manifest: dict) -> None:
-    for name, expected in sorted(manifest["files"].items()):
-        path = resolve_inside(root, name)
-        if not path.is_file():
-            raise BundleError(f"{path}: missing from the bundle (listed in manifest.json)")
-        if sha256_file(path) != expected:
-            raise BundleError(f"{path}: sha256 does not match manifest.json (file modified or corrupt)")
+def verify_files(root: Path, manifest: dict, memo: bool | None = None) -> None:
+    """Every listed file is inside the bundle and matches its sha256. A file unchanged since it
+    last matched is not read again (runtime/hashmemo.py); memo=False (or DERAMOS_VERIFY=full)
+    reads every byte."""
+    hashes = HashMemo(root, enabled=memo)
+    try:
+        for name, expected in sorted(manifest["files"].items()):
+            path = resolve_inside(root, name)
+            if not path.is_file():
+                raise BundleError(f"{path}: missing from the bundle (listed in manifest.json)")
+            if hashes.sha256(name) != expected:
+                hashes.forget(name)
+                raise BundleError(f"{path}: sha256 does not match manifest.json (file modified or corrupt)")
+    finally:
+        hashes.save()
 
 
 def write_manifest(root: Path, manifest: dict) -> None:

@@ -60,7 +60,10 @@ def write_repository(bundle: Bundle, out: Path, options: RepositoryOptions = Rep
     for precision in bundle.precisions():
         for graph in GRAPHS:
             folder = _model_folder(out, model_name(graph, precision))
-            shutil.copyfile(bundle.graph_path(graph, precision), folder / "1" / "model.onnx")
+            graph_file, *side_files = bundle.graph_files(graph, precision)
+            shutil.copyfile(graph_file, folder / "1" / "model.onnx")
+            for side in side_files:   # external weights keep their name: the graph refers to it
+                shutil.copyfile(side, folder / "1" / side.name)
             (folder / "config.pbtxt").write_text(graph_config(bundle, graph, precision, options))
             names.append(folder.name)
         folder = _model_folder(out, model_name(ENSEMBLE, precision))

@@ -167,6 +167,62 @@ def test_tampered_file_names_the_file_and_sha256(copy):
     load_bundle(copy, verify=False)                      # the header alone is still readable
 
 
+@pytest.fixture
+def private_cache(tmp_path, monkeypatch) -> Path:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("DERAMOS_VERIFY", raising=False)
+    return tmp_path / "cache" / "deramos" / "verified"
+
+
+def _memo(cache: Path) -> dict:
+    (path,) = cache.iterdir()
+    return json.loads(path.read_text())["files"]
+
+
+def test_verified_files_are_remembered_by_identity(copy, private_cache):
+    manifest = json.loads((copy / "manifest.json").read_text())
+    load_bundle(copy)
+    memo = _memo(private_cache)
+    assert sorted(memo) == sorted(manifest["files"])
+    assert all(entry[5] == manifest["files"][name] for name, entry in memo.items())
+    # The memo is what a warm load trusts: a forged digest for an unchanged file is believed
+    # (and then forgotten), while DERAMOS_VERIFY=full reads the file and passes.
+    memo["heads.onnx"][5] = "0" * 64
+    (path,) = private_cache.iterdir()
+    path.write_text(json.dumps({"root": str(copy.resolve()), "files": memo}))
+    with pytest.raises(BundleError, match="heads.onnx: sha256 does not match"):
+        load_bundle(copy)
+    load_bundle(copy)
+    assert _memo(private_cache)["heads.onnx"][5] == manifest["files"]["heads.onnx"]
+
+
+def test_a_file_changed_after_it_was_remembered_is_hashed_again(copy, private_cache):
+    """Same size, mtime put back: the inode's ctime still moves, so the memo does not apply."""
+    import os
+
+    load_bundle(copy)
+    target = copy / "heads.onnx"
+    before = target.stat()
+    data = bytearray(target.read_bytes())
+    data[-1] ^= 0xFF
+    target.write_bytes(bytes(data))
+    os.utime(target, ns=(before.st_atime_ns, before.st_mtime_ns))
+    assert target.stat().st_size == before.st_size and target.stat().st_mtime_ns == before.st_mtime_ns
+    with pytest.raises(BundleError, match="heads.onnx: sha256 does not match"):
+        load_bundle(copy)
+
+
+def test_full_verification_ignores_the_memo(copy, private_cache, monkeypatch):
+    load_bundle(copy)
+    (path,) = private_cache.iterdir()
+    data = json.loads(path.read_text())
+    data["files"]["heads.onnx"][5] = "0" * 64
+    path.write_text(json.dumps(data))
+    monkeypatch.setenv("DERAMOS_VERIFY", "full")
+    load_bundle(copy)
+    verify_files(copy, json.loads((copy / "manifest.json").read_text()), memo=False)
+
+
 def test_tampered_calibration_file_is_caught(copy):
     path = copy / "probes" / "probes.json"
     path.write_text(path.read_text() + " ")

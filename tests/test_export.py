@@ -425,7 +425,7 @@ def unvalidated_external(export_model, tmp_path_factory):
     out = tmp_path_factory.mktemp("external") / "bundle"
     with pytest.MonkeyPatch.context() as mp:
         mp.setitem(export_validate.TOLERANCES["fp32"], "score_abs", 0.0)
-        mp.setattr(onnxio, "EXTERNAL_DATA_THRESHOLD", 10_000)
+        mp.setattr(onnxio, "EXTERNAL_DATA_MIN_BYTES", 10_000)
         manifest = export_bundle(export_model, out, ExportOptions(validate=False, progress=False), say=lambda _: None)
     return out, manifest
 
@@ -455,24 +455,23 @@ def test_export_lists_external_data_with_hashes(unvalidated_external, bundle):
         np.testing.assert_array_equal(a, b)
 
 
-def test_save_onnx_moves_weights_to_one_data_file(bundle, tmp_path, monkeypatch):
+def test_save_onnx_moves_weights_to_one_data_file(bundle, tmp_path):
     import onnx
 
     root, _ = bundle
     proto = onnx.load(str(root / "text_encoder.onnx"))
-    monkeypatch.setattr(onnxio, "EXTERNAL_DATA_THRESHOLD", 1000)
     target = tmp_path / "text_encoder.onnx"
-    written = onnxio.save_onnx(proto, target)
+    written = onnxio.save_onnx(proto, target, external_min_bytes=1000)
     assert written == [target, tmp_path / "text_encoder.onnx.data"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text_encoder.onnx", "text_encoder.onnx.data"]
     assert target.stat().st_size < 0.2 * (tmp_path / "text_encoder.onnx.data").stat().st_size
+    assert (tmp_path / "text_encoder.onnx.data").stat().st_mode == target.stat().st_mode   # not onnx's 0600
     ids = np.array([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]], np.int64)
     mask = (ids != 0).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": mask}
     np.testing.assert_array_equal(_ort(target).run(None, feeds)[0], _ort(root / "text_encoder.onnx").run(None, feeds)[0])
     # Saved again under the threshold: one file, and the stale side file is gone.
-    monkeypatch.setattr(onnxio, "EXTERNAL_DATA_THRESHOLD", 1_800_000_000)
-    assert onnxio.save_onnx(onnx.load(str(target)), target) == [target]
+    assert onnxio.save_onnx(onnx.load(str(target)), target, external_min_bytes=1 << 40) == [target]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text_encoder.onnx"]
 
 

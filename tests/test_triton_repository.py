@@ -114,6 +114,34 @@ def test_cpu_repository_and_cli(runtime_bundle, tmp_path):
     assert missing.output.strip() == f"error: {tmp_path / 'nothing'}: bundle directory not found"
 
 
+def test_graphs_with_external_weights_carry_their_data_file(runtime_bundle, tmp_path):
+    """A graph over runtime/contract.py's EXTERNAL_DATA_MIN_BYTES keeps its weights in a side file
+    named inside the graph: the repository must hold it beside model.onnx, or Triton cannot load."""
+    import shutil
+
+    import onnx
+
+    from deramos.build.onnxio import save_onnx
+    from deramos.runtime.bundle import write_manifest
+
+    root = tmp_path / "bundle"
+    shutil.copytree(runtime_bundle, root)
+    manifest = load_bundle(root).manifest
+    written = save_onnx(onnx.load(str(root / "text_encoder.onnx")), root / "text_encoder.onnx", external_min_bytes=1000)
+    manifest["graphs"]["text_encoder"]["files"]["fp32"] = [p.name for p in written]
+    manifest["files"]["text_encoder.onnx.data"] = ""
+    write_manifest(root, manifest)
+    out = tmp_path / "repo"
+    write_repository(load_bundle(root), out)
+    folder = out / "deramos_text_encoder" / "1"
+    assert sorted(p.name for p in folder.iterdir()) == ["model.onnx", "text_encoder.onnx.data"]
+    ids = np.array([[101, 2023, 2003, 102]], np.int64)
+    feeds = {"input_ids": ids, "attention_mask": np.ones_like(ids)}
+    served = ort.InferenceSession(str(folder / "model.onnx"), providers=["CPUExecutionProvider"]).run(None, feeds)
+    source = ort.InferenceSession(str(runtime_bundle / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    np.testing.assert_array_equal(served[0], source.run(None, feeds)[0])
+
+
 def test_scale_and_serve_never_import_torch():
     """deramos[ray] and deramos[serve] install without torch: their modules must not need it."""
     import subprocess

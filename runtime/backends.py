@@ -16,6 +16,7 @@ import os
 import threading
 from contextlib import contextmanager
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -102,7 +103,11 @@ class OrtBackend(Backend):
             raise BackendUnavailable(f"{self.name}: this onnxruntime {ort.__version__} has no {wanted}{hint}")
         self._ort = ort
         self.bundle = bundle
-        self.sessions = {graph: self._open(graph) for graph in GRAPHS}
+        # The three sessions open side by side: ORT parses and optimises outside the GIL, so a
+        # cold `deramos-run` waits for the slowest graph (the text encoder), not for the sum.
+        with ThreadPoolExecutor(max_workers=len(GRAPHS)) as pool:
+            opening = {graph: pool.submit(self._open, graph) for graph in GRAPHS}
+            self.sessions = {graph: future.result() for graph, future in opening.items()}
         self.outputs = {graph: [o.name for o in s.get_outputs()] for graph, s in self.sessions.items()}
 
     def _providers(self) -> list:

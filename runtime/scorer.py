@@ -136,13 +136,13 @@ class PromptCache:
 class Scorer:
     def __init__(self, bundle: Bundle, backend: Backend, batch_size: int = 8,
                  prompt_cache_size: int = PROMPT_CACHE_SIZE, decode_workers: int | None = None,
-                 decode_budget: int = DECODE_BUDGET):
+                 decode_budget: int = DECODE_BUDGET, tokenizer: PromptTokenizer | None = None):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.decode_budget = decode_budget
         self.bundle, self.backend = bundle, backend
         self.batch_size = min(batch_size, backend.max_batch or batch_size)
-        self.tokenizer = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens)
+        self.tokenizer = tokenizer or PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens)
         self.sample_rate = bundle.sample_rate
         # A clip must give the encoder at least one frame, and 0.1 s in any case.
         self.min_seconds = max(MIN_SECONDS, bundle.samples_per_frame / bundle.sample_rate)
@@ -165,8 +165,10 @@ class Scorer:
         from .targets import int8_mismatch
 
         loaded = load_bundle(resolve_bundle_dir(bundle, say=say), verify=verify)
-        scorer = cls(loaded, select_backend(loaded, backend, precision, threads, build), batch_size,
-                     decode_budget=decode_budget)
+        with ThreadPoolExecutor(max_workers=1) as pool:   # the tokenizer loads while sessions open
+            tokenizer = pool.submit(PromptTokenizer, loaded.tokenizer_file, loaded.max_tokens)
+            chosen = select_backend(loaded, backend, precision, threads, build)
+            scorer = cls(loaded, chosen, batch_size, decode_budget=decode_budget, tokenizer=tokenizer.result())
         if precision == "int8" and say is not None:
             mismatch = int8_mismatch((loaded.manifest.get("int8") or {}).get("target"), scorer.backend.device)
             if mismatch:

@@ -317,5 +317,28 @@ def _printable(text: str) -> str:
 
 
 
+def entry() -> None:
+    """The `deramos-run` console script: main(), then an exit without interpreter teardown.
+    By then every output is flushed and closed; what teardown would do is free the ONNX Runtime
+    sessions and modules one by one, ~0.06 s of a 0.5 s warm run. A --ray run exits normally:
+    Ray's own exit handlers stop the processes of a local cluster."""
+    try:
+        main()
+        code = 0
+    except SystemExit as done:
+        code = done.code
+    if "ray" in sys.modules:
+        sys.exit(code)
+    if isinstance(code, str):
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):   # a closed pipe (deramos-run ... | head): nothing left to say
+            pass
+    os._exit(code or 0)
+
+
 if __name__ == "__main__":
-    main()
+    entry()

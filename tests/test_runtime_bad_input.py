@@ -376,6 +376,22 @@ def test_a_file_name_that_is_not_utf8_through_the_cli(runtime_bundle, odd_names)
     assert rows[0]["error"] is None and rows[1]["error"] == f"{os.fsdecode(empty)}: empty file (0 bytes)"
 
 
+def test_the_console_script_writes_everything_before_its_fast_exit(runtime_bundle, files, tmp_path):
+    """deramos-run skips interpreter teardown (runtime/cli.py entry): every line must still
+    reach a pipe and a --out file, with the exit status main() chose."""
+    clips = [str(files["good"])] * 60 + [str(files["missing"])]
+    piped = deramos_run("--bundle", str(runtime_bundle), "--json", "-q", "--prompt", PROMPT, *clips)
+    assert piped.returncode == 1
+    rows = [json.loads(line) for line in piped.stdout.decode().splitlines()]
+    assert len(rows) == 61 and all(r["error"] is None for r in rows[:60]) and "not found" in rows[60]["error"]
+    out = tmp_path / "scores.jsonl"
+    written = deramos_run("--bundle", str(runtime_bundle), "--json", "-q", "--out", str(out), "--prompt", PROMPT, *clips[:60])
+    assert written.returncode == 0 and written.stdout == b""
+    assert [json.loads(line)["mi"] for line in out.read_text().splitlines()] == [r["mi"] for r in rows[:60]]
+    usage = deramos_run("--bundle", str(runtime_bundle), str(files["good"]))
+    assert usage.returncode == 2 and b"give one clip and its prompt" in usage.stderr
+
+
 def test_lone_surrogates_in_jsonl_fail_their_lines_only(runtime_bundle, files):
     lines = [json.dumps({"path": str(files["good"]), "prompt": "calm \ud800 piano"}),
              json.dumps({"path": "clip-\ud800.wav", "prompt": PROMPT}),

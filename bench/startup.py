@@ -90,15 +90,18 @@ def format_report(report: dict) -> str:
 
 @click.command(help=__doc__.split("\n\n")[0])
 @click.option("--bundle", "bundle_dir", default=None, help="Bundle to start (default: the default bundle).")
-@click.option("--clip", default=None, help="Clip to score (default: examples/calm_piano.wav from the checkout).")
-@click.option("--prompt", default="calm piano", show_default=True)
+@click.option("--clip", default=None, help="Clip to score (default: the first of examples/prompts.jsonl in the checkout).")
+@click.option("--prompt", default="calm piano", show_default=True, help="Prompt for --clip.")
 @click.option("--runs", default=7, show_default=True, help="Fresh processes per row.")
 @click.option("--json", "json_out", default=None, help="Also write the report as JSON here.")
 def main(bundle_dir, clip, prompt, runs, json_out):
     from ..runtime.default import resolve_bundle_dir
 
     bundle_dir = str(resolve_bundle_dir(bundle_dir, say=lambda m: click.echo(m, err=True)))
-    clip = clip or str(Path(__file__).resolve().parents[1] / "examples" / "calm_piano.wav")
+    if clip is None:   # the first of the checkout's examples, with its matching prompt
+        examples = Path(__file__).resolve().parents[1] / "examples"
+        first = json.loads((examples / "prompts.jsonl").read_text(encoding="utf-8").splitlines()[0])
+        clip, prompt = str(examples / first["path"]), first["prompt"]
     report = {"bundle": bundle_dir, "clip": clip, "runs": runs,
               "processes": process_rounds(bundle_dir, clip, prompt, runs),
               "breakdown": load_breakdown(bundle_dir, clip, prompt)}

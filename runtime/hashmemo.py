@@ -36,10 +36,13 @@ class HashMemo:
     def __init__(self, root: Path, enabled: bool | None = None):
         if enabled is None:
             enabled = os.environ.get("DERAMOS_VERIFY", "").strip().lower() != "full"
-        self.enabled = enabled
         self.root = Path(root).resolve()
         key = hashlib.sha256(str(self.root).encode("utf-8", "surrogateescape")).hexdigest()[:24]
-        self.path = cache_home() / "verified" / f"{key}.json"
+        try:
+            self.path = cache_home() / "verified" / f"{key}.json"
+        except (RuntimeError, KeyError):   # no $HOME and no $XDG_CACHE_HOME (a bare service user)
+            self.path, enabled = None, False
+        self.enabled = enabled
         self._entries = self._read() if enabled else {}
         self._changed = False
 

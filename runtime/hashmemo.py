@@ -51,7 +51,8 @@ class HashMemo:
         path = self.root / name
         before = _identity(path)
         known = self._entries.get(name)
-        if self.enabled and isinstance(known, list) and known[:5] == before and len(known) == 6:
+        if self.enabled and isinstance(known, list) and len(known) == 6 and known[:5] == before \
+                and isinstance(known[5], str):
             return known[5]
         digest = sha256_file(path)
         if self.enabled and _identity(path) == before:   # not written to while being read

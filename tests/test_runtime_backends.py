@@ -101,6 +101,16 @@ def test_auto_picks_onnxruntime_cpu_and_says_why(runtime_bundle):
     assert scorer.backend.describe().startswith("onnxruntime-cpu (fp32")
 
 
+def test_ort_sessions_do_not_busy_wait_between_graphs(runtime_bundle):
+    """Three sessions run back to back per batch: an idle pool spinning on the cores the next
+    graph needs made ONNX Runtime 2.4x slower than it is (bench: deramos-bench --batch-sizes 1)."""
+    backend = OrtBackend(load_bundle(runtime_bundle), threads=2)
+    for graph, session in backend.sessions.items():
+        options = session.get_session_options()
+        assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0", graph
+        assert (options.intra_op_num_threads, options.inter_op_num_threads) == (2, 1), graph
+
+
 @pytest.mark.skipif(GPU_STACK, reason="this machine has a GPU stack")
 @pytest.mark.parametrize("backend, message", [
     ("onnxruntime-cuda", "onnxruntime-cuda: this onnxruntime"),

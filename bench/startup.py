@@ -36,8 +36,9 @@ def _wall(cmd: list[str], env: dict | None = None) -> float:
     return elapsed
 
 
-def process_rounds(bundle: str, clip: str, prompt: str, runs: int) -> dict:
-    run = [sys.executable, "-m", "deramos.runtime.cli", "--bundle", bundle, clip, prompt]
+def process_rounds(bundle: str | None, clip: str, prompt: str, runs: int) -> dict:
+    """bundle None: the default bundle, found as `deramos-run` finds it (checkpoint hash included)."""
+    run = [sys.executable, "-m", "deramos.runtime.cli", *(["--bundle", bundle] if bundle else []), clip, prompt]
     full_env = dict(os.environ, DERAMOS_VERIFY="full")
     _wall(run)                                      # warms the memo and the page cache
     times = {"floor": [], "run": [], "run-full": []}
@@ -97,14 +98,14 @@ def format_report(report: dict) -> str:
 def main(bundle_dir, clip, prompt, runs, json_out):
     from ..runtime.default import resolve_bundle_dir
 
-    bundle_dir = str(resolve_bundle_dir(bundle_dir, say=lambda m: click.echo(m, err=True)))
+    resolved = str(resolve_bundle_dir(bundle_dir, say=lambda m: click.echo(m, err=True)))
     if clip is None:   # the first of the checkout's examples, with its matching prompt
         examples = Path(__file__).resolve().parents[1] / "examples"
         first = json.loads((examples / "prompts.jsonl").read_text(encoding="utf-8").splitlines()[0])
         clip, prompt = str(examples / first["path"]), first["prompt"]
-    report = {"bundle": bundle_dir, "clip": clip, "runs": runs,
+    report = {"bundle": resolved, "clip": clip, "runs": runs,
               "processes": process_rounds(bundle_dir, clip, prompt, runs),
-              "breakdown": load_breakdown(bundle_dir, clip, prompt)}
+              "breakdown": load_breakdown(resolved, clip, prompt)}
     click.echo(format_report(report))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2))

@@ -36,6 +36,10 @@ STALE_SCRATCH_SECONDS = 6 * 3600
 
 # Options of the first-use export (deramos-export, run as `python -m deramos.export.cli`).
 EXPORT_FLAGS = ("--fp16", "--validate-clips", "16")
+# Part of the cached bundle's name: bumped when the export writes a different bundle for the
+# same checkpoint, so a cache made by an older export is replaced on next use. 2: weights of
+# graphs over 16 MB in side files (they open in half the time).
+EXPORT_LAYOUT = 2
 
 
 default_checkpoint_location = paths.default_checkpoint_location
@@ -50,7 +54,7 @@ def resolve_bundle_dir(bundle: str | os.PathLike | None = None, say: Callable[[s
 
 
 def checkpoint_hash(checkpoint: Path) -> str:
-    digest = hashlib.sha256(f"deramos-bundle-format-{FORMAT_VERSION}".encode())
+    digest = hashlib.sha256(f"deramos-bundle-format-{FORMAT_VERSION}-layout-{EXPORT_LAYOUT}".encode())
     for name in CHECKPOINT_FILES:
         path = checkpoint / name
         digest.update(name.encode())

@@ -22,6 +22,7 @@ from ..runtime.compare import Comparison
 from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
 from .fp16 import convert_to_fp16
 from .onnxio import save_onnx
+from .speed import measure_speed
 
 
 @dataclass
@@ -39,6 +40,7 @@ class BuildOptions:
     seed: int = 0
     threads: int | None = None
     check: bool = True                   # False: skip the comparison with FP32 (benchmark bundles only)
+    speed: bool = True                   # time each kept precision against FP32 on this machine (builder/speed.py)
     trt: bool = False                    # also TensorRT engines for this GPU, one per precision in the bundle
     trt_max_batch: int = 8
 
@@ -81,6 +83,11 @@ def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], N
         say(checks[precision].format())
         if not checks[precision].passed:
             _drop(bundle, precision, files)
+    kept = [p for p in added if p in checks and checks[p].passed]
+    if options.speed and kept:
+        speed = measure_speed(bundle, kept, held, options.threads)
+        say(speed.format())
+        bundle.manifest["speed"] = speed.to_dict()
     if options.trt:
         checks.update(_add_engines(bundle, options, held, say))
     bundle.manifest.setdefault("checks", {}).update({p: c.to_dict() for p, c in checks.items()})

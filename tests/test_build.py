@@ -163,6 +163,13 @@ def test_build_without_torch_adds_fp16_and_int8_that_pass(fp32_bundle, tmp_path)
     assert load_bundle(root).precisions() == ["fp32", "fp16", "int8"]
     assert manifest["int8"]["target"] == "x86-avx2" and manifest["int8"]["scheme"]["weight_bits"] == 7
     assert manifest["checks"]["int8"]["clips"] == 64 and manifest["checks"]["int8"]["passed"]
+    # Speed on this machine, every kept precision against FP32 (whichever is faster here).
+    speed = manifest["speed"]
+    assert sorted(speed["seconds_per_batch"]) == ["fp16", "fp32", "int8"] and speed["batch"] == 8
+    assert all(t > 0 for t in speed["seconds_per_batch"].values())
+    assert speed["vs_fp32"]["int8"] == pytest.approx(speed["seconds_per_batch"]["fp32"] / speed["seconds_per_batch"]["int8"])
+    line = next(l for l in done.stderr.splitlines() if l.startswith("speed here (onnxruntime-cpu, 8 windows per batch): fp32 "))
+    assert ("not faster than fp32 on this CPU" in line) == any(r < 1 for r in speed["vs_fp32"].values())
     for precision in ("fp32", "fp16", "int8"):
         check = _run([sys.executable, "-c", NO_TORCH + "from deramos.runtime.cli import main; main()",
                       "--bundle", str(root), "--precision", precision, "--self-check", "--backend", "onnxruntime-cpu"])
@@ -215,6 +222,16 @@ def test_failed_check_keeps_what_passed(fp32_bundle, tmp_path, monkeypatch):
     assert bundle.manifest["checks"]["int8"]["passed"] is False
     assert bundle.manifest["checks"]["int8"]["failures"][0].startswith("MI: max |Δ| ")
     assert bundle.manifest["checks"]["fp16"]["passed"] is True
+    assert sorted(bundle.manifest["speed"]["seconds_per_batch"]) == ["fp16", "fp32"]   # a dropped precision is not timed
+
+
+def test_speed_report_says_which_precision_does_not_pay():
+    from deramos.build.speed import SpeedReport
+
+    report = SpeedReport(8, {"fp32": 0.100, "fp16": 0.050, "int8": 0.125})
+    assert report.ratio("fp16") == 2.0 and report.ratio("int8") == 0.8 and report.slower() == ["int8"]
+    assert report.format() == ("speed here (onnxruntime-cpu, 8 windows per batch): fp32 100 ms, fp16 50 ms (2.00x), "
+                               "int8 125 ms (0.80x); int8 not faster than fp32 on this CPU: serve fp32 here")
 
 
 def test_build_cli_errors_are_one_line(tmp_path):

@@ -1,0 +1,76 @@
+"""How fast each precision of a bundle scores on the machine that builds it, against FP32.
+
+INT8 is not faster everywhere: the default model's small matmuls cost as much in Q/DQ as they
+save (0.79x FP32 at batch 1 on an AVX2-only CPU), while the paper preset runs 3x faster. So the
+build stage measures, on the held-out windows it already has, the whole score (audio encoder,
+text encoder, heads) through the runtime's ONNX Runtime CPU backend, and says where a precision
+does not pay. Interleaved rounds, median: a load that comes and goes hits every precision alike.
+"""
+from __future__ import annotations
+
+import statistics
+import time
+from dataclasses import dataclass
+
+from ..calibration.dataset import ClipSet
+from ..runtime.audio import pad_waves
+from ..runtime.backends import OrtBackend
+from ..runtime.bundle import Bundle
+from ..runtime.text import PromptTokenizer
+
+BATCH = 8
+
+
+@dataclass
+class SpeedReport:
+    batch: int
+    seconds_per_batch: dict[str, float]       # precision -> median seconds for one batch
+
+    def ratio(self, precision: str) -> float:
+        """How many times faster than FP32 (below 1: slower)."""
+        return self.seconds_per_batch["fp32"] / self.seconds_per_batch[precision]
+
+    def slower(self) -> list[str]:
+        return [p for p in self.seconds_per_batch if p != "fp32" and self.ratio(p) < 1.0]
+
+    def format(self) -> str:
+        parts = [f"fp32 {self.seconds_per_batch['fp32'] * 1000:.0f} ms"]
+        parts += [f"{p} {s * 1000:.0f} ms ({self.ratio(p):.2f}x)" for p, s in self.seconds_per_batch.items() if p != "fp32"]
+        line = f"speed here (onnxruntime-cpu, {self.batch} windows per batch): " + ", ".join(parts)
+        if self.slower():
+            line += f"; {' and '.join(self.slower())} not faster than fp32 on this CPU: serve fp32 here"
+        return line
+
+    def to_dict(self) -> dict:
+        return {"backend": "onnxruntime-cpu", "batch": self.batch, "seconds_per_batch": self.seconds_per_batch,
+                "vs_fp32": {p: self.ratio(p) for p in self.seconds_per_batch if p != "fp32"}}
+
+
+def measure_speed(bundle: Bundle, precisions: list[str], clips: ClipSet, threads: int | None = None,
+                  rounds: int = 5) -> SpeedReport:
+    feeds = _feeds(bundle, clips)
+    backends = {p: OrtBackend(bundle, p, threads=threads) for p in ["fp32", *precisions]}
+    times: dict[str, list[float]] = {p: [] for p in backends}
+    for _ in range(rounds + 1):                         # the first round warms every backend up
+        for precision, backend in backends.items():
+            start = time.perf_counter()
+            _score(backend, feeds)
+            times[precision].append(time.perf_counter() - start)
+    for backend in backends.values():
+        backend.close()
+    return SpeedReport(len(feeds[0]), {p: statistics.median(t[1:]) for p, t in times.items()})
+
+
+def _feeds(bundle: Bundle, clips: ClipSet):
+    waves = [w[:bundle.window_samples] for w in clips.waves[:BATCH]]
+    wave, lengths = pad_waves(waves)
+    ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(clips.prompts[:BATCH])
+    return wave, lengths, ids, mask
+
+
+def _score(backend: OrtBackend, feeds) -> None:
+    wave, lengths, ids, mask = feeds
+    audio = backend.run("audio_encoder", {"waveform": wave, "lengths": lengths})
+    text = backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})
+    backend.run("heads", {"frames": audio["frames"], "frame_mask": audio["frame_mask"], "tokens": text["tokens"],
+                          "token_mask": mask})

@@ -19,10 +19,11 @@ from .reporting import EvaluationError, one_line
 
 def evaluate_checkpoint(data: str, checkpoint: str, split: str = "test", *, kind: str = "best_combined",
                         batch_size: int = 16, device: str = "cpu", progress: bool = True,
-                        list_file: str | None = None) -> dict:
+                        list_file: str | None = None, cache_dir: str | None = None) -> dict:
     """Score every loadable clip of the split (or list file) with the checkpoint; metrics where
-    the scores are known. A missing or mismatched checkpoint or list, or no clip, raises
-    EvaluationError."""
+    the scores are known. With `cache_dir`, a frozen encoder's outputs are read from and written
+    to that feature cache (deramos-train's), so each clip is encoded once across checkpoints.
+    A missing or mismatched checkpoint or list, or no clip, raises EvaluationError."""
     try:
         model = load_checkpoint(checkpoint, kind, device)
         examples, problems = load_examples(data, split, model.cfg.audio.sample_rate, progress=progress,
@@ -31,7 +32,7 @@ def evaluate_checkpoint(data: str, checkpoint: str, split: str = "test", *, kind
         raise EvaluationError(one_line(err)) from None
     if not examples:
         raise EvaluationError(f"{data}: no clips could be loaded from the {split} list")
-    featurizer = Featurizer(model, device=device)
+    featurizer = Featurizer(model, cache_dir=cache_dir, device=device)
     mi, ta = predict(featurizer, [e.wave for e in examples], [e.clip.prompt for e in examples], batch_size)
     return {"checkpoint": str(model.checkpoint_dir), "split": split, "clips": len(examples),
             "problems": problems, "metrics": score_metrics(data, examples, mi, ta),
@@ -66,7 +67,9 @@ DEFAULTS = defaults_of(evaluate_checkpoint)
 @click.option("--json", "as_json", is_flag=True, help="Print metrics as JSON.")
 @click.option("--batch-size", default=DEFAULTS["batch_size"], show_default=True)
 @click.option("--device", default=DEFAULTS["device"], show_default=True)
-def main(data, checkpoint, split, list_file, kind, answer, as_json, batch_size, device):
+@click.option("--cache-dir", type=click.Path(file_okay=False),
+              help="Frozen-encoder feature cache (as deramos-train's); none by default.")
+def main(data, checkpoint, split, list_file, kind, answer, as_json, batch_size, device, cache_dir):
     """Evaluate a checkpoint: utterance- and system-level MSE/LCC/SRCC/KTAU for MI and TA.
 
     Example: deramos-eval --data /tmp/se --checkpoint /tmp/run --split test --answer answer.txt
@@ -74,7 +77,7 @@ def main(data, checkpoint, split, list_file, kind, answer, as_json, batch_size, 
     show_progress()
     with errors_as_messages():
         result = evaluate_checkpoint(data, checkpoint, split, kind=kind, batch_size=batch_size, device=device,
-                                     progress=sys.stderr.isatty(), list_file=list_file)
+                                     progress=sys.stderr.isatty(), list_file=list_file, cache_dir=cache_dir)
     if answer:
         ids = list(result["predictions"])
         try:

@@ -7,6 +7,8 @@ y: human scores in [1, 5]; s: predicted expected scores; logits: [B, K] over sco
 - alignment:        mean (cos(a, t) - (y_TA - 1)/4)^2                         (score-anchored, TA)
 - pointwise_l1:     |s - y|                                                  (MusicEval baseline)
 - pairwise_margin:  mean over ordered pairs of max(0, margin - (s_i - s_j)) where y_i > y_j
+- contrast (with counterfactual prompts, LossConfig.contrast_weight):
+                    mean ((s_TA(clip, prompt) - s_TA(clip, cf prompt)) - (y_TA - y_cf))^2
 """
 from __future__ import annotations
 
@@ -59,6 +61,10 @@ class LossConfig:
     rank_temperature: float = 1.0   # T
     align_weight: float = 0.2       # λ_a
     pair_margin: float = 0.1
+    # With counterfactual prompts: weight of the squared error of the TA *difference* between a
+    # clip's own prompt and its counterfactual one (0 = off). The plain TA terms can be met by
+    # predicting each clip's TA from its audio alone; this one only by reading the prompt.
+    contrast_weight: float = 0.0
 
     def __post_init__(self):
         if self.kind not in LOSS_KINDS:
@@ -73,6 +79,8 @@ def with_counterfactuals(out: dict[str, torch.Tensor], y_ta: torch.Tensor,
     for key in ("ta", "ta_logits", "text_emb"):
         merged[key] = torch.cat([out[key], out[f"cf_{key}"]])
     merged["audio_emb"] = torch.cat([out["audio_emb"], out["audio_emb"]])
+    merged["ta_contrast"] = out["ta"] - out["cf_ta"]
+    merged["ta_contrast_target"] = y_ta - y_cf
     return merged, torch.cat([y_ta, y_cf])
 
 
@@ -92,5 +100,7 @@ def total_loss(out: dict[str, torch.Tensor], y_mi: torch.Tensor, y_ta: torch.Ten
     elif cfg.kind == "pairwise":
         parts["pair_mi"] = pairwise_margin(out["mi"], y_mi, cfg.pair_margin)
         parts["pair_ta"] = pairwise_margin(out["ta"], y_ta, cfg.pair_margin)
+    if cfg.contrast_weight and "ta_contrast" in out:
+        parts["contrast_ta"] = cfg.contrast_weight * F.mse_loss(out["ta_contrast"], out["ta_contrast_target"])
     loss = sum(parts.values())
     return loss, {k: float(v.detach()) for k, v in parts.items()}

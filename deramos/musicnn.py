@@ -194,8 +194,21 @@ class Musicnn(nn.Module):
 
     @staticmethod
     def _pool_frequency(block: ConvReluBN, x: torch.Tensor, time_pad: tuple[int, int]) -> torch.Tensor:
-        """Zero-pad time ('same' as TF pads it), convolve, max over frequency -> [P, C, 187]."""
-        return block(F.pad(x, (0, 0, *time_pad))).amax(dim=3)
+        """Zero-pad time ('same' as TF pads it), convolve, max over frequency -> [P, C, 187].
+
+        In eval mode the max is taken before ReLU and batch norm, on [P, C, 187] instead of the
+        [P, C, 187, F] convolution output (most of the front-end's time went there). ReLU and
+        a per-channel affine map are monotone, so the result is the same: channels whose batch
+        norm scales by a negative factor take the minimum instead, found as the max of the
+        convolution with negated weights (negation is exact in floating point)."""
+        x = F.pad(x, (0, 0, *time_pad))
+        if block.training:   # batch statistics would be taken over the unpooled output
+            return block(x).amax(dim=3)
+        bn, conv = block.bn, block.conv
+        sign = torch.where(bn.weight * torch.rsqrt(bn.running_var + bn.eps) < 0, -1.0, 1.0).to(x.dtype)
+        flipped = F.conv2d(x, conv.weight * sign[:, None, None, None], conv.bias * sign)
+        extreme = flipped.amax(dim=3) * sign[None, :, None]      # max (or min) over frequency
+        return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
 def check_weights(model: str, directory: Path = WEIGHTS_DIR) -> Path:

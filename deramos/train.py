@@ -504,6 +504,9 @@ def _default(name: str, **option):
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")
 @click.option("--rank-weight", type=float, help=f"λ_r of the listwise loss [{LOSS_DEFAULTS['rank_weight']:g}].")
 @click.option("--align-weight", type=float, help=f"λ_a of the alignment loss [{LOSS_DEFAULTS['align_weight']:g}].")
+@click.option("--contrast-weight", type=float,
+              help="With --counterfactual-prompts: weight of the squared error of the TA difference between a "
+                   f"clip's prompt and its counterfactual [{LOSS_DEFAULTS['contrast_weight']:g}: off].")
 @_default("counterfactual_prompts", metavar="K",
           help="deramos-synth/deramos-realmusic corpora only: also train TA on K prompts per clip that get 1-2 attributes "
                "wrong, scored like the simulated raters would (0 = off, the paper's recipe).")
@@ -514,7 +517,7 @@ def main(**opts):
     Example: deramos-train --data /tmp/se --preset tiny --epochs 3 --out /tmp/run
     """
     show_progress()
-    loss_options = {k: v for k in ("rank_weight", "align_weight") if (v := opts.pop(k)) is not None}
+    loss_options = {k: v for k in ("rank_weight", "align_weight", "contrast_weight") if (v := opts.pop(k)) is not None}
     progress = not opts.pop("no_progress")
     args = TrainArgs(**opts, progress=progress, loss_options=loss_options)
     with errors_as_messages():

@@ -20,7 +20,7 @@ import soundfile as sf
 import torch
 
 from deramos.config import AudioEncoderConfig
-from deramos.metrics import spearman
+from deramos.runtime.metrics import spearman
 from deramos.musicnn import FEATURES, MODELS, MusicnnEncoder
 
 KINDS = ("instrument", "ensemble", "tempo", "mood", "dynamics")

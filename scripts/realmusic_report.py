@@ -22,7 +22,7 @@ import soundfile as sf
 
 from deramos.checkpoint import load_checkpoint
 from deramos.features import Featurizer, predict
-from deramos.metrics import evaluate
+from deramos.runtime.metrics import evaluate
 from deramos.musiceval import read_split, read_system_mos
 from deramos.realmusic.attributes import PROMPT_KINDS, RealAttributes, change_attribute, prompt_for
 from deramos.runtime.audio import load_audio, resample

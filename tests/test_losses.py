@@ -256,12 +256,17 @@ def test_total_loss_backpropagates(kind):
         assert leaves[name].grad is not None and leaves[name].grad.abs().sum() > 0, name
 
 
-def test_counterfactuals_join_the_ta_terms_only():
+def counterfactual_batch():
+    """Model outputs for 4 clips, their counterfactual TA outputs and the counterfactual targets."""
     out = model_output(6)
     gen = torch.Generator().manual_seed(9)
     cf = {"cf_ta_logits": torch.randn(4, K, generator=gen), "cf_text_emb": torch.randn(4, 6, generator=gen)}
     cf["cf_ta"] = (torch.softmax(cf["cf_ta_logits"], -1) * C).sum(-1)
-    y_cf = t([1.5, 2.5, 3.5, 4.5])
+    return out, cf, t([1.5, 2.5, 3.5, 4.5])
+
+
+def test_counterfactuals_join_the_ta_terms_only():
+    out, cf, y_cf = counterfactual_batch()
     merged, y_ta = with_counterfactuals({**out, **cf}, Y_TA4, y_cf)
     assert torch.equal(y_ta, torch.cat([Y_TA4, y_cf]))
     assert torch.equal(merged["ta_logits"], torch.cat([out["ta_logits"], cf["cf_ta_logits"]]))
@@ -274,6 +279,18 @@ def test_counterfactuals_join_the_ta_terms_only():
     both_align = (float(alignment(out["audio_emb"], out["text_emb"], Y_TA4))
                   + float(alignment(out["audio_emb"], cf["cf_text_emb"], y_cf))) / 2
     assert parts["align_ta"] == pytest.approx(0.2 * both_align, rel=1e-6)
+
+
+def test_contrast_term_scores_the_ta_difference_and_is_off_by_default():
+    out, cf, y_cf = counterfactual_batch()
+    merged, y_ta = with_counterfactuals({**out, **cf}, Y_TA4, y_cf)
+    _, off = total_loss(merged, Y_MI, y_ta, C, LossConfig())
+    assert "contrast_ta" not in off
+    loss, parts = total_loss(merged, Y_MI, y_ta, C, LossConfig(contrast_weight=2.0))
+    expected = 2.0 * float((((out["ta"] - cf["cf_ta"]) - (Y_TA4 - y_cf)) ** 2).mean())
+    assert parts["contrast_ta"] == pytest.approx(expected, rel=1e-6)
+    assert float(loss) == pytest.approx(sum(parts.values()), rel=1e-6)
+    assert {k: v for k, v in parts.items() if k != "contrast_ta"} == pytest.approx(off, rel=1e-6)
 
 
 def test_unknown_kind_raises():

@@ -1,0 +1,65 @@
+"""scripts/merge_corpora.py: several MusicEval-layout corpora as one training directory."""
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from deramos.musiceval import read_split, read_system_mos
+from deramos.synth.corpus import generate_corpus
+from deramos.synth.counterfactual import load_counterfactuals
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "merge_corpora.py"
+spec = importlib.util.spec_from_file_location("merge_corpora", SCRIPT)
+merge_corpora = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(merge_corpora)
+
+
+@pytest.fixture(scope="module")
+def corpora(tmp_path_factory):
+    root = tmp_path_factory.mktemp("corpora")
+    generate_corpus(root / "a", clips=40, systems=4, seed=3, min_seconds=1.0, max_seconds=1.5, progress=False)
+    generate_corpus(root / "b", clips=40, systems=4, seed=4, min_seconds=1.0, max_seconds=1.5, progress=False)
+    return root / "a", root / "b"
+
+
+def test_merged_corpus_renames_the_second_and_repeats_and_trims(corpora, tmp_path):
+    a, b = corpora
+    out = tmp_path / "merged"
+    summary = merge_corpora.merge([(a, {"repeat": 2, "dev": -1}), (b, {"repeat": 1, "dev": 3})], out)
+    train_a, dev_a, test_a = (read_split(a, s).clips for s in ("train", "dev", "test"))
+    train_b, dev_b, test_b = (read_split(b, s).clips for s in ("train", "dev", "test"))
+    train, dev, test = (read_split(out, s) for s in ("train", "dev", "test"))
+    assert not train.problems and not dev.problems and not test.problems
+    assert len(train.clips) == 2 * len(train_a) + len(train_b)
+    assert len(dev.clips) == len(dev_a) + 3 and len(test.clips) == len(test_a) + len(test_b)
+    assert summary["lists"] == {"train": len(train.clips), "dev": len(dev.clips), "test": len(test.clips)}
+    # the first corpus keeps its ids; the second's systems and prompts move to S1…/P1…
+    systems = read_system_mos(out)
+    assert set(systems) == set(read_system_mos(a)) | {"S1" + s[1:] for s in read_system_mos(b)}
+    first_b = train_b[0]
+    merged = {c.wav_id: c for c in train.clips}
+    new = merged[first_b.wav_id.replace(f"{first_b.system_id}_{first_b.prompt_id}",
+                                        f"S1{first_b.system_id[1:]}_P1{first_b.prompt_id[1:]}")]
+    assert (new.prompt, new.mi, new.ta) == (first_b.prompt, first_b.mi, first_b.ta)
+    assert new.path.resolve() == first_b.path.resolve()
+    # a repeated clip: same system, prompt, scores and audio under another name
+    copy = merged["r1-" + train_a[0].wav_id]
+    assert (copy.system_id, copy.prompt, copy.mi) == (train_a[0].system_id, train_a[0].prompt, train_a[0].mi)
+    # every training clip has its counterfactual prompts, as deramos-train reads them
+    table = load_counterfactuals(out, 2, seed=0)
+    assert {c.path.name for c in train.clips} <= set(table)
+    assert all(len(table[c.path.name]) == 2 for c in train.clips)
+
+
+def test_bad_option_and_non_empty_output_are_errors(corpora, tmp_path):
+    with pytest.raises(merge_corpora.MergeError, match="repeat=K and dev=N"):
+        merge_corpora.parse_corpus(f"{corpora[0]}:twice=2")
+    (tmp_path / "x").mkdir()
+    (tmp_path / "x" / "file").write_text("")
+    with pytest.raises(merge_corpora.MergeError, match="not empty"):
+        merge_corpora.merge([(corpora[0], {"repeat": 1, "dev": -1})], tmp_path / "x")
+    assert merge_corpora.main(["--out", str(tmp_path / "y"), "--corpus", str(corpora[0]), "--corpus", str(corpora[0])]) == 0
+    assert json.loads((tmp_path / "y" / "merged.json").read_text())[1]["clips"]["train"] == len(read_split(corpora[0], "train").clips)

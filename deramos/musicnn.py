@@ -28,6 +28,8 @@ from torch import nn
 from .config import MUSICNN_SOURCE as WEIGHTS_SOURCE  # noqa: F401  (what cfg.source says)
 from .config import AudioEncoderConfig
 from .frontend import dft_basis, hann_window
+from .tempo_tonality import WIDTHS as TEMPO_TONALITY_WIDTHS
+from .tempo_tonality import TempoTonality
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS = 16000, 512, 256, 96
 PATCH_FRAMES = 187
@@ -240,31 +242,40 @@ class MusicnnEncoder(nn.Module):
     """DeRA-MOS audio encoder: wave [B, N] at 16 kHz + lengths -> frames [B, P, D], mask [B, P].
 
     One frame per 187-frame patch, patches starting every `cfg.patch_hop` mel frames; a patch
-    is real when it starts inside the clip. D is the chosen features of every backbone, in order."""
+    is real when it starts inside the clip. D is the chosen features of every backbone, in
+    order, then the chosen tempo/tonality features of the patch (deramos/tempo_tonality.py)."""
 
     def __init__(self, cfg: AudioEncoderConfig):
         super().__init__()
-        unknown = [f for f in cfg.features if f not in FEATURES]
-        if not cfg.backbones or not cfg.features or unknown:
+        self.network_features = tuple(f for f in cfg.features if f in FEATURES)
+        self.extra_features = tuple(f for f in cfg.features if f in TEMPO_TONALITY_WIDTHS)
+        unknown = [f for f in cfg.features if f not in FEATURES and f not in TEMPO_TONALITY_WIDTHS]
+        if not cfg.backbones or not self.network_features or unknown:
             raise ValueError(f"musicnn encoder needs backbones from {list(MODELS)} and features from "
-                             f"{list(FEATURES)} (got {list(cfg.backbones)}, {list(cfg.features)})")
+                             f"{list(FEATURES)}, optionally also {list(TEMPO_TONALITY_WIDTHS)} "
+                             f"(got {list(cfg.backbones)}, {list(cfg.features)})")
         if cfg.sample_rate != SAMPLE_RATE or cfg.patch_hop < 1:
             raise ValueError(f"musicnn encoder needs sample_rate {SAMPLE_RATE} and patch_hop >= 1 "
                              f"(got {cfg.sample_rate}, {cfg.patch_hop})")
         self.cfg = cfg
         self.frontend = LogMel()
         self.backbones = nn.ModuleDict({name: load_musicnn(name) for name in cfg.backbones})
-        cfg.hidden_size = len(cfg.backbones) * sum(FEATURES[f] for f in cfg.features)
+        self.tempo_tonality = TempoTonality(self.extra_features) if self.extra_features else None
+        cfg.hidden_size = (len(cfg.backbones) * sum(FEATURES[f] for f in self.network_features)
+                           + sum(TEMPO_TONALITY_WIDTHS[f] for f in self.extra_features))
+
+    def patch_index(self, num_frames: int, device) -> torch.Tensor:
+        """[P, 187]: the mel frames of each patch (past the end they index the zero padding)."""
+        hop = self.cfg.patch_hop
+        starts = torch.arange((num_frames + hop - 1) // hop, device=device) * hop
+        return starts[:, None] + torch.arange(PATCH_FRAMES, device=device)[None, :]
 
     def patches(self, log_mel: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """[B, 96, T] -> patches [B, P, 187, 96], real [B, P]; gathers keep it exportable."""
-        hop = self.cfg.patch_hop
-        count = (log_mel.shape[-1] + hop - 1) // hop
-        starts = torch.arange(count, device=log_mel.device) * hop
-        index = starts[:, None] + torch.arange(PATCH_FRAMES, device=log_mel.device)[None, :]
+        index = self.patch_index(log_mel.shape[-1], log_mel.device)
         padded = F.pad(log_mel, (0, PATCH_FRAMES))                           # every patch fits
         patches = padded[:, :, index].permute(0, 2, 3, 1)                    # [B, P, 187, 96]
-        return patches, starts[None, :] < valid.sum(dim=1, keepdim=True)
+        return patches, index[None, :, 0] < valid.sum(dim=1, keepdim=True)
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_mel, valid = self.frontend(wave, lengths)
@@ -274,8 +285,11 @@ class MusicnnEncoder(nn.Module):
         parts = []
         for network in self.backbones.values():
             outputs = network(flat)
-            parts += [outputs[name] for name in self.cfg.features]
-        frames = torch.cat(parts, dim=-1).reshape(b, p, -1)
+            parts += [outputs[name].reshape(b, p, -1) for name in self.network_features]
+        if self.tempo_tonality is not None:
+            index = self.patch_index(log_mel.shape[-1], log_mel.device)
+            parts.append(self.tempo_tonality(wave, lengths, log_mel, valid, index))
+        frames = torch.cat(parts, dim=-1)
         return frames * real[..., None].to(frames.dtype), real
 
     def output_frames(self, lengths):

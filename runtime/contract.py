@@ -49,6 +49,8 @@ class GraphSpec:
 
 DYNAMIC = ("batch", "samples", "frames", "tokens")
 FRONTEND_PREFIX = "/encoder/frontend/"      # the mel front-end: a dB scale over ~200 dB does not fit 8 or 16 bits
+# musicnn's tempo/tonality features: pitch-bank power and onset autocorrelation sums overflow FP16
+TEMPO_TONALITY_PREFIX = "/encoder/tempo_tonality/"
 
 SPECS: dict[str, GraphSpec] = {
     "audio_encoder": GraphSpec(
@@ -56,7 +58,7 @@ SPECS: dict[str, GraphSpec] = {
         (TensorSpec("waveform", "float32", ("batch", "samples")), TensorSpec("lengths", "int64", ("batch",))),
         (TensorSpec("frames", "float32", ("batch", "frames", "audio_dim")),
          TensorSpec("frame_mask", "bool", ("batch", "frames"))),
-        fp32_node_prefixes=(FRONTEND_PREFIX,), int8="default"),
+        fp32_node_prefixes=(FRONTEND_PREFIX, TEMPO_TONALITY_PREFIX), int8="default"),
     "text_encoder": GraphSpec(
         "text_encoder",
         (TensorSpec("input_ids", "int64", ("batch", "tokens")), TensorSpec("attention_mask", "int64", ("batch", "tokens"))),

@@ -18,10 +18,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+from tqdm import tqdm
 
 from deramos.config import AudioEncoderConfig
 from deramos.runtime.metrics import spearman
 from deramos.musicnn import FEATURES, MODELS, MusicnnEncoder
+from deramos.tempo_tonality import WIDTHS as EXTRA_WIDTHS
 
 KINDS = ("instrument", "ensemble", "tempo", "mood", "dynamics")
 CANDIDATES = {
@@ -34,16 +36,22 @@ CANDIDATES = {
     "both mid-level mean": [(m, "mean") for m in MODELS],
     "both mid-level mean+max": [(m, f) for m in MODELS for f in ("mean", "max")],
     "both penultimate+taggram+mean": [(m, f) for m in MODELS for f in ("penultimate", "taggram", "mean")],
+    "rhythm": [("signal", "rhythm")],
+    "tonality": [("signal", "tonality")],
+    "rhythm+tonality": [("signal", "rhythm"), ("signal", "tonality")],
+    "both penultimate+taggram+rhythm+tonality": [(m, f) for m in MODELS for f in ("penultimate", "taggram")]
+    + [("signal", "rhythm"), ("signal", "tonality")],
 }
 
 
 def clip_features(records: list[dict], root: Path) -> dict[tuple[str, str], np.ndarray]:
-    names = list(FEATURES)
+    names, extras = list(FEATURES), list(EXTRA_WIDTHS)
     encoder = MusicnnEncoder(AudioEncoderConfig(arch="musicnn", sample_rate=16000, hop_length=256,
-                                                backbones=MODELS, features=tuple(names), patch_hop=94)).eval()
+                                                backbones=MODELS, features=tuple(names + extras),
+                                                patch_hop=94)).eval()
     widths = [FEATURES[n] for n in names]
     rows = []
-    for record in records:
+    for record in tqdm(records, desc="encoding", unit="clip"):
         wave, _ = sf.read(root / "wav" / record["wav"], dtype="float32")
         with torch.no_grad():
             frames, _ = encoder(torch.from_numpy(wave)[None], torch.tensor([len(wave)]))
@@ -54,6 +62,9 @@ def clip_features(records: list[dict], root: Path) -> dict[tuple[str, str], np.n
         for name, width in zip(names, widths):
             out[(model, name)] = table[:, start:start + width]
             start += width
+    for name in extras:
+        out[("signal", name)] = table[:, start:start + EXTRA_WIDTHS[name]]
+        start += EXTRA_WIDTHS[name]
     return out
 
 
@@ -95,11 +106,13 @@ def main(argv=None) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--out", type=Path)
     parser.add_argument("--scores-only", action="store_true", help="Leave out recordings (attributes from tags).")
+    parser.add_argument("--limit", type=int, help="Probe only the first N clips of the corpus.")
     args = parser.parse_args(argv)
     torch.manual_seed(0)
     records = [json.loads(line) for line in (args.data / "synth_meta.jsonl").read_text().splitlines()]
     if args.scores_only:
         records = [r for r in records if r["kind"] == "score"]
+    records = records[:args.limit] if args.limit else records
     groups = [r["source"].get("piece") or r["source"].get("recording") for r in records]
     group_ids = {g: i for i, g in enumerate(sorted(set(groups)))}
     folds = np.array([group_ids[g] % 5 for g in groups])

@@ -33,14 +33,14 @@ def real_clips() -> list[np.ndarray]:
 
 def test_preset_shape_and_what_a_checkpoint_stores(model, tmp_path):
     cfg = model.cfg
-    assert (cfg.audio.arch, cfg.audio.hidden_size, cfg.audio.samples_per_frame) == ("musicnn", 500, 94 * 256)
+    assert (cfg.audio.arch, cfg.audio.hidden_size, cfg.audio.samples_per_frame) == ("musicnn", 536, 94 * 256)
     assert cfg.audio.source == MUSICNN_SOURCE and cfg.audio.frozen and cfg.text.frozen
     assert model.stored_parameter_prefixes() == ("heads.",)
     assert not any(p.requires_grad for p in model.audio_encoder.parameters())
     save_checkpoint(model, tmp_path / "ckpt")
     stored = json.loads((tmp_path / "ckpt" / "config.json").read_text())
     assert ModelConfig.from_dict(stored["model"]).audio == cfg.audio
-    assert (tmp_path / "ckpt" / "model.safetensors").stat().st_size < 10_000_000   # heads only: 2.27 M parameters
+    assert (tmp_path / "ckpt" / "model.safetensors").stat().st_size < 12_000_000   # heads only: 2.58 M parameters
     loaded = load_checkpoint(tmp_path / "ckpt")
     wave = torch.from_numpy(real_clips()[0])[None]
     ids = torch.tensor([[101, 2200, 102]])

@@ -1,0 +1,125 @@
+"""Tempo and tonality features for the musicnn encoder, computed inside the graph.
+
+musicnn's patch features carry little of two things prompts name: tempo (linear probes on
+its clip features: 0.53-0.60 over three tempo words) and mode (0.56-0.61 for major/minor;
+docs/realmusic.md). Both have classic signal-processing estimates, written here as fixed
+convolutions and matrix products so they export to ONNX with the rest of the encoder:
+
+rhythm [P, 26]:   the onset envelope (half-wave rectified log-mel flux, mean over bands) of
+                  each 3 s patch, mean-removed and autocorrelated at every lag from 250 to 40
+                  beats per minute, normalised by its energy, the strongest lag of each of
+                  24 log-tempo bins kept; plus the envelope's mean and std.
+tonality [P, 10]: energies of 53 pitches (G2-B6) from Hann-windowed complex sinusoids (4096
+                  samples, hop 256: the mel frames), folded to 12 pitch classes over the
+                  patch and square-root compressed; its correlation with the best major and
+                  the best minor Krumhansl-Kessler key profile and their difference (what
+                  tells major from minor), the profile's circular autocorrelation at
+                  shifts 1-6 (interval content, the same in every key) and its entropy
+                  (1 for noise, low for a few clear pitch classes); shifting every note by
+                  a semitone leaves all ten unchanged.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+SAMPLE_RATE, HOP, FRAMES_PER_SECOND = 16000, 256, 16000 / 256
+PITCH_WINDOW = 4096
+PITCHES = np.arange(43, 96)                      # MIDI G2 (98 Hz) .. B6 (1976 Hz)
+# Autocorrelation lags in mel frames: 15 (250 BPM) .. 94 (40 BPM), split into 24 bins evenly
+# spaced in log-tempo; each bin keeps its strongest lag (a beat between two sampled lags
+# would otherwise fall through).
+RHYTHM_LAGS = tuple(range(15, 95))
+RHYTHM_BIN_EDGES = tuple(int(round(FRAMES_PER_SECOND * 60.0 / bpm)) for bpm in np.geomspace(250.0, 40.0, 25))
+WIDTHS = {"rhythm": len(RHYTHM_BIN_EDGES) - 1 + 2, "tonality": 10}
+
+# Krumhansl & Kessler (1982) probe-tone ratings, tonic first.
+MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
+MINOR_PROFILE = (6.33, 2.68, 3.52, 5.38, 2.60, 3.53, 2.54, 4.75, 3.98, 2.69, 3.34, 3.17)
+
+
+def pitch_kernels() -> np.ndarray:
+    """[2 * 53, 1, 4096]: real then imaginary parts of Hann-windowed sinusoids, one per pitch."""
+    n = np.arange(PITCH_WINDOW)
+    window = 0.5 - 0.5 * np.cos(2.0 * np.pi * n / PITCH_WINDOW)
+    hz = 440.0 * 2.0 ** ((PITCHES - 69) / 12.0)
+    phase = 2.0 * np.pi * hz[:, None] * n[None, :] / SAMPLE_RATE
+    kernels = np.concatenate([np.cos(phase), np.sin(phase)]) * window / window.sum()
+    return kernels[:, None, :].astype(np.float32)
+
+
+def pitch_class_fold() -> np.ndarray:
+    """[53, 12]: which pitch class each pitch belongs to."""
+    return (PITCHES[:, None] % 12 == np.arange(12)[None, :]).astype(np.float32)
+
+
+def key_profiles() -> np.ndarray:
+    """[12, 24]: z-scored major profiles for tonics C..B, then minor ones, as columns."""
+    columns = [np.roll(profile, tonic) for profile in (MAJOR_PROFILE, MINOR_PROFILE) for tonic in range(12)]
+    table = np.array(columns, dtype=np.float64).T
+    return ((table - table.mean(0)) / table.std(0)).astype(np.float32)
+
+
+class TempoTonality(nn.Module):
+    """wave [B, N] at 16 kHz, lengths [B], log-mel [B, M, T], valid [B, T], patch index [P, L]
+    -> features [B, P, D].
+
+    `features` picks "rhythm" and/or "tonality", in that order of the tuple. The log-mel and
+    the patch index are the musicnn encoder's own, so every feature row describes exactly
+    the frames of its musicnn patch. Frames past a clip's end are zero in the log-mel and the
+    wave is zeroed past its length, so a clip gives the same features alone or in a batch."""
+
+    def __init__(self, features: tuple[str, ...]):
+        super().__init__()
+        unknown = [f for f in features if f not in WIDTHS]
+        if unknown:
+            raise ValueError(f"unknown tempo/tonality features {unknown}; choose from {list(WIDTHS)}")
+        self.features = tuple(features)
+        self.register_buffer("kernels", torch.from_numpy(pitch_kernels()), persistent=False)
+        self.register_buffer("fold", torch.from_numpy(pitch_class_fold()), persistent=False)
+        self.register_buffer("profiles", torch.from_numpy(key_profiles()), persistent=False)
+
+    @property
+    def width(self) -> int:
+        return sum(WIDTHS[f] for f in self.features)
+
+    def forward(self, wave, lengths, log_mel, valid, index) -> torch.Tensor:
+        parts = []
+        if "rhythm" in self.features:
+            parts.append(self.rhythm(log_mel, index))
+        if "tonality" in self.features:
+            parts.append(self.tonality(wave, lengths, valid, index))
+        return torch.cat(parts, dim=-1)
+
+    def rhythm(self, log_mel: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        flux = F.relu(log_mel[:, :, 1:] - log_mel[:, :, :-1]).mean(dim=1)       # [B, T - 1]
+        onset = F.pad(flux, (1, index.shape[1]))                                 # [B, T + L]
+        patches = onset[:, index]                                                # [B, P, L]
+        centred = patches - patches.mean(dim=-1, keepdim=True)
+        energy = (centred * centred).sum(dim=-1) + 1e-6
+        acf = torch.stack([(centred[..., :-lag] * centred[..., lag:]).sum(dim=-1) for lag in RHYTHM_LAGS], dim=-1)
+        acf = acf / energy[..., None]                                            # [B, P, 80]
+        first = RHYTHM_LAGS[0]
+        bins = [acf[..., lo - first:max(hi, lo + 1) - first].amax(dim=-1)
+                for lo, hi in zip(RHYTHM_BIN_EDGES[:-1], RHYTHM_BIN_EDGES[1:])]
+        return torch.stack([*bins, patches.mean(dim=-1), patches.std(dim=-1)], dim=-1)
+
+    def tonality(self, wave, lengths, valid, index) -> torch.Tensor:
+        wave = wave.float()
+        inside = torch.arange(wave.shape[1], device=wave.device)[None, :] < lengths[:, None]
+        padded = F.pad(wave * inside.to(wave.dtype), (PITCH_WINDOW // 2, PITCH_WINDOW // 2))
+        real, imag = F.conv1d(padded[:, None, :], self.kernels, stride=HOP).chunk(2, dim=1)
+        classes = torch.matmul(self.fold.t(), real * real + imag * imag)         # [B, 12, T]
+        classes = classes * valid[:, None, :].to(classes.dtype)   # the window reaches past the end
+        classes = F.pad(classes, (0, index.shape[1]))                            # [B, 12, T + L]
+        profile = classes[:, :, index].sum(dim=-1).transpose(1, 2).sqrt()       # [B, P, 12]
+        profile = profile / (profile.sum(dim=-1, keepdim=True) + 1e-8)
+        z = profile - profile.mean(dim=-1, keepdim=True)
+        z = z / (z.std(dim=-1, unbiased=False, keepdim=True) + 1e-6)
+        keys = torch.matmul(z, self.profiles) / 12.0                            # [B, P, 24] correlations
+        major, minor = keys[..., :12].amax(dim=-1), keys[..., 12:].amax(dim=-1)
+        shifts = [(z * torch.roll(z, shift, dims=-1)).mean(dim=-1) for shift in range(1, 7)]
+        entropy = -(profile * torch.log(profile + 1e-8)).sum(dim=-1) / float(np.log(12.0))
+        return torch.stack([major, minor, major - minor, *shifts, entropy], dim=-1)

@@ -1,0 +1,108 @@
+"""Tempo and tonality features (deramos/tempo_tonality.py): they find the beat and the mode of
+known signals, ignore transposition and batching, and export to ONNX with the encoder."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from deramos.config import preset
+from deramos.musicnn import LogMel, MusicnnEncoder
+from deramos.tempo_tonality import RHYTHM_BIN_EDGES, WIDTHS, TempoTonality
+
+SR = 16000
+FPS = SR / 256
+
+
+def click_track(bpm: float, seconds: float = 6.0) -> np.ndarray:
+    wave = np.zeros(int(SR * seconds), np.float32)
+    click = np.hanning(400) * np.sin(2 * np.pi * 1000 * np.arange(400) / SR)
+    for start in range(0, len(wave) - 400, int(SR * 60 / bpm)):
+        wave[start:start + 400] += click
+    return wave
+
+
+def chord(midi_notes, seconds: float = 6.0) -> np.ndarray:
+    t = np.arange(int(SR * seconds)) / SR
+    return (0.2 * sum(np.sin(2 * np.pi * 440 * 2 ** ((n - 69) / 12) * t) for n in midi_notes)).astype(np.float32)
+
+
+def features(waves: list[np.ndarray], which=("rhythm", "tonality")) -> torch.Tensor:
+    """[B, P, D] for clips zero-padded into one batch, patches every 94 mel frames."""
+    batch = torch.zeros(len(waves), max(len(w) for w in waves))
+    for row, wave in enumerate(waves):
+        batch[row, :len(wave)] = torch.from_numpy(wave)
+    lengths = torch.tensor([len(w) for w in waves])
+    log_mel, valid = LogMel()(batch, lengths)
+    starts = torch.arange((log_mel.shape[-1] + 93) // 94) * 94
+    index = starts[:, None] + torch.arange(187)[None, :]
+    with torch.no_grad():
+        return TempoTonality(which)(batch, lengths, log_mel, valid, index)
+
+
+@pytest.mark.parametrize("bpm", [70.0, 100.0, 140.0])
+def test_rhythm_peaks_at_the_beat(bpm):
+    rhythm = features([click_track(bpm)], ("rhythm",))[0, 0]
+    assert rhythm.shape == (WIDTHS["rhythm"],)
+    strongest = int(rhythm[:24].argmax())
+    lo, hi = RHYTHM_BIN_EDGES[strongest], RHYTHM_BIN_EDGES[strongest + 1]
+    beat = FPS * 60 / bpm
+    assert lo - 1 <= beat <= hi, (bpm, lo, hi)
+    assert rhythm[strongest] > 0.5          # normalised autocorrelation of a clean click track
+
+
+def test_tonality_tells_major_from_minor_in_any_key():
+    majors = [[60, 64, 67, 72], [62, 66, 69, 74], [55, 59, 62, 67]]
+    minors = [[57, 60, 64, 69], [60, 63, 67, 72], [64, 67, 71, 76]]
+    major_diff = [float(features([chord(n)], ("tonality",))[0, 0, 2]) for n in majors]
+    minor_diff = [float(features([chord(n)], ("tonality",))[0, 0, 2]) for n in minors]
+    assert min(major_diff) > 0.1 and max(minor_diff) < -0.1, (major_diff, minor_diff)
+
+
+def test_tonality_ignores_transposition():
+    c_major = features([chord([60, 64, 67, 72])], ("tonality",))[0, 0]
+    d_flat_major = features([chord([61, 65, 68, 73])], ("tonality",))[0, 0]
+    assert torch.allclose(c_major, d_flat_major, atol=0.03), (c_major, d_flat_major)
+
+
+def test_a_clip_gives_the_same_features_alone_or_in_a_batch():
+    long, short = click_track(100, 6.0), chord([60, 64, 67], 2.5)
+    together = features([long, short])
+    alone = features([short])
+    assert torch.allclose(together[0], features([long])[0], atol=1e-5)
+    assert torch.allclose(together[1, :alone.shape[1]], alone[0], atol=1e-5)
+
+
+def test_silence_gives_finite_features():
+    out = features([np.zeros(SR * 4, np.float32)])
+    assert torch.isfinite(out).all()
+
+
+def test_unknown_feature_is_refused():
+    with pytest.raises(ValueError, match="unknown tempo/tonality features"):
+        TempoTonality(("groove",))
+
+
+def test_encoder_appends_them_after_the_backbones_and_exports(tmp_path):
+    onnxruntime = pytest.importorskip("onnxruntime")
+    cfg = preset("musicnn").audio
+    cfg.features = ("penultimate", "taggram", "rhythm", "tonality")
+    encoder = MusicnnEncoder(cfg).eval()
+    assert cfg.hidden_size == 500 + WIDTHS["rhythm"] + WIDTHS["tonality"]
+    wave, _ = sf.read("tests/data/musicnn/beethoven_op18no1_4s.wav", dtype="float32")
+    batch = torch.from_numpy(np.stack([wave, np.concatenate([wave[:SR * 3], np.zeros(len(wave) - SR * 3, np.float32)])]))
+    lengths = torch.tensor([len(wave), SR * 3])
+    encoder.frontend.use_dft_conv = True
+    with torch.no_grad():
+        frames, real = encoder(batch, lengths)
+    assert frames.shape == (2, real.shape[1], cfg.hidden_size)
+    extra = frames[..., 500:]
+    assert torch.isfinite(extra).all() and extra[0, 0].abs().sum() > 0
+    path = tmp_path / "encoder.onnx"
+    torch.onnx.export(encoder, (batch, lengths), str(path), input_names=["wave", "lengths"],
+                      output_names=["frames", "mask"], dynamic_axes={"wave": {0: "b", 1: "n"}, "lengths": {0: "b"}},
+                      opset_version=17, dynamo=False)
+    session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["frames"], {"wave": batch.numpy(), "lengths": lengths.numpy()})[0]
+    assert np.abs(got[..., 500:] - extra.numpy()).max() < 1e-4

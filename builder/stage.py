@@ -186,7 +186,8 @@ def _calibration_clips(bundle: Bundle, options: BuildOptions, say) -> ClipSet:
     else:
         clips = load_calibration_set(options.calib, bundle.sample_rate, window, options.calib_clips, seed=options.seed)
     if not clips.waves:
-        raise ValueError(f"calibration set {clips.source}: no usable clips ({'; '.join(clips.problems[:3])})")
+        why = "; ".join(clips.problems[:3]) or "it lists no clips"
+        raise ValueError(f"calibration set {clips.source}: no usable clips ({why})")
     short = f" (asked for {options.calib_clips}; that is all it has)" if len(clips.waves) < options.calib_clips else ""
     say(f"calibrating on {len(clips.waves)} clips from {clips.source}{short} ({options.calib_method}, "
         f"INT8 target {options.int8_target})")

@@ -39,7 +39,12 @@ def load_calibration_set(spec: str | None, sample_rate: int, window_seconds: flo
         return ClipSet(samples.waves, samples.prompts, source="synthetic (rendered)")
     path = Path(spec)
     if path.is_dir() and (path / "sets").is_dir():
-        return _from_musiceval(path, "train", sample_rate, window_seconds, limit, seed)
+        train = path / "sets" / "train_mos_list.txt"
+        has_train = train.is_file() and train.read_text().strip() != ""
+        # a held-out corpus lists only a test split: calibrate on whatever it has
+        splits = "train" if has_train else tuple(
+            split for split in ("train", "dev", "test") if (path / "sets" / f"{split}_mos_list.txt").is_file())
+        return _from_musiceval(path, splits, sample_rate, window_seconds, limit, seed)
     if path.is_file() and path.suffix == ".jsonl":
         return _from_jsonl(path, sample_rate, window_seconds, limit)
     if path.is_dir():
@@ -88,7 +93,8 @@ def _from_musiceval(root: Path, splits, sample_rate, window_seconds, limit, seed
     for split in ([splits] if isinstance(splits, str) else splits):
         clips += read_split(root, split).clips
     order = np.random.default_rng(seed).permutation(len(clips))[:limit]
-    out = ClipSet([], [], [], source=source or f"{root} ({splits})")
+    named = splits if isinstance(splits, str) else "+".join(splits)
+    out = ClipSet([], [], [], source=source or f"{root} ({named})")
     for i in sorted(order):
         try:
             out.waves.append(_crop(load_audio(clips[i].path, sample_rate), window_seconds, sample_rate))

@@ -80,6 +80,10 @@ def main(checkpoint, preset_name, out, fp16, int8, int8_target, calib, calib_met
     except ExportFailed as err:
         say(f"error: {err}")
         sys.exit(1)
+    except (ValueError, OSError) as err:   # unusable input to the build stage (e.g. --calib)
+        state = f"; the FP32 bundle in {out} is complete" if (Path(out) / "manifest.json").is_file() else ""
+        say(f"error: {err}{state}")
+        sys.exit(2)
     sizes = {name: (Path(out) / name).stat().st_size for name in manifest["files"]}
     say(f"bundle written: {out} ({sum(sizes.values()) / 1e6:.1f} MB, {len(sizes)} files; "
         f"times {manifest['export_seconds']})")

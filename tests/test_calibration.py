@@ -326,6 +326,22 @@ def test_source_musiceval_dir(export_corpus):
     assert all(w.dtype == np.float32 and 1.5 * 16000 <= len(w) <= 6 * 16000 for w in clips.waves)
 
 
+def test_source_musiceval_held_out_corpus_without_a_train_split(export_corpus, tmp_path):
+    """A held-out corpus (deramos-realmusic --set heldout) lists only test clips: they are used."""
+    import shutil
+
+    held = tmp_path / "held"
+    shutil.copytree(export_corpus, held)
+    test_ids = (held / "sets" / "test_mos_list.txt").read_text()
+    (held / "sets" / "train_mos_list.txt").write_text("")
+    (held / "sets" / "dev_mos_list.txt").unlink()
+    clips = load_calibration_set(str(held), 16000, 6.0, limit=64)
+    assert len(clips.waves) == len(test_ids.split()) > 0
+    assert clips.source == f"{held} (train+test)"
+    (held / "sets" / "test_mos_list.txt").write_text("")
+    assert load_calibration_set(str(held), 16000, 6.0, limit=64).waves == []
+
+
 def test_source_jsonl_bad_lines_are_reported_not_fatal(jsonl_source):
     clips = load_calibration_set(str(jsonl_source), 16000, 6.0, limit=64)
     assert len(clips.waves) == 6

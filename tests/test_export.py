@@ -537,6 +537,26 @@ def test_cli_trt_without_tensorrt_keeps_the_onnx_bundle(export_run, tmp_path):
     assert not (out / "trt").exists()
 
 
+def test_cli_unusable_calibration_data_is_one_line_and_keeps_the_fp32_bundle(export_run, tmp_path):
+    from click.testing import CliRunner
+
+    from deramos.export.cli import main
+
+    empty = tmp_path / "calib"
+    (empty / "sets").mkdir(parents=True)
+    (empty / "sets" / "train_mos_list.txt").write_text("")
+    (empty / "prompt_info.txt").write_text("")
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["--checkpoint", str(export_run), "--out", str(out), "--int8",
+                                       "--calib", str(empty), "--validate-clips", "2"])
+    assert result.exit_code == 2, result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert errors == [f"error: calibration set {empty} (train): no usable clips (it lists no clips); "
+                      f"the FP32 bundle in {out} is complete"], result.output
+    assert "Traceback" not in result.output
+    assert load_bundle(out).precisions() == ["fp32"]
+
+
 def test_cli_help_lists_every_option():
     from deramos.export.cli import main
 

@@ -6,7 +6,8 @@
 
 Per model: utterance and system SRCC for MI and TA (the clips' own prompts); matched vs
 mismatched prompt AUC (each clip scored with a prompt describing what it really is and with
-one that gets 2-3 kinds wrong); mean MI of clean clips and of heavily degraded ones (latent
+one that gets 2-3 kinds wrong), and the paired rate of clips whose own prompt wins, with its
+95 % Wilson interval; mean MI of clean clips and of heavily degraded ones (latent
 MI <= 2); |dMI| between PCM16 and PCM24 / float WAV and MP3 / Ogg Vorbis of the same clip.
 """
 from __future__ import annotations
@@ -35,6 +36,13 @@ FORMATS = {"PCM_24": ("WAV", "PCM_24", None, {}), "FLOAT": ("WAV", "FLOAT", None
            "OGG": ("OGG", "VORBIS", 44100, {"compression_level": 0.05})}
 
 
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
 def auc(positive: np.ndarray, negative: np.ndarray) -> float:
     """P(positive > negative) over all pairs, ties counted half (Mann-Whitney)."""
     diff = positive[:, None] - negative[None, :]
@@ -59,11 +67,17 @@ def evaluate_model(model, data: Path, records: dict, format_clips: int, cache_di
         mismatched.append(prompt_for(other, rng))
     _, ta_matched = predict(featurizer, waves, matched)
     _, ta_mismatched = predict(featurizer, waves, mismatched)
+    per_kind = {}
+    for kind in PROMPT_KINDS:   # one kind wrong at a time: which attributes TA hears
+        _, ta_one = predict(featurizer, waves, [prompt_for(change_attribute(h, kind, rng), rng) for h in heard])
+        per_kind[kind] = paired_wins(ta_matched, ta_one)
     severity = np.array([latent_mi(records[c.path.name]["degradations"]) for c in clips])
     clean = np.array([not records[c.path.name]["degradations"] for c in clips])
     return {
         "clips": len(clips), "metrics": metrics,
         "matched_vs_mismatched_auc": round(auc(ta_matched, ta_mismatched), 3),
+        "paired_wins": paired_wins(ta_matched, ta_mismatched),
+        "paired_wins_one_kind_wrong": per_kind,
         "ta_matched_mean": round(float(ta_matched.mean()), 3), "ta_mismatched_mean": round(float(ta_mismatched.mean()), 3),
         "mi_clean_mean": round(float(mi[clean].mean()), 3), "clean_clips": int(clean.sum()),
         "mi_heavy_mean": round(float(mi[severity <= 2.0].mean()), 3), "heavy_clips": int((severity <= 2.0).sum()),
@@ -72,8 +86,19 @@ def evaluate_model(model, data: Path, records: dict, format_clips: int, cache_di
     }
 
 
+def paired_wins(ta_matched: np.ndarray, ta_mismatched: np.ndarray) -> dict:
+    """How often a clip's own description beats the wrong one for the same clip (the paired view
+    of the AUC, which also compares different clips), with its 95 % interval."""
+    wins = int((ta_matched > ta_mismatched).sum())
+    low, high = wilson(wins, len(ta_matched))
+    return {"wins": wins, "clips": len(ta_matched), "rate": round(wins / len(ta_matched), 3),
+            "ci95": [round(low, 3), round(high, 3)]}
+
+
 def format_deltas(featurizer, waves, prompts, rate) -> dict:
-    """Mean and max |dMI| against the PCM16 WAV of the same audio."""
+    """Mean and max |dMI| against the PCM16 WAV of the same audio ({} for no clips)."""
+    if not waves:
+        return {}
     base_mi, _ = predict(featurizer, waves, prompts)
     out = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -91,14 +116,22 @@ def format_deltas(featurizer, waves, prompts, rate) -> dict:
 
 
 def markdown(results: dict) -> str:
-    lines = ["| model | utt MI | utt TA | sys MI | sys TA | AUC matched/mismatched | MI clean | MI heavy | "
-             "max dMI MP3 | max dMI OGG | max dMI PCM24 | max dMI float |", "|" + "---|" * 12]
+    lines = ["| model | utt MI | utt TA | sys MI | sys TA | AUC matched/mismatched | paired wins (95 % CI) | MI clean | MI heavy | "
+             "max dMI MP3 | max dMI OGG | max dMI PCM24 | max dMI float |", "|" + "---|" * 13]
     for name, r in results.items():
         u, s, f = r["metrics"]["utterance"], r["metrics"]["system"], r["format_delta_mi"]
+        w = r["paired_wins"]
+        f = {fmt: f.get(fmt, {"max": float("nan")}) for fmt in FORMATS}
         lines.append(f"| {name} | {u['MI']['SRCC']:.3f} | {u['TA']['SRCC']:.3f} | {s['MI']['SRCC']:.3f} | "
-                     f"{s['TA']['SRCC']:.3f} | {r['matched_vs_mismatched_auc']:.3f} | {r['mi_clean_mean']:.2f} "
+                     f"{s['TA']['SRCC']:.3f} | {r['matched_vs_mismatched_auc']:.3f} | "
+                     f"{w['rate']:.2f} ({w['ci95'][0]:.2f}-{w['ci95'][1]:.2f}) | {r['mi_clean_mean']:.2f} "
                      f"({r['clean_clips']}) | {r['mi_heavy_mean']:.2f} ({r['heavy_clips']}) | {f['MP3']['max']:.3f} | "
                      f"{f['OGG']['max']:.3f} | {f['PCM_24']['max']:.4f} | {f['FLOAT']['max']:.4f} |")
+    lines += ["", "Paired wins with one kind wrong (the clip's own prompt vs the same prompt with one attribute "
+              "changed):", "", "| model | " + " | ".join(PROMPT_KINDS) + " |", "|" + "---|" * (len(PROMPT_KINDS) + 1)]
+    for name, r in results.items():
+        one = r["paired_wins_one_kind_wrong"]
+        lines.append(f"| {name} | " + " | ".join(f"{one[k]['rate']:.2f}" for k in PROMPT_KINDS) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -106,7 +139,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--model", action="append", required=True, help="name=checkpoint-or-run-directory")
-    parser.add_argument("--format-clips", type=int, default=24)
+    parser.add_argument("--format-clips", type=int, default=24, help="Clips re-encoded as PCM24/float/MP3/Ogg (0: skip).")
     parser.add_argument("--cache-dir", type=Path, help="Frozen-encoder feature cache (as deramos-train's).")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # `make demo`: score the example clips with the embedded default model, once with a prompt
-# that describes each clip and once with one that does not: TA should drop for the mismatch.
+# that describes each clip and once with one that does not (real music: examples/SOURCES.md).
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
 export HF_HUB_OFFLINE=1
@@ -15,3 +15,8 @@ while IFS= read -r line; do
     echo "   mismatching prompt: $other"
     "$BIN/deramos-run" "examples/$clip" "$other"
 done < examples/prompts.jsonl
+echo
+echo "What to expect (docs/default-model.md): MI hears real music (clean clips ~3.9, heavily degraded ~2.2);"
+echo "TA reads the prompt weakly: on 132 prompt pairs of the 33 clean held-out clips the clip's own"
+echo "description scores higher 61 % of the time (72 % over all 149 held-out clips), so some of the"
+echo "mismatching prompts above score higher."

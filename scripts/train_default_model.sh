@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Reproduce the embedded default model (deramos/default_model/) from scratch.
+# `make small-model`: the previous default model (`small` preset, synthetic data only), from scratch.
+# It was the embedded default until the musicnn one (scripts/train_realmusic_model.sh) replaced it;
+# INSTALL=1 writes it into deramos/default_model/ again.
 # 1. a synthetic corpus; 2. pre-train the from-scratch audio encoder to tag its attributes and
 # degradations (the paper's MuQ arrives pre-trained; ours has to learn what music is made of);
 # 3. DeRA-MOS training from that encoder (fine-tuned at a fifth of the heads' learning rate),
@@ -29,6 +31,7 @@ cat "$WORK"/heldout/sets/{train,dev,test}_mos_list.txt > "$WORK/heldout/all_mos_
     > "$WORK/heldout-metrics.json"
 "$BIN/deramos-eval" --data "$WORK/heldout" --checkpoint "$WORK/run" --list "$WORK/heldout/all_mos_list.txt"
 
+[ "${INSTALL:-0}" = 1 ] || { echo "model in $WORK/run/best_combined (INSTALL=1 installs it as the default)"; exit 0; }
 rm -rf deramos/default_model
 mkdir -p deramos/default_model
 cp "$WORK/run/best_combined/"{config.json,model.safetensors,tokenizer.json} deramos/default_model/

@@ -1,6 +1,11 @@
 """The embedded default model (deramos/default_model/) as shipped: small enough, loadable with no
-download, and it hears a prompt: on every example clip the matching prompt scores a clearly
-higher TA than the mismatching one, while MI does not depend on the prompt."""
+download, and it hears real music it never saw: clean real clips get a good MI, and a clip's own
+description beats a wrong one more often than chance, while MI does not depend on the prompt.
+
+The check set (tests/data/realmusic_clean, written by scripts/realmusic_examples.py) is the 33
+clean clips of the real-music held-out corpus: music21 scores of composers, a soundfont and
+game-soundtrack recordings that training never saw. The previous default (`small`, synthetic
+only) fails both gates: clean MI 2.56, paired wins 0.515 on the same 132 prompt pairs."""
 from __future__ import annotations
 
 import json
@@ -14,27 +19,81 @@ from deramos.runtime.paths import PACKAGE_DIR
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 REPO = Path(__file__).resolve().parents[1]
 MODEL_DIR = PACKAGE_DIR / "default_model"
+CHECK_SET = REPO / "tests" / "data" / "realmusic_clean"
+DRAWS = 4   # prompt pairs per clip: 33 clips x 4 = 132 pairs
+MIN_PAIRED_WIN_RATE = 0.58   # measured 0.606; chance 0.5 (the previous default: 0.515)
+MIN_CLEAN_MI = 3.8           # issue 10's target for clean real music; measured 3.93
 
 
 def test_shipped_files_and_size():
     names = {p.name for p in MODEL_DIR.iterdir()}
-    assert {"config.json", "model.safetensors", "tokenizer.json", "heldout-metrics.json"} <= names
+    assert {"config.json", "model.safetensors", "tokenizer.json", "heldout-metrics.json",
+            "realmusic-heldout.json"} <= names
     assert (MODEL_DIR / "model.safetensors").stat().st_size <= 20 * 2**20
-    assert json.loads((MODEL_DIR / "config.json").read_text())["model"]["name"] == "small"
+    config = json.loads((MODEL_DIR / "config.json").read_text())["model"]
+    assert config["name"] == "musicnn"
+    assert config["audio"]["features"] == ["penultimate", "taggram", "rhythm", "tonality"]
 
 
-def test_matching_prompts_score_higher_ta_on_every_example(monkeypatch):
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+@pytest.fixture(scope="module")
+def featurizer(tmp_path_factory):
+    import os
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from deramos.checkpoint import load_checkpoint
-    from deramos.features import Featurizer, predict
+    from deramos.features import Featurizer
+
+    # the frozen encoders' outputs are cached by content: each clip is encoded once for all draws
+    return Featurizer(load_checkpoint(MODEL_DIR), cache_dir=tmp_path_factory.mktemp("features"))
+
+
+def _prompt_pairs(rows: list[dict], rng) -> tuple[list[str], list[str]]:
+    """Per clip, a prompt naming what it really is and one with 2-3 attributes wrong (as
+    scripts/realmusic_report.py draws them)."""
+    from deramos.realmusic.attributes import PROMPT_KINDS, RealAttributes, change_attribute, prompt_for
+
+    matched, mismatched = [], []
+    for row in rows:
+        heard = RealAttributes.from_dict(row["attributes"])
+        other = heard
+        for kind in rng.choice(PROMPT_KINDS, size=int(rng.integers(2, 4)), replace=False):
+            other = change_attribute(other, str(kind), rng)
+        matched.append(prompt_for(heard, rng))
+        mismatched.append(prompt_for(other, rng))
+    return matched, mismatched
+
+
+def test_it_hears_real_music_it_never_saw(featurizer):
+    from deramos.features import predict
     from deramos.runtime.audio import load_audio
 
-    model = load_checkpoint(MODEL_DIR)
-    featurizer = Featurizer(model)
+    rows = [json.loads(line) for line in (CHECK_SET / "clips.jsonl").read_text().splitlines()]
+    assert len(rows) == 33
+    waves = [load_audio(CHECK_SET / r["path"], 16000) for r in rows]
+    rng = np.random.default_rng(7)
+    wins, mi_all = [], []
+    for _ in range(DRAWS):
+        matched, mismatched = _prompt_pairs(rows, rng)
+        mi, ta_matched = predict(featurizer, waves, matched)
+        mi_other, ta_mismatched = predict(featurizer, waves, mismatched)
+        np.testing.assert_allclose(mi, mi_other, atol=1e-5)          # MI reads the audio only
+        wins.append(ta_matched > ta_mismatched)
+        mi_all.append(mi)
+    rate = float(np.concatenate(wins).mean())
+    assert rate >= MIN_PAIRED_WIN_RATE, f"paired win rate {rate:.3f} over {len(rows) * DRAWS} prompt pairs"
+    assert float(np.mean(mi_all[0])) >= MIN_CLEAN_MI
+    assert np.all((1.0 <= np.concatenate(mi_all)) & (np.concatenate(mi_all) <= 5.0))
+
+
+def test_examples_score_in_range_and_mi_ignores_the_prompt(featurizer):
+    from deramos.features import predict
+    from deramos.runtime.audio import load_audio
+
     rows = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
-    waves = [load_audio(REPO / "examples" / r["path"], model.cfg.audio.sample_rate) for r in rows]
+    waves = [load_audio(REPO / "examples" / r["path"], 16000) for r in rows]
     mi_match, ta_match = predict(featurizer, waves, [r["prompt"] for r in rows])
     mi_other, ta_other = predict(featurizer, waves, [r["mismatched_prompt"] for r in rows])
-    assert np.all(ta_match - ta_other >= 0.3), (ta_match, ta_other)
-    np.testing.assert_allclose(mi_match, mi_other, atol=1e-6)          # MI reads the audio only
-    assert np.all((1.0 <= ta_match) & (ta_match <= 5.0)) and np.all((1.0 <= mi_match) & (mi_match <= 5.0))
+    np.testing.assert_allclose(mi_match, mi_other, atol=1e-5)
+    scores = np.concatenate([mi_match, ta_match, ta_other])
+    assert np.all((1.0 <= scores) & (scores <= 5.0))
+    assert float(mi_match.mean()) >= 3.0, mi_match        # clean real music is not "poor"

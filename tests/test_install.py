@@ -101,7 +101,7 @@ def test_the_wheel_ships_the_default_model_without_a_setuptools_warning(tmp_path
     (wheel,) = tmp_path.glob("deramos-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {f"deramos/default_model/{name}" for name in
-               ("config.json", "model.safetensors", "tokenizer.json", "heldout-metrics.json")}
+               ("config.json", "model.safetensors", "tokenizer.json", "heldout-metrics.json", "realmusic-heldout.json")}
     assert shipped <= names
     assert {"deramos/extras.py", "deramos/runtime/cli.py", "deramos/export/cli.py"} <= names
 

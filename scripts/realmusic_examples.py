@@ -1,0 +1,104 @@
+"""Real-music examples and the default model's prompt check set, cut from a held-out corpus.
+
+    python scripts/realmusic_examples.py --data build/realmusic/heldout \\
+        --examples examples --check-set tests/data/realmusic_clean
+
+Both come from the clean clips (no degradation) of `deramos-realmusic --set heldout`: composers,
+a soundfont and recordings that no training set sees.
+
+- examples/ (`make demo`): the first three clean recordings and the first three clean
+  renderings of distinct instrument families, in list order (a rule, not a pick by score);
+  16 kHz PCM16 WAV; prompts.jsonl gives each a prompt describing what was really rendered or
+  recorded and a mismatching one (instrument, tempo and mood changed).
+- the check set (tests/test_default_model.py): every clean clip as 16 kHz FLAC; clips.jsonl
+  keeps each clip's rendered attributes, so a test can draw as many prompt pairs as it needs.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from deramos.musiceval import read_split
+from deramos.realmusic.attributes import RealAttributes, change_attribute, prompt_for
+
+MISMATCH_KINDS = ("instrument", "tempo", "mood")
+EXAMPLES_PER_KIND = 3
+
+
+def clean_rows(data: Path) -> list[dict]:
+    records = {}
+    for line in (data / "synth_meta.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        records[record["wav"]] = record
+    rng = np.random.default_rng(0)
+    rows = []
+    for clip in read_split(data, "test").clips:
+        record = records[clip.path.name]
+        if record["degradations"]:
+            continue
+        heard = RealAttributes.from_dict(record["rendered_attributes"])
+        other = heard
+        for kind in MISMATCH_KINDS:
+            other = change_attribute(other, kind, rng)
+        rows.append({"clip": clip, "record": record, "instrument": heard.instrument,
+                     "prompt": prompt_for(heard, rng), "mismatched_prompt": prompt_for(other, rng)})
+    return rows
+
+
+def source_of(record: dict, sources: dict) -> dict:
+    src = record["source"]
+    if "recording" in src:
+        packages = sources.get("recording_packages", {})
+        package = next((p for p in packages if p.split("-")[0] in src["recording"]), "?")
+        return {"kind": "recording", "file": Path(src["recording"]).name, "offset_s": src.get("offset"),
+                "package": package, "licence": packages.get(package, "?")}
+    font = sources.get("soundfonts", {}).get(src.get("soundfont"), {})
+    return {"kind": "rendering", "piece": "/".join(Path(src["piece"]).parts[-2:]), "soundfont": src.get("soundfont"),
+            "licence": f"score: {sources.get('score_licence', '?')}; soundfont ({font.get('package', '?')}): "
+                       f"{font.get('licence', '?')}"}
+
+
+def pick_examples(rows: list[dict]) -> list[dict]:
+    recordings = [r for r in rows if "recording" in r["record"]["source"]][:EXAMPLES_PER_KIND]
+    renderings, families = [], set()
+    for r in rows:
+        if "recording" not in r["record"]["source"] and r["instrument"] not in families:
+            families.add(r["instrument"])
+            renderings.append(r)
+    return recordings + renderings[:EXAMPLES_PER_KIND]
+
+
+def write(rows: list[dict], out: Path, index: str, fmt: str, sources: dict) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    lines = []
+    for r in rows:
+        kind = "recording" if "recording" in r["record"]["source"] else "rendering"
+        name = f"{kind}_{r['instrument']}_{r['clip'].path.stem.split('-')[-1]}.{fmt.lower()}"
+        audio, rate = sf.read(r["clip"].path, dtype="int16")
+        sf.write(out / name, audio, rate, format=fmt, subtype="PCM_16")
+        lines.append(json.dumps({"path": name, "prompt": r["prompt"], "mismatched_prompt": r["mismatched_prompt"],
+                                 "attributes": r["record"]["rendered_attributes"],
+                                 "source": source_of(r["record"], sources)}))
+    (out / index).write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", type=Path, required=True, help="deramos-realmusic --set heldout output")
+    parser.add_argument("--examples", type=Path, help="write the demo examples here")
+    parser.add_argument("--check-set", type=Path, help="write every clean clip here (FLAC)")
+    args = parser.parse_args()
+    sources = json.loads((args.data / "sources.json").read_text())
+    rows = clean_rows(args.data)
+    if args.examples:
+        write(pick_examples(rows), args.examples, "prompts.jsonl", "WAV", sources)
+    if args.check_set:
+        write(rows, args.check_set, "clips.jsonl", "FLAC", sources)
+
+
+if __name__ == "__main__":
+    main()

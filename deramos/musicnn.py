@@ -262,7 +262,7 @@ class MusicnnEncoder(nn.Module):
         self.backbones = nn.ModuleDict({name: load_musicnn(name) for name in cfg.backbones})
         self.tempo_tonality = TempoTonality(self.extra_features) if self.extra_features else None
         cfg.hidden_size = (len(cfg.backbones) * sum(FEATURES[f] for f in self.network_features)
-                           + sum(TEMPO_TONALITY_WIDTHS[f] for f in self.extra_features))
+                           + (self.tempo_tonality.width if self.tempo_tonality is not None else 0))
 
     def patch_index(self, num_frames: int, device) -> torch.Tensor:
         """[P, 187]: the mel frames of each patch (past the end they index the zero padding)."""
@@ -270,16 +270,17 @@ class MusicnnEncoder(nn.Module):
         starts = torch.arange((num_frames + hop - 1) // hop, device=device) * hop
         return starts[:, None] + torch.arange(PATCH_FRAMES, device=device)[None, :]
 
-    def patches(self, log_mel: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """[B, 96, T] -> patches [B, P, 187, 96], real [B, P]; gathers keep it exportable."""
-        index = self.patch_index(log_mel.shape[-1], log_mel.device)
+    def patches(self, log_mel: torch.Tensor, valid: torch.Tensor,
+                index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B, 96, T], patch index [P, 187] -> patches [B, P, 187, 96], real [B, P]; gathers keep it exportable."""
         padded = F.pad(log_mel, (0, PATCH_FRAMES))                           # every patch fits
         patches = padded[:, :, index].permute(0, 2, 3, 1)                    # [B, P, 187, 96]
         return patches, index[None, :, 0] < valid.sum(dim=1, keepdim=True)
 
     def forward(self, wave: torch.Tensor, lengths: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         log_mel, valid = self.frontend(wave, lengths)
-        patches, real = self.patches(log_mel, valid)
+        index = self.patch_index(log_mel.shape[-1], log_mel.device)
+        patches, real = self.patches(log_mel, valid, index)
         b, p = real.shape
         flat = patches.reshape(b * p, PATCH_FRAMES, N_MELS)
         parts = []
@@ -287,7 +288,6 @@ class MusicnnEncoder(nn.Module):
             outputs = network(flat)
             parts += [outputs[name].reshape(b, p, -1) for name in self.network_features]
         if self.tempo_tonality is not None:
-            index = self.patch_index(log_mel.shape[-1], log_mel.device)
             parts.append(self.tempo_tonality(wave, lengths, log_mel, valid, index))
         frames = torch.cat(parts, dim=-1)
         return frames * real[..., None].to(frames.dtype), real

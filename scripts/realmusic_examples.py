@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 
 from deramos.musiceval import read_split
-from deramos.realmusic.attributes import RealAttributes, change_attribute, prompt_for
+from deramos.realmusic.attributes import RealAttributes, mismatched, prompt_for
 
 MISMATCH_KINDS = ("instrument", "tempo", "mood")
 EXAMPLES_PER_KIND = 3
@@ -41,9 +41,7 @@ def clean_rows(data: Path) -> list[dict]:
         if record["degradations"]:
             continue
         heard = RealAttributes.from_dict(record["rendered_attributes"])
-        other = heard
-        for kind in MISMATCH_KINDS:
-            other = change_attribute(other, kind, rng)
+        other = mismatched(heard, rng, MISMATCH_KINDS)
         rows.append({"clip": clip, "record": record, "instrument": heard.instrument,
                      "prompt": prompt_for(heard, rng), "mismatched_prompt": prompt_for(other, rng)})
     return rows

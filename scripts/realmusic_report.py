@@ -25,7 +25,7 @@ from deramos.checkpoint import load_checkpoint
 from deramos.features import Featurizer, predict
 from deramos.runtime.metrics import evaluate
 from deramos.musiceval import read_split, read_system_mos
-from deramos.realmusic.attributes import PROMPT_KINDS, RealAttributes, change_attribute, prompt_for
+from deramos.realmusic.attributes import PROMPT_KINDS, RealAttributes, change_attribute, mismatched, prompt_for
 from deramos.runtime.audio import load_audio, resample
 from deramos.synth.corpus import latent_mi
 
@@ -59,14 +59,9 @@ def evaluate_model(model, data: Path, records: dict, format_clips: int, cache_di
     rng = np.random.default_rng(0)
     heard = [RealAttributes.from_dict(records[c.path.name]["rendered_attributes"]) for c in clips]
     matched = [prompt_for(h, rng) for h in heard]
-    mismatched = []
-    for h in heard:
-        other = h
-        for kind in rng.choice(PROMPT_KINDS, size=int(rng.integers(2, 4)), replace=False):
-            other = change_attribute(other, str(kind), rng)
-        mismatched.append(prompt_for(other, rng))
+    wrong = [prompt_for(mismatched(h, rng), rng) for h in heard]
     _, ta_matched = predict(featurizer, waves, matched)
-    _, ta_mismatched = predict(featurizer, waves, mismatched)
+    _, ta_mismatched = predict(featurizer, waves, wrong)
     per_kind = {}
     for kind in PROMPT_KINDS:   # one kind wrong at a time: which attributes TA hears
         _, ta_one = predict(featurizer, waves, [prompt_for(change_attribute(h, kind, rng), rng) for h in heard])

@@ -53,17 +53,15 @@ def featurizer(tmp_path_factory):
 def _prompt_pairs(rows: list[dict], rng) -> tuple[list[str], list[str]]:
     """Per clip, a prompt naming what it really is and one with 2-3 attributes wrong (as
     scripts/realmusic_report.py draws them)."""
-    from deramos.realmusic.attributes import PROMPT_KINDS, RealAttributes, change_attribute, prompt_for
+    from deramos.realmusic.attributes import RealAttributes, mismatched, prompt_for
 
-    matched, mismatched = [], []
+    matched, wrong = [], []
     for row in rows:
         heard = RealAttributes.from_dict(row["attributes"])
-        other = heard
-        for kind in rng.choice(PROMPT_KINDS, size=int(rng.integers(2, 4)), replace=False):
-            other = change_attribute(other, str(kind), rng)
+        other = mismatched(heard, rng)
         matched.append(prompt_for(heard, rng))
-        mismatched.append(prompt_for(other, rng))
-    return matched, mismatched
+        wrong.append(prompt_for(other, rng))
+    return matched, wrong
 
 
 def test_it_hears_real_music_it_never_saw(featurizer):

@@ -13,7 +13,7 @@ import soundfile as sf
 
 from deramos.musiceval import read_split
 from deramos.realmusic.attributes import (ENSEMBLES, FAMILIES, PROMPT_KINDS, RealAttributes, attribute_matches,
-                                          change_attribute, counterfactual, latent_ta, prompt_for)
+                                          change_attribute, counterfactual, latent_ta, mismatched, prompt_for)
 from deramos.realmusic.render import SOUNDFONT_DIRS, RenderError, find_soundfont
 from deramos.synth.counterfactual import load_counterfactuals
 from deramos.synth.music import VOCABULARY
@@ -39,6 +39,15 @@ def test_change_attribute_changes_exactly_one_kind():
         assert [k for k, ok in matches.items() if not ok] == [kind]
     with pytest.raises(ValueError, match="unknown attribute kind 'genre'"):
         change_attribute(ASKED, "genre", rng)
+
+
+def test_mismatched_gets_two_or_three_kinds_wrong_or_the_ones_asked():
+    rng = np.random.default_rng(1)
+    for _ in range(50):
+        wrong = [k for k, ok in attribute_matches(mismatched(ASKED, rng), ASKED).items() if not ok]
+        assert 2 <= len(wrong) <= 3
+    chosen = mismatched(ASKED, rng, ("instrument", "mood"))
+    assert [k for k, ok in attribute_matches(chosen, ASKED).items() if not ok] == ["instrument", "mood"]
 
 
 def test_latent_ta_and_counterfactual_scores():

@@ -96,6 +96,17 @@ def change_attribute(attributes: RealAttributes, kind: str, rng: np.random.Gener
     return replace(attributes, **{field_name: other(choices[kind], attributes.kind_value(kind))})
 
 
+def mismatched(attributes: RealAttributes, rng: np.random.Generator,
+               kinds: tuple[str, ...] | None = None) -> RealAttributes:
+    """A copy with `kinds` (default: 2-3 kinds drawn at random) audibly different: what a
+    wrong prompt for the clip describes."""
+    if kinds is None:
+        kinds = tuple(str(k) for k in rng.choice(PROMPT_KINDS, size=int(rng.integers(2, 4)), replace=False))
+    for kind in kinds:
+        attributes = change_attribute(attributes, kind, rng)
+    return attributes
+
+
 def attribute_matches(prompt: RealAttributes, heard: RealAttributes) -> dict[str, bool]:
     return {kind: prompt.kind_value(kind) == heard.kind_value(kind) for kind in PROMPT_KINDS}
 

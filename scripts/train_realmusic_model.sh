@@ -28,6 +28,8 @@ COUNTERFACTUALS=${COUNTERFACTUALS:-8}
 STOP_AFTER=${STOP_AFTER:-$EPOCHS}
 SELECTION=${SELECTION:-best_combined}
 CONTRAST=${CONTRAST:-1.0}
+# CORPORA_ONLY=1 (`make ablation`) stops after the corpora and their merge.
+CORPORA_ONLY=${CORPORA_ONLY:-0}
 # INSTALL=1 (`make default-model`) copies the result into deramos/default_model/ (the embedded default;
 # see docs/realmusic.md).
 INSTALL=${INSTALL:-0}
@@ -77,6 +79,7 @@ synthetic_heldout() {
 stage "real-music corpora" real_corpora
 stage "synthetic corpora" synthetic_corpora
 stage "merge" merge
+[ "$CORPORA_ONLY" = 1 ] && exit 0
 stage "training (encoding included)" train
 stage "real-music held-out" real_heldout
 stage "synthetic held-out" synthetic_heldout

@@ -1,18 +1,12 @@
-"""scripts/realmusic_report.py's statistics against scipy: the matched/mismatched AUC is the
+"""The real-music report's statistics (deramos.realmusic.report) against scipy: the matched/mismatched AUC is the
 Mann-Whitney U over all pairs, the paired win rate's interval is the Wilson score interval."""
 from __future__ import annotations
-
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "realmusic_report.py"
-spec = importlib.util.spec_from_file_location("realmusic_report", SCRIPT)
-realmusic_report = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(realmusic_report)
+from deramos.realmusic import report as realmusic_report
 
 
 def test_auc_is_mann_whitney_u_over_all_pairs():

@@ -37,12 +37,16 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
 @click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
 @click.option("--int8-search", is_flag=True, help="When INT8 misses its drift target, keep the layers that cost the most "
               "ranking agreement in FP32 until it meets it (per-layer sensitivity on the calibration clips).")
+@click.option("--int8-search-margin", type=click.FloatRange(0.0, 1.0, max_open=True),
+              default=DEFAULTS["int8_search_margin"], show_default=True,
+              help="The search asks this much more than the held-out check (0.3: 30 percent of each allowance taken "
+                   "away), because it judges on the clips it calibrated on.")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime CPU threads for the checks.")
 @click.option("--speed/--no-speed", default=DEFAULTS["speed"], show_default=True,
               help="Time each kept precision against FP32 on this machine and say which does not pay here.")
 @click.option("--out", type=click.Path(file_okay=False), help="Write a new bundle here (a copy) instead of in place.")
 def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8_graphs, check_clips, trt, max_batch,
-         recalibrate, int8_search, threads, speed, out):
+         recalibrate, int8_search, int8_search_margin, threads, speed, out):
     """Add FP16 / INT8 graphs and TensorRT engines to an FP32 bundle (from deramos-export), without PyTorch.
 
     Every new precision is compared with the bundle's FP32 graphs through the runtime's own
@@ -64,6 +68,7 @@ def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8
     options = BuildOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, calib_clips=calib_clips,
                            check_clips=check_clips, int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
                            int8_target=int8_target, recalibrate=recalibrate, int8_search=int8_search,
+                           int8_search_margin=int8_search_margin,
                            threads=threads, speed=speed, trt=trt, trt_max_batch=max_batch)
     try:
         if out:

@@ -37,6 +37,10 @@ class BuildOptions:
     int8_target: str = field(default_factory=default_int8_target)
     recalibrate: bool = False
     int8_search: bool = False            # INT8 misses its target: keep the costliest layers FP32 until it meets it
+    # The search judges candidates on the clips it calibrated on, which flatters them: it asks for this
+    # much more than the held-out check will (measured on the default model: passing on the
+    # calibration clips exactly, MI drift 0.296 of the spread on held-out clips, gate 0.2).
+    int8_search_margin: float = 0.3
     seed: int = 0
     threads: int | None = None
     check: bool = True                   # False: skip the comparison with FP32 (benchmark bundles only)
@@ -123,7 +127,8 @@ def _add_engines(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> d
 
 def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> tuple[Bundle, Comparison]:
     """Per-layer sensitivity on the calibration clips, the costliest layers kept FP32 until INT8
-    meets its tolerance there (builder/search.py); then the held-out check again."""
+    meets its tolerance, tightened by the search margin, there (builder/search.py); then the
+    held-out check again, at the plain tolerance."""
     from ..runtime.compare import TOLERANCES
     from .search import search_exclusions
 
@@ -131,7 +136,7 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> t
     for graph in options.int8_graphs:
         ranges, _ = int8_ranges(bundle, graph, options, lambda: clips, say)
         result = search_exclusions(bundle, graph, ranges, options.calib_method, options.int8_target, clips,
-                                   TOLERANCES["int8"], say)
+                                   TOLERANCES["int8"].tightened(options.int8_search_margin), say)
         bundle.manifest["int8"].setdefault("search", {})[graph] = result.to_dict()
         timing = result.seconds_per_batch
         say(f"{graph}: kept FP32 {result.kept_fp32 or 'nothing'}; seconds per batch: FP32 {timing['fp32']:.4f}, "

@@ -40,6 +40,15 @@ class Tolerance:
     def to_dict(self) -> dict:
         return {k: v for k, v in asdict(self).items() if v is not None}
 
+    def tightened(self, margin: float) -> "Tolerance":
+        """Stricter by `margin` (0: as is, 0.3: 30 % of each allowance taken away): every error
+        bound times 1 - margin, and SRCC's allowed shortfall from 1 likewise."""
+        if not 0.0 <= margin < 1.0:
+            raise ValueError(f"margin {margin}: must be in [0, 1)")
+        scale = lambda v: None if v is None else v * (1.0 - margin)  # noqa: E731
+        return Tolerance(max_abs=scale(self.max_abs), mae=scale(self.mae), rel_noise=scale(self.rel_noise),
+                         srcc=None if self.srcc is None else 1.0 - (1.0 - self.srcc) * (1.0 - margin))
+
 
 TOLERANCES = {
     "fp32": Tolerance(max_abs=1e-3),
@@ -64,14 +73,14 @@ class Agreement:
     def failures(self, label: str, tol: Tolerance) -> list[str]:
         out = []
         if tol.max_abs is not None and not self.max_abs <= tol.max_abs:
-            out.append(f"{label}: max |Δ| {self.max_abs:.4g} > {tol.max_abs}")
+            out.append(f"{label}: max |Δ| {self.max_abs:.4g} > {tol.max_abs:.4g}")
         if tol.mae is not None and not self.mae <= tol.mae:
-            out.append(f"{label}: MAE {self.mae:.4g} > {tol.mae}")
+            out.append(f"{label}: MAE {self.mae:.4g} > {tol.mae:.4g}")
         if tol.rel_noise is not None and not self.rel_noise <= tol.rel_noise:
             out.append(f"{label}: drift std is {self.rel_noise:.3f} of the score spread {self.spread:.4g} "
-                       f"(> {tol.rel_noise})")
+                       f"(> {tol.rel_noise:.4g})")
         if tol.srcc is not None and self.spread >= MIN_SPREAD and not self.srcc >= tol.srcc:
-            out.append(f"{label}: SRCC {self.srcc:.4f} < {tol.srcc} "
+            out.append(f"{label}: SRCC {self.srcc:.4f} < {tol.srcc:.4g} "
                        f"(95% CI {self.srcc_ci[0]:.3f}-{self.srcc_ci[1]:.3f}, {self.n} clips)")
         return out
 

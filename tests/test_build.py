@@ -270,3 +270,30 @@ def test_int8_search_keeps_the_costliest_layers_fp32(fp32_bundle, tmp_path):
     assert set(strict.seconds_per_batch) == {"fp32", "int8_all_layers", "int8_searched"}
     assert any("INT8 sensitivity of" in line for line in said)
     assert strict.to_dict()["kept_nodes"] == [n for layer in strict.kept_fp32 for n in layers[layer]]
+
+    # a tolerance the all-INT8 graph just meets: searched as is, nothing is kept FP32; with a
+    # margin that the all-INT8 graph misses, the search keeps layers until the stricter one is met
+    worst = max(loose.comparison.scores[k].rel_noise for k in ("MI", "TA"))
+    just = cmp.Tolerance(rel_noise=worst * 1.05)
+    assert search_exclusions(bundle, "audio_encoder", ranges, "minmax", "x86-avx2", clips, just).kept_fp32 == []
+    stricter = search_exclusions(bundle, "audio_encoder", ranges, "minmax", "x86-avx2", clips, just.tightened(0.5))
+    assert stricter.kept_fp32 and stricter.comparison.passed
+    assert max(stricter.comparison.scores[k].rel_noise for k in ("MI", "TA")) <= worst * 1.05 * 0.5
+
+
+def test_a_tightened_tolerance_takes_the_margin_off_every_allowance():
+    int8 = cmp.TOLERANCES["int8"].tightened(0.3)
+    assert (int8.mae, int8.rel_noise, int8.srcc, int8.max_abs) == pytest.approx((0.105, 0.14, 0.979, None))
+    assert cmp.TOLERANCES["fp32"].tightened(0.5).max_abs == pytest.approx(5e-4)
+    assert cmp.TOLERANCES["int8"].tightened(0.0) == cmp.TOLERANCES["int8"]
+    with pytest.raises(ValueError, match="margin 1.0: must be in"):
+        cmp.TOLERANCES["int8"].tightened(1.0)
+
+
+def test_search_margin_out_of_range_is_refused_before_anything_is_built(tmp_path):
+    from click.testing import CliRunner
+    from deramos.build.cli import main
+
+    result = CliRunner().invoke(main, [str(tmp_path), "--int8", "--int8-search", "--int8-search-margin", "1"])
+    assert result.exit_code == 2 and "--int8-search-margin" in result.output and "0<=x<1" in result.output.replace(" ", "")
+    assert list(tmp_path.iterdir()) == []

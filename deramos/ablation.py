@@ -39,7 +39,8 @@ from .synth import generate_corpus
 from .train import TrainArgs, run_training
 
 LEVELS = (("utterance", "MI"), ("utterance", "TA"), ("system", "MI"), ("system", "TA"))
-COLUMNS = tuple(f"{level} {score} {metric}" for level, score in LEVELS for metric in ("SRCC", "KTAU"))
+METRICS = ("SRCC", "KTAU")
+COLUMNS = tuple(f"{level} {score} {metric}" for level, score in LEVELS for metric in METRICS)
 REAL_COLUMNS = ("AUC", "paired wins", "MI clean", "MI heavy")
 BOOTSTRAP_STATISTICS = ("utterance MI SRCC", "utterance TA SRCC", "paired wins")
 
@@ -95,7 +96,8 @@ def summarise(results: list[dict]) -> dict:
         table[name] = {}
         for loss in sorted({r["loss"] for r in results}, key=LOSS_KINDS.index):
             rows = [r["heldout"][name] for r in results if r["loss"] == loss]
-            values = {c: [row["metrics"][c.split()[0]][c.split()[1]][c.split()[2]] for row in rows] for c in COLUMNS}
+            values = {f"{level} {score} {metric}": [row["metrics"][level][score][metric] for row in rows]
+                      for level, score in LEVELS for metric in METRICS}
             if "real" in rows[0]:
                 values.update({c: [row["real"][c] for row in rows] for c in REAL_COLUMNS})
             table[name][loss] = {c: (float(np.mean(v)), float(np.std(v))) for c, v in values.items()}
@@ -123,19 +125,15 @@ def paired_bootstrap(results: list[dict], heldout: str, reference: str = "dera",
         return {}
     clips = len(averaged[reference]["mi"])
     rng = np.random.default_rng(seed)
-    draws = [rng.integers(0, clips, clips) for _ in range(resamples)]
-    every = np.arange(clips)
+    draws = [np.arange(clips)] + [rng.integers(0, clips, clips) for _ in range(resamples)]   # the first: every clip once
+    statistics = {loss: [seed_mean_statistics(predictions, index) for index in draws] for loss, predictions in averaged.items()}
     out = {}
     for loss in sorted(set(averaged) - {reference}, key=LOSS_KINDS.index):
-        point = {k: seed_mean_statistics(averaged[reference], every)[k] - seed_mean_statistics(averaged[loss], every)[k]
-                 for k in BOOTSTRAP_STATISTICS}
-        diffs = {k: [] for k in BOOTSTRAP_STATISTICS}
-        for index in draws:
-            ours, theirs = seed_mean_statistics(averaged[reference], index), seed_mean_statistics(averaged[loss], index)
-            for k in BOOTSTRAP_STATISTICS:
-                diffs[k].append(ours[k] - theirs[k])
-        out[loss] = {k: {"difference": point[k], "ci95": [float(np.percentile(diffs[k], 2.5)), float(np.percentile(diffs[k], 97.5))],
-                         "p_ahead": float(np.mean(np.array(diffs[k]) > 0))} for k in BOOTSTRAP_STATISTICS}
+        for k in BOOTSTRAP_STATISTICS:
+            point, *diffs = [ours[k] - theirs[k] for ours, theirs in zip(statistics[reference], statistics[loss])]
+            out.setdefault(loss, {})[k] = {"difference": point, "ci95": [float(np.percentile(diffs, 2.5)),
+                                                                          float(np.percentile(diffs, 97.5))],
+                                           "p_ahead": float(np.mean(np.array(diffs) > 0))}
     return out
 
 

@@ -38,7 +38,7 @@ demo: $(VENV)/.installed
 	BIN=$(VENV)/bin bash scripts/demo.sh
 
 # The embedded default model (musicnn preset on real music + a synthetic corpus; docs/realmusic.md),
-# written into deramos/default_model/.
+# written into src/deramos/default_model/.
 default-model: $(VENV)/.realmusic
 	BIN=$(VENV)/bin INSTALL=1 bash scripts/train_realmusic_model.sh
 
@@ -75,7 +75,7 @@ $(TF_VENV)/.installed: Makefile
 	touch $@
 
 musicnn-weights: $(TF_VENV)/.installed
-	$(TF_PY) scripts/musicnn_tf.py convert --out deramos/musicnn_weights
+	$(TF_PY) scripts/musicnn_tf.py convert --out src/deramos/musicnn_weights
 
 # Real clips (music21 scores through fluidsynth) -> TensorFlow reference -> the port, <= 1e-4.
 musicnn-parity: $(TF_VENV)/.installed $(VENV)/.realmusic

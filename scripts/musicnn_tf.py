@@ -3,7 +3,7 @@
 Runs in its own environment with tensorflow-cpu, librosa and the PyPI package `musicnn`
 (see `make musicnn-weights` / `make musicnn-parity`); it never imports torch or deramos.
 
-    python scripts/musicnn_tf.py convert   --out deramos/musicnn_weights
+    python scripts/musicnn_tf.py convert   --out src/deramos/musicnn_weights
     python scripts/musicnn_tf.py reference --out DIR CLIP.wav ...
 
 The reference follows musicnn's own extractor: librosa's mel spectrogram of the clip at

@@ -1,7 +1,7 @@
 """Evaluate checkpoints on a real-music held-out set (deramos-realmusic --set heldout).
 
     python scripts/realmusic_report.py --data build/realmusic/heldout \\
-        --model default=deramos/default_model --model musicnn=build/runs/musicnn \\
+        --model default=src/deramos/default_model --model musicnn=build/runs/musicnn \\
         --json build/realmusic-report.json --markdown build/realmusic-report.md
 
 Per model: utterance and system SRCC for MI and TA (the clips' own prompts); matched vs

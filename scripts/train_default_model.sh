@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # `make small-model`: the previous default model (`small` preset, synthetic data only), from scratch.
 # It was the embedded default until the musicnn one (scripts/train_realmusic_model.sh) replaced it;
-# INSTALL=1 writes it into deramos/default_model/ again.
+# INSTALL=1 writes it into src/deramos/default_model/ again.
 # 1. a synthetic corpus; 2. pre-train the from-scratch audio encoder to tag its attributes and
 # degradations (the paper's MuQ arrives pre-trained; ours has to learn what music is made of);
 # 3. DeRA-MOS training from that encoder (fine-tuned at a fifth of the heads' learning rate),
@@ -32,8 +32,8 @@ cat "$WORK"/heldout/sets/{train,dev,test}_mos_list.txt > "$WORK/heldout/all_mos_
 "$BIN/deramos-eval" --data "$WORK/heldout" --checkpoint "$WORK/run" --list "$WORK/heldout/all_mos_list.txt"
 
 [ "${INSTALL:-0}" = 1 ] || { echo "model in $WORK/run/best_combined (INSTALL=1 installs it as the default)"; exit 0; }
-rm -rf deramos/default_model
-mkdir -p deramos/default_model
-cp "$WORK/run/best_combined/"{config.json,model.safetensors,tokenizer.json} deramos/default_model/
-cp "$WORK/heldout-metrics.json" deramos/default_model/heldout-metrics.json
-echo "default model written to deramos/default_model ($(du -sh deramos/default_model | cut -f1))"
+rm -rf src/deramos/default_model
+mkdir -p src/deramos/default_model
+cp "$WORK/run/best_combined/"{config.json,model.safetensors,tokenizer.json} src/deramos/default_model/
+cp "$WORK/heldout-metrics.json" src/deramos/default_model/heldout-metrics.json
+echo "default model written to src/deramos/default_model ($(du -sh src/deramos/default_model | cut -f1))"

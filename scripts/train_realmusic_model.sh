@@ -30,7 +30,7 @@ SELECTION=${SELECTION:-best_combined}
 CONTRAST=${CONTRAST:-1.0}
 # CORPORA_ONLY=1 (`make ablation`) stops after the corpora and their merge.
 CORPORA_ONLY=${CORPORA_ONLY:-0}
-# INSTALL=1 (`make default-model`) copies the result into deramos/default_model/ (the embedded default;
+# INSTALL=1 (`make default-model`) copies the result into src/deramos/default_model/ (the embedded default;
 # see docs/realmusic.md).
 INSTALL=${INSTALL:-0}
 export HF_HUB_OFFLINE=1
@@ -87,10 +87,10 @@ stage "synthetic held-out" synthetic_heldout
 cat "$WORK/realmusic-heldout.md"
 cat "$WORK/stages.tsv"
 [ "$INSTALL" = 1 ] || exit 0
-rm -rf deramos/default_model
-mkdir -p deramos/default_model
-cp "$WORK/run/$SELECTION/"{config.json,model.safetensors,tokenizer.json} deramos/default_model/
-cp "$WORK/heldout-metrics.json" deramos/default_model/heldout-metrics.json
+rm -rf src/deramos/default_model
+mkdir -p src/deramos/default_model
+cp "$WORK/run/$SELECTION/"{config.json,model.safetensors,tokenizer.json} src/deramos/default_model/
+cp "$WORK/heldout-metrics.json" src/deramos/default_model/heldout-metrics.json
 "$PY" -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["default"], open(sys.argv[2], "w"), indent=1)' \
-    "$WORK/realmusic-heldout.json" deramos/default_model/realmusic-heldout.json
-echo "default model written to deramos/default_model ($(du -sh deramos/default_model | cut -f1))"
+    "$WORK/realmusic-heldout.json" src/deramos/default_model/realmusic-heldout.json
+echo "default model written to src/deramos/default_model ($(du -sh src/deramos/default_model | cut -f1))"

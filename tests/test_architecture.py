@@ -2,7 +2,7 @@
 
 Every `import` and `from ... import` of every module (at top level or inside a function: a lazy
 import is still a dependency) is resolved to a module of the project and mapped to its folder
-with pyproject's package-dir mapping. `python tests/test_architecture.py` prints the measured
+with the layer table below (src/deramos/<layer>). `python tests/test_architecture.py` prints the measured
 folder graph, the edges with the imports behind them, and the cycles.
 """
 from __future__ import annotations
@@ -16,23 +16,30 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# package -> folder, from pyproject.toml's [tool.setuptools] package-dir (longest package first,
-# so deramos.export's modules are not taken for deramos')
-_PACKAGE_DIR = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
-FOLDERS = dict(sorted(_PACKAGE_DIR.items(), key=lambda item: -len(item[0])))
+SRC = REPO / "src"
+# package -> folder (relative to src/): each subpackage of the one tree is a layer of its own;
+# longest package first, so deramos.export's modules are not taken for deramos'.
+_LAYERS = ("export", "calibration", "runtime", "bench", "build", "scale", "serve")
+FOLDERS = {**{f"deramos.{layer}": layer for layer in _LAYERS}, "deramos": "deramos"}
+
+
+def _source_dir(package: str) -> Path:
+    return SRC.joinpath(*package.split("."))
 TORCH_SIDE = ("torch", "transformers", "safetensors.torch", "onnxscript")
 # The only modules of deramos/ the runtime may use: they import nothing but the standard library.
 LIGHT_DERAMOS_MODULES = {"deramos"}
 # The torch-free build stage of issue 11: calibration/ and the build module's folder, once it exists.
-BUILD_STAGE = tuple(f for f in ("calibration", "builder") if f in FOLDERS.values())
+BUILD_STAGE = tuple(f for f in ("calibration", "build") if f in FOLDERS.values())
 
 
 def module_files() -> dict[str, Path]:
     """Module name -> source file, for every module of the five folders."""
     found = {}
     for package, folder in FOLDERS.items():
-        for path in sorted((REPO / folder).rglob("*.py")):
-            parts = list(path.relative_to(REPO / folder).with_suffix("").parts)
+        for path in sorted(_source_dir(package).rglob("*.py")):
+            parts = list(path.relative_to(_source_dir(package)).with_suffix("").parts)
+            if package == "deramos" and parts[0] in _LAYERS:
+                continue   # a layer of its own
             if parts[-1] == "__init__":
                 parts = parts[:-1]
             found[".".join([package, *parts])] = path
@@ -141,7 +148,7 @@ def test_the_graph_is_read_from_every_folder():
     assert {"deramos.train", "deramos.synth.corpus", "deramos.export.api", "deramos.calibration.quantize",
             "deramos.runtime.scorer", "deramos.bench.cli"} <= set(modules)
     # known edges are seen, with the file and line they come from
-    assert any(e.startswith("bench/cli.py:") for e in folder_edges()["bench", "runtime"])
+    assert any(e.startswith("src/deramos/bench/cli.py:") for e in folder_edges()["bench", "runtime"])
     assert "deramos.runtime.scorer" in {e.split()[-1] for e in folder_edges()["bench", "runtime"]}
     assert reaches_torch("deramos.train")[:1] == ["deramos.audio_encoder"]
 

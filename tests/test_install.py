@@ -92,8 +92,13 @@ def test_the_wheel_ships_the_default_model_without_a_setuptools_warning(tmp_path
     import shutil
 
     source = tmp_path / "source"      # setuptools builds in the source tree: not in the checkout
-    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "tests",
-                                                                "__pycache__"))
+    top_level = {".venv", ".venv-serve", ".venv-tf", ".git", "build", "tests"}   # src/deramos/build is code
+
+    def ignore(folder, names):
+        return {n for n in names if (Path(folder) == REPO and n in top_level)
+                or n == "__pycache__" or n.endswith(".egg-info")}
+
+    shutil.copytree(REPO, source, ignore=ignore)
     done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q",
                            "-w", str(tmp_path), str(source)], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr

@@ -11,25 +11,63 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test demo default-model small-model ablation ablation-small bench clean musicnn-weights musicnn-parity realmusic realmusic-model
+.PHONY: test test-latest lock demo default-model small-model ablation ablation-small bench clean musicnn-weights musicnn-parity realmusic realmusic-model
 
 # TensorFlow only converts musicnn's checkpoints and checks the port against them: its own
 # environment, never imported by the package. musicnn's metadata pins numpy < 1.17, hence --no-deps.
 TF_VENV := .venv-tf
 TF_PY   := $(TF_VENV)/bin/python
 
-$(VENV)/.installed: pyproject.toml Makefile
+# The test environments install exactly the versions the suite passed with: requirements/*.lock,
+# every release pinned with its sha256 (pip --require-hashes), written by `make lock` (scripts/lock.py).
+# Torch comes first and apart (TORCH), then the locked set, then this project without dependencies;
+# `pip check` proves the set agrees with pyproject's bounds. `make test-latest` tries the newest releases.
+PIP_VERSION := 26.3
+LOCK_PYTHON := 3.11
+TEST_LOCK   := requirements/test.lock
+SERVE_LOCK  := requirements/serve.lock
+CHECK_LOCK_PYTHON = @$(1) -c 'import sys; v = "%d.%d" % sys.version_info[:2]; sys.exit(0 if v == "$(LOCK_PYTHON)" else \
+	f"error: requirements/*.lock were made on Python $(LOCK_PYTHON), this is {v}: use PYTHON=python$(LOCK_PYTHON), or make test-latest")'
+
+$(VENV)/.installed: pyproject.toml Makefile $(TEST_LOCK)
+	$(call CHECK_LOCK_PYTHON,$(PYTHON))
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "pip==$(PIP_VERSION)"
 	$(PY) -m pip install -q "$(TORCH)"
-	$(PY) -m pip install -q -e ".[export,test,ray,triton-client]"
+	$(PY) -m pip install -q --require-hashes -r $(TEST_LOCK)
+	$(PY) -m pip install -q --no-deps -e ".[export,test,ray,triton-client]"
+	$(PY) -m pip check
 	touch $@
 
-$(SERVE_VENV)/.installed: pyproject.toml Makefile
+$(SERVE_VENV)/.installed: pyproject.toml Makefile $(SERVE_LOCK)
+	$(call CHECK_LOCK_PYTHON,$(PYTHON))
 	$(PYTHON) -m venv $(SERVE_VENV)
-	$(SERVE_VENV)/bin/python -m pip install -q --upgrade pip
-	$(SERVE_VENV)/bin/python -m pip install -q -e ".[serve]"
+	$(SERVE_VENV)/bin/python -m pip install -q "pip==$(PIP_VERSION)"
+	$(SERVE_VENV)/bin/python -m pip install -q --require-hashes -r $(SERVE_LOCK)
+	$(SERVE_VENV)/bin/python -m pip install -q --no-deps -e ".[serve]"
+	$(SERVE_VENV)/bin/python -m pip check
 	touch $@
+
+# The suite against the newest releases a fresh install takes today (not in CI): a new numpy or
+# onnxruntime is tried on purpose. When it passes, `make lock VENV=.venv-latest SERVE_VENV=.venv-serve-latest`.
+LATEST       := .venv-latest
+SERVE_LATEST := .venv-serve-latest
+test-latest:
+	rm -rf $(LATEST) $(SERVE_LATEST)
+	$(PYTHON) -m venv $(LATEST)
+	$(LATEST)/bin/python -m pip install -q --upgrade pip
+	$(LATEST)/bin/python -m pip install -q "$(TORCH)"
+	$(LATEST)/bin/python -m pip install -q --upgrade -e ".[export,test,ray,triton-client]"
+	$(PYTHON) -m venv $(SERVE_LATEST)
+	$(SERVE_LATEST)/bin/python -m pip install -q --upgrade pip
+	$(SERVE_LATEST)/bin/python -m pip install -q --upgrade -e ".[serve]"
+	$(LATEST)/bin/python -m pip freeze --exclude-editable | grep -i -E '^(numpy|onnx|onnxruntime|scipy|transformers|tokenizers|ray|pyarrow)=='
+	DERAMOS_SERVE_BIN=$(CURDIR)/$(SERVE_LATEST)/bin/deramos-serve $(LATEST)/bin/python -m pytest -q tests
+
+# Rewrite the locks from environments that passed the suite (needs the package index).
+lock:
+	python3 scripts/lock.py --python $(PY) --out $(TEST_LOCK)
+	python3 scripts/lock.py --python $(SERVE_VENV)/bin/python --out $(SERVE_LOCK)
 
 test: $(VENV)/.installed $(SERVE_VENV)/.installed
 	$(PY) -m pytest -q tests

@@ -229,7 +229,8 @@ def test_speed_report_says_which_precision_does_not_pay():
     from deramos.build.speed import SpeedReport
 
     report = SpeedReport(8, {"fp32": 0.100, "fp16": 0.050, "int8": 0.125})
-    assert report.ratio("fp16") == 2.0 and report.ratio("int8") == 0.8 and report.slower() == ["int8"]
+    assert report.ratio("fp16") == pytest.approx(2.0) and report.ratio("int8") == pytest.approx(0.8)
+    assert report.slower() == ["int8"]
     assert report.format() == ("speed here (onnxruntime-cpu, 8 windows per batch): fp32 100 ms, fp16 50 ms (2.00x), "
                                "int8 125 ms (0.80x); int8 not faster than fp32 on this CPU: serve fp32 here")
 
@@ -264,9 +265,9 @@ def test_int8_search_keeps_the_costliest_layers_fp32(fp32_bundle, tmp_path):
     assert full > 0
     said = []
     strict = search_exclusions(bundle, "audio_encoder", ranges, "minmax", "x86-avx2", clips,
-                               cmp.Tolerance(max_abs=0.0), say=said.append)
+                               cmp.Tolerance(max_abs=1e-6), say=said.append)   # only FP32 meets it
     assert strict.kept_fp32 == sorted(layers, key=lambda layer: -strict.sensitivity[layer])   # all, costliest first
-    assert strict.comparison.passed and strict.comparison.scores["MI"].max_abs == 0.0      # FP32 itself
+    assert strict.comparison.passed and strict.comparison.scores["MI"].max_abs <= 1e-6     # FP32 itself
     assert set(strict.seconds_per_batch) == {"fp32", "int8_all_layers", "int8_searched"}
     assert any("INT8 sensitivity of" in line for line in said)
     assert strict.to_dict()["kept_nodes"] == [n for layer in strict.kept_fp32 for n in layers[layer]]

@@ -451,8 +451,8 @@ def test_export_lists_external_data_with_hashes(unvalidated_external, bundle):
     feeds = {"waveform": wave, "lengths": np.array([16000, 9000], np.int64)}
     external = _ort(out / "audio_encoder.onnx").run(None, feeds)
     single = _ort(bundle[0] / "audio_encoder.onnx").run(None, feeds)
-    for a, b in zip(external, single):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(external, single):      # same weights, same kernels: equal up to rounding
+        np.testing.assert_allclose(a, b, atol=1e-6, rtol=0)
 
 
 def test_save_onnx_moves_weights_to_one_data_file(bundle, tmp_path):
@@ -469,7 +469,8 @@ def test_save_onnx_moves_weights_to_one_data_file(bundle, tmp_path):
     ids = np.array([[101, 2023, 2003, 1037, 3231, 102], [101, 7592, 102, 0, 0, 0]], np.int64)
     mask = (ids != 0).astype(np.int64)
     feeds = {"input_ids": ids, "attention_mask": mask}
-    np.testing.assert_array_equal(_ort(target).run(None, feeds)[0], _ort(root / "text_encoder.onnx").run(None, feeds)[0])
+    np.testing.assert_allclose(_ort(target).run(None, feeds)[0], _ort(root / "text_encoder.onnx").run(None, feeds)[0],
+                               atol=1e-6, rtol=0)
     # Saved again under the threshold: one file, and the stale side file is gone.
     assert onnxio.save_onnx(onnx.load(str(target)), target, external_min_bytes=1 << 40) == [target]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["text_encoder.onnx"]

@@ -59,10 +59,12 @@ def test_heavy_ties_with_few_distinct_values_match_scipy() -> None:
 def test_perfect_and_reversed_order() -> None:
     x = np.arange(50, dtype=float)
     assert pearson(x, 2 * x + 1) == pytest.approx(1.0)
-    assert spearman(x, x**3) == 1.0
-    assert kendall_tau(x, x**3) == 1.0
-    assert kendall_tau(x, -x) == -1.0
-    assert spearman(x, -x) == -1.0
+    # Pearson of the ranks is 1 only up to rounding: the sums' order depends on the SIMD width
+    # (AVX-512 gave 0.9999999999999999), so no metric here is compared for exact equality.
+    assert spearman(x, x**3) == pytest.approx(1.0, abs=1e-12)
+    assert kendall_tau(x, x**3) == pytest.approx(1.0, abs=1e-12)
+    assert kendall_tau(x, -x) == pytest.approx(-1.0, abs=1e-12)
+    assert spearman(x, -x) == pytest.approx(-1.0, abs=1e-12)
 
 
 def test_count_inversions_matches_brute_force() -> None:
@@ -75,7 +77,7 @@ def test_count_inversions_matches_brute_force() -> None:
 
 def test_mse() -> None:
     assert mse([1, 2, 3], [1, 2, 5]) == pytest.approx(4 / 3)
-    assert mse(np.array([2.5]), np.array([2.5])) == 0.0
+    assert mse(np.array([2.5]), np.array([2.5])) == pytest.approx(0.0, abs=1e-15)
 
 
 @pytest.mark.parametrize("metric", [pearson, spearman, kendall_tau])
@@ -153,7 +155,7 @@ def test_evaluate_utterance_level_and_shape() -> None:
     result = evaluate(SYSTEM_IDS, PRED, TRUE, SYSTEM_TRUTH)
     assert set(result) == {"utterance", "system"}
     assert list(result["utterance"]) == ["MI", "TA"]
-    assert result["utterance"]["TA"] == score_metrics(PRED["TA"], TRUE["TA"])
+    assert result["utterance"]["TA"] == pytest.approx(score_metrics(PRED["TA"], TRUE["TA"]), abs=1e-12)
     assert set(result["system"]["TA"]) == {"MSE", "LCC", "SRCC", "KTAU"}
 
 

@@ -202,10 +202,22 @@ def test_answer_round_trip(tmp_path: Path) -> None:
     ids = [f"{PREFIX}S002_P044", name("S009", "P003")]  # a ".wav" is dropped on writing
     write_answer(path, ids, np.array([3.25, 4.0]), [1.5, 2.123456])
     assert path.read_text().splitlines() == [
-        f"{PREFIX}S002_P044,3.250000,1.500000",
-        f"{PREFIX}S009_P003,4.000000,2.123456",
+        f"{PREFIX}S002_P044,3.25,1.5",
+        f"{PREFIX}S009_P003,4.0,2.123456",
     ]
     assert read_answer(path) == {f"{PREFIX}S002_P044": (3.25, 1.5), f"{PREFIX}S009_P003": (4.0, 2.123456)}
+
+
+def test_answer_keeps_the_order_of_nearly_equal_scores(tmp_path: Path) -> None:
+    """Scores 1e-9 apart stay apart (six decimals made them ties, and SRCC from the file differed)."""
+    path = tmp_path / "answer.txt"
+    mi = np.array([3.0, 3.0 + 1e-9, 3.0 + 2e-9], dtype=np.float64)
+    ta = np.array([2.0, np.nextafter(np.float32(2.0), 0), np.nextafter(np.nextafter(np.float32(2.0), 0), 0)],
+                  dtype=np.float32)                          # adjacent float32 values
+    write_answer(path, ["a", "b", "c"], mi, ta)
+    read = read_answer(path)
+    assert [read[k][0] for k in "abc"] == sorted(read[k][0] for k in "abc") and len({read[k][0] for k in "abc"}) == 3
+    assert [read[k][1] for k in "abc"] == [float(x) for x in ta]     # repr round-trips: the very same values
 
 
 def test_write_answer_rejects_bad_input(tmp_path: Path) -> None:

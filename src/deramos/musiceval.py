@@ -130,14 +130,18 @@ def write_answer(
     mi: Sequence[float] | np.ndarray,
     ta: Sequence[float] | np.ndarray,
 ) -> None:
-    """Write 'wavid,MI,TA' lines (wav id without '.wav'), the challenge's answer format."""
+    """Write 'wavid,MI,TA' lines (wav id without '.wav'), the challenge's answer format.
+
+    Scores are written in Python's shortest round-trip form, every digit kept: metrics computed
+    from the file then equal the ones computed from the predictions (six decimals used to tie
+    nearly equal scores, so the file ranked clips differently from the model)."""
     if not len(wav_ids) == len(mi) == len(ta):
         raise ValueError(f"got {len(wav_ids)} ids, {len(mi)} MI and {len(ta)} TA scores")
     lines = []
     for wav_id, mi_score, ta_score in zip(wav_ids, mi, ta):
         if not (math.isfinite(mi_score) and math.isfinite(ta_score)):
             raise ValueError(f"{wav_id}: non-finite score (MI={mi_score}, TA={ta_score})")
-        lines.append(f"{_wav_id(str(wav_id))},{float(mi_score):.6f},{float(ta_score):.6f}\n")
+        lines.append(f"{_wav_id(str(wav_id))},{float(mi_score)!r},{float(ta_score)!r}\n")
     Path(path).write_text("".join(lines), encoding="utf-8")
 
 

@@ -241,7 +241,7 @@ def test_loaded_encoder_runs_and_matches_source(tmp_path):
         b, mask_b = source.eval()(wave, lengths)
     assert a.shape == (2, 25, 32)
     assert torch.equal(mask_a, mask_b)
-    torch.testing.assert_close(a, b, rtol=0, atol=0)
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-6)   # same weights, same ops: equal up to rounding
 
 
 @pytest.mark.parametrize("missing", ["model.conformer.layers.1.conv_module.depthwise_conv.weight",

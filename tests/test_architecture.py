@@ -33,7 +33,7 @@ BUILD_STAGE = tuple(f for f in ("calibration", "build") if f in FOLDERS.values()
 
 
 def module_files() -> dict[str, Path]:
-    """Module name -> source file, for every module of the five folders."""
+    """Module name -> source file, for every module of every layer."""
     found = {}
     for package, folder in FOLDERS.items():
         for path in sorted(_source_dir(package).rglob("*.py")):

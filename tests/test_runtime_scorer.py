@@ -58,11 +58,22 @@ def test_prompt_cache_is_bounded_lru(runtime_bundle, candidates):
 
 def test_cached_prompt_scores_equal_uncached(runtime_bundle, candidates):
     """Encoding each prompt alone and padding per batch: a prompt's score does not depend on
-    which other prompts share its batch."""
+    which other prompts share its batch, nor on whether its encoding came from the cache. TA is
+    compared (MI does not read the prompt), on prompts whose TA differ, so a cache that handed
+    out another prompt's encoding would fail here."""
+    prompts = ["a", "b c d e f", "g h"]
+    alone = [fresh_scorer(runtime_bundle).score(c, p, sample_rate=RATE) for c, p in zip(candidates[:3], prompts)]
+    same_clip = [fresh_scorer(runtime_bundle).score(candidates[0], p, sample_rate=RATE).ta for p in prompts]
+    assert min(abs(a - b) for i, a in enumerate(same_clip) for b in same_clip[i + 1:]) > 1e-3   # TA reads them
     scorer = fresh_scorer(runtime_bundle)
-    alone = [scorer.score(c, p, sample_rate=RATE).mi for c, p in zip(candidates[:3], ["a", "b c d e f", "g h"])]
-    mixed = scorer.score_batch(candidates[:3], ["a", "b c d e f", "g h"], sample_rate=RATE)
-    np.testing.assert_allclose([s.mi for s in mixed], alone, atol=1e-5)
+    mixed = scorer.score_batch(candidates[:3], prompts, sample_rate=RATE)            # encoded here
+    cached = scorer.score_batch(candidates[:3], prompts, sample_rate=RATE)           # from the cache
+    assert scorer.backend.calls["text_encoder"] == 3                                 # once per prompt
+    swapped = scorer.score_batch([candidates[0]] * 3, prompts, sample_rate=RATE)     # cache, other clip
+    for run in (mixed, cached):
+        np.testing.assert_allclose([s.ta for s in run], [s.ta for s in alone], atol=1e-5)
+        np.testing.assert_allclose([s.mi for s in run], [s.mi for s in alone], atol=1e-5)
+    np.testing.assert_allclose([s.ta for s in swapped], same_clip, atol=1e-5)
 
 
 # --- threads -----------------------------------------------------------------------------------

@@ -83,17 +83,17 @@ def _rename_file(old: str, new: str):
 
 
 FIELD_CASES = {
-    "sample_rate 0": (_set("sample_rate", 0), "field sample_rate must be >= 1, got 0"),
+    "sample_rate 0": (_set("sample_rate", 0), "field sample_rate must be between 8000 and 192000 Hz, got 0"),
     "sample_rate text": (_set("sample_rate", "16000"), "field sample_rate must be an integer, got a string '16000'"),
     "sample_rate true": (_set("sample_rate", True), "field sample_rate must be an integer, got a boolean True"),
     "files null": (_set("files", None), "field files must be an object, got null"),
     "files list": (_set("files", []), "field files must be an object, got a list"),
     "window ten": (_set("window_seconds", "ten"), "field window_seconds must be a number, got a string 'ten'"),
-    "window 0": (_set("window_seconds", 0), "field window_seconds must be a positive number, got 0"),
-    "window -6": (_set("window_seconds", -6.0), "field window_seconds must be a positive number, got -6.0"),
+    "window 0": (_set("window_seconds", 0), "field window_seconds must be between 0.5 and 600 seconds, got 0"),
+    "window -6": (_set("window_seconds", -6.0), "field window_seconds must be between 0.5 and 600 seconds, got -6.0"),
     "no samples_per_frame": (_delete("samples_per_frame"), "field samples_per_frame must be an integer, got missing"),
-    "min_tail -1": (_set("min_tail_samples", -1), "field min_tail_samples must be >= 0, got -1"),
-    "max_tokens 0": (_set("tokenizer.max_tokens", 0), "field tokenizer.max_tokens must be >= 1, got 0"),
+    "min_tail -1": (_set("min_tail_samples", -1), "field min_tail_samples must be between 0 and 96000 (one window), got -1"),
+    "max_tokens 0": (_set("tokenizer.max_tokens", 0), "field tokenizer.max_tokens must be between 1 and 8192, got 0"),
     "tokenizer null": (_set("tokenizer", None), "field tokenizer must be an object, got null"),
     "format_version text": (_set("format_version", "1"), "field format_version must be a positive integer, got a string '1'"),
     "graphs list": (_set("graphs", []), "field graphs must be an object, got a list"),

@@ -24,14 +24,31 @@ manifest.json:
     versions: {deramos, torch, onnx, onnxruntime, opset}
     parity: {<precision>: report}    the export's validation against PyTorch
 
+Every number the runtime reads is range-checked on load (one BundleError line naming the field
+and the allowed range; NaN, inf and true/false are refused too). The bounds are wide enough for
+any model this runtime can serve and narrow enough that nothing derived from them (a window in
+samples, token arrays, audio buffers) overflows or allocates absurdly:
+
+    sample_rate          integer, 8000..192000 (Hz)
+    window_seconds       number, 0.5..600 (600 s at 192 kHz is 115 M samples, 461 MB of float32)
+    samples_per_frame    integer, 1..one window in samples
+    min_tail_samples     integer, 0..one window in samples
+    tokenizer.max_tokens integer, 1..8192
+    score.min, score.max finite numbers in -1e6..1e6, min < max (when `score` is present)
+    score.bins           integer, 2..1000
+
+Every file name must be a relative POSIX path inside the bundle, without a NUL byte.
+
 This module only reads and verifies (numpy + json): the runtime never imports torch.
 """
 from __future__ import annotations
 
+import hashlib
 import json
-import math
+import os
 import re
 from dataclasses import dataclass, field
+from decimal import Decimal
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from .contract import GRAPH_IO, GRAPHS, PRECISIONS, graph_file_name, seconds_to_samples  # noqa: F401 - re-exported
@@ -41,6 +58,13 @@ FORMAT = "deramos-bundle"
 FORMAT_VERSION = 1
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 MISSING = object()   # a manifest key that is absent (unlike one that is null)
+
+# The allowed ranges of the manifest's numbers (the module docstring says why these).
+SAMPLE_RATE_RANGE = (8000, 192000)        # Hz
+WINDOW_SECONDS_RANGE = (0.5, 600.0)
+MAX_TOKENS_RANGE = (1, 8192)
+SCORE_BINS_RANGE = (2, 1000)
+SCORE_LIMITS = (-1e6, 1e6)
 
 
 class BundleError(ValueError):
@@ -70,12 +94,16 @@ class Manifest:
     graphs: dict[str, GraphEntry]
     files: dict[str, str]                    # bundle-relative path -> sha256 hex
     raw: dict = field(repr=False, compare=False)
+    score: tuple[float, float, int] | None = None   # (min, max, bins); None when the manifest has none
 
 
 @dataclass
 class Bundle:
     root: Path
     manifest: dict                           # the raw JSON, for fields the runtime does not interpret
+    # True when load_bundle checked every file's sha256: then read_verified() checks again the
+    # bytes it returns (what a backend hands to ONNX Runtime or TensorRT is what was checked).
+    verified: bool = False
     spec: Manifest = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -127,6 +155,26 @@ class Bundle:
         first = self.graph_path(graph, precision)
         return [first] + [self.root / name for name in self.spec.graphs[graph].files[precision][1:]]
 
+    def graph_names(self, graph: str, precision: str) -> tuple[str, ...]:
+        """graph_files() as bundle-relative names (the keys of files{})."""
+        self.graph_path(graph, precision)          # BundleError naming what the bundle has
+        return self.spec.graphs[graph].files[precision]
+
+    def read_verified(self, name: str) -> bytes:
+        """The bytes of the listed file `name`, read once. In a verified bundle their sha256 must
+        be the manifest's, so a caller that hands these bytes on (never the path) uses exactly
+        what was checked: a file replaced after load_bundle, or while being read, is refused."""
+        if name not in self.files:
+            raise BundleError(f"{self.root / name}: not listed (with its sha256) in manifest.json")
+        path = resolve_inside(self.root, name)
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            raise BundleError(f"{path}: cannot be read ({error.strerror or error})") from None
+        if self.verified and hashlib.sha256(data).hexdigest() != self.files[name]:
+            raise BundleError(f"{path}: sha256 does not match manifest.json (file modified or corrupt)")
+        return data
+
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     """Read and validate manifest.json; every listed file must lie inside the bundle and
@@ -139,13 +187,16 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
         raise BundleError(f"{manifest_path}: missing (not a deramos bundle; create one with deramos-export)")
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise BundleError(f"{manifest_path}: not valid JSON (nested too deeply)") from None
+    except ValueError as err:   # JSONDecodeError, UnicodeDecodeError, an integer of > 4300 digits
         raise BundleError(f"{manifest_path}: not valid JSON ({err.msg if hasattr(err, 'msg') else err})") from None
     bundle = Bundle(root, manifest)
     for name in bundle.files:
         resolve_inside(root, name)
     if verify:
         verify_files(root, manifest)
+        bundle.verified = True
     return bundle
 
 
@@ -158,17 +209,22 @@ def parse_manifest(raw, path: Path) -> Manifest:
     files = _files(raw["files"], check)
     tokenizer = check.mapping("tokenizer", raw["tokenizer"])
     tokenizer_file = check.listed("tokenizer.file", tokenizer.get("file", MISSING), files)
+    sample_rate = check.integer("sample_rate", raw["sample_rate"], *SAMPLE_RATE_RANGE, unit=" Hz")
+    window_seconds = check.number("window_seconds", raw["window_seconds"], *WINDOW_SECONDS_RANGE, unit=" seconds")
+    window = seconds_to_samples(window_seconds, sample_rate)
     return Manifest(
         format_version=raw["format_version"],
-        sample_rate=check.integer("sample_rate", raw["sample_rate"], minimum=1),
-        window_seconds=check.number("window_seconds", raw["window_seconds"]),
-        samples_per_frame=check.integer("samples_per_frame", raw.get("samples_per_frame", MISSING), minimum=1),
-        min_tail_samples=check.integer("min_tail_samples", raw.get("min_tail_samples", MISSING), minimum=0),
+        sample_rate=sample_rate,
+        window_seconds=window_seconds,
+        samples_per_frame=check.integer("samples_per_frame", raw.get("samples_per_frame", MISSING), 1, window,
+                                        unit=" (one window)"),
+        min_tail_samples=check.integer("min_tail_samples", raw.get("min_tail_samples", MISSING), 0, window,
+                                       unit=" (one window)"),
         tokenizer_file=tokenizer_file,
-        max_tokens=check.integer("tokenizer.max_tokens", tokenizer.get("max_tokens", MISSING), minimum=1),
+        max_tokens=check.integer("tokenizer.max_tokens", tokenizer.get("max_tokens", MISSING), *MAX_TOKENS_RANGE),
         graphs={graph: _graph(graph, check.mapping("graphs", raw["graphs"])[graph], check, files)
                 for graph in GRAPHS},
-        files=files, raw=raw)
+        files=files, raw=raw, score=_score(raw.get("score", MISSING), check))
 
 
 class _FieldChecks:
@@ -185,18 +241,20 @@ class _FieldChecks:
             raise self.fail(name, f"must be an object, got {_json_type(value)}")
         return value
 
-    def integer(self, name: str, value, minimum: int) -> int:
+    def integer(self, name: str, value, low: int, high: int, unit: str = "") -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(name, f"must be an integer, got {_json_type(value)}")
-        if value < minimum:
-            raise self.fail(name, f"must be >= {minimum}, got {value}")
+        if not low <= value <= high:
+            raise self.fail(name, f"must be between {low} and {high}{unit}, got {_shown(value)}")
         return value
 
-    def number(self, name: str, value) -> float:
+    def number(self, name: str, value, low: float, high: float, unit: str = "") -> float:
+        """A finite number in [low, high] (compared before any conversion: 10**400 is refused,
+        not an OverflowError)."""
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise self.fail(name, f"must be a number, got {_json_type(value)}")
-        if not math.isfinite(value) or value <= 0:
-            raise self.fail(name, f"must be a positive number, got {value}")
+        if not (low <= value <= high):      # NaN fails every comparison; inf is out of range
+            raise self.fail(name, f"must be between {low:g} and {high:g}{unit}, got {_shown(value)}")
         return float(value)
 
     def listed(self, name: str, value, files: dict[str, str]) -> str:
@@ -206,6 +264,20 @@ class _FieldChecks:
             raise self.fail(name, f"names {value!r}, which is not in files{{}} (every file the runtime "
                                   f"opens must be listed with its sha256)")
         return value
+
+
+def _score(value, check: _FieldChecks) -> tuple[float, float, int] | None:
+    """score: {min, max, bins}, optional (the runtime does not read it, but a bundle that has it
+    must have sensible values: serving layers and reports do)."""
+    if value is MISSING:
+        return None
+    score = check.mapping("score", value)
+    low = check.number("score.min", score.get("min", MISSING), *SCORE_LIMITS)
+    high = check.number("score.max", score.get("max", MISSING), *SCORE_LIMITS)
+    if not low < high:
+        raise check.fail("score.max", f"must be greater than score.min ({_shown(low)}), got {_shown(high)}")
+    bins = check.integer("score.bins", score.get("bins", MISSING), *SCORE_BINS_RANGE)
+    return low, high, bins
 
 
 def _files(value, check: _FieldChecks) -> dict[str, str]:
@@ -245,6 +317,12 @@ def relative_path_problem(name) -> str | None:
     """Why `name` cannot be a file of the bundle (None: it can): a bundle-relative POSIX path."""
     if not isinstance(name, str) or not name:
         return "must be a non-empty relative path"
+    if "\0" in name:
+        return "contains a NUL byte (not a file name)"
+    try:
+        os.fsencode(name)
+    except UnicodeEncodeError:
+        return "cannot be encoded as a file name on this system"
     pure = PurePosixPath(name)
     if pure.is_absolute() or PureWindowsPath(name).drive or name.startswith("\\"):
         return "is an absolute path (files must be inside the bundle)"
@@ -264,6 +342,14 @@ def resolve_inside(root: Path, name: str) -> Path:
     except RuntimeError:   # a symlink loop (Python < 3.13 raises RuntimeError)
         raise BundleError(f"{path}: symlink loop") from None
     return path
+
+
+def _shown(value) -> str:
+    """A manifest number as an error shows it: 1e-09, 6.0, nan, 16000; 1.00e+40 for a huge integer
+    (an integer of thousands of digits stays one short line)."""
+    if isinstance(value, int) and abs(value) >= 10 ** 15:
+        return f"{Decimal(value):.3g}"
+    return repr(value)
 
 
 def _json_type(value) -> str:

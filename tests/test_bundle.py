@@ -185,13 +185,11 @@ def test_verified_files_are_remembered_by_identity(copy, private_cache):
     memo = _memo(private_cache)
     assert sorted(memo) == sorted(manifest["files"])
     assert all(entry[5] == manifest["files"][name] for name, entry in memo.items())
-    # The memo is what a warm load trusts: a forged digest for an unchanged file is believed
-    # (and then forgotten), while DERAMOS_VERIFY=full reads the file and passes.
+    # A warm load trusts an entry only with its signature (runtime/hashmemo.py; forged entries
+    # are tested in test_bundle_holes.py): a digest changed by hand is ignored, the file hashed.
     memo["heads.onnx"][5] = "0" * 64
     (path,) = private_cache.iterdir()
     path.write_text(json.dumps({"root": str(copy.resolve()), "files": memo}))
-    with pytest.raises(BundleError, match="heads.onnx: sha256 does not match"):
-        load_bundle(copy)
     load_bundle(copy)
     assert _memo(private_cache)["heads.onnx"][5] == manifest["files"]["heads.onnx"]
 

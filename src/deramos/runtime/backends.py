@@ -7,12 +7,25 @@ Implementations: ONNX Runtime with the CPU, CUDA or TensorRT execution provider,
 TensorRT engines (device memory through runtime/cuda.py). `select_backend` picks one, trying
 the fastest first, and records why the others were skipped. A backend that was asked for and
 cannot load raises BackendUnavailable with a one-line reason, never a silent CPU fallback.
+
+What a backend runs is what was verified: each graph file (and each side file of its weights)
+is read once into memory, its sha256 checked against manifest.json (Bundle.read_verified), and
+the session or engine is built from those bytes, never from the path. A file swapped or
+rewritten after load_bundle hashed it, or while it is read, is refused; one changed after the
+session is built no longer matters. External weights (`<graph>.onnx.data`) reach ONNX Runtime
+as in-memory files (SessionOptions.add_external_initializers_from_files_in_memory, ORT >= 1.23);
+an older ORT gets the verified bytes written to a private temporary folder (0700) it opens
+instead. Cost: reading and hashing the graphs at every load (~0.1 s per 100 MB on one core,
+the three graphs side by side), which the hash memo used to skip; ORT copies the weights out
+of the buffers, where it memory-mapped the side file before.
 """
 from __future__ import annotations
 
 import hashlib
 import importlib.util
 import os
+import posixpath
+import tempfile
 import threading
 from contextlib import contextmanager
 from collections import Counter
@@ -130,6 +143,7 @@ class OrtBackend(Backend):
 
     def _open(self, graph: str):
         path = self.bundle.graph_path(graph, self.precision)
+        model, weights = verified_graph(self.bundle, graph, self.precision)   # BundleError when tampered
         options = self._ort.SessionOptions()
         options.log_severity_level = 3          # fallbacks are reported by us, in one line
         # Each session has its own intra-op pool, whose threads busy-wait after a run by default.
@@ -140,7 +154,7 @@ class OrtBackend(Backend):
             options.intra_op_num_threads = int(self.threads)
             options.inter_op_num_threads = 1
         try:
-            session = self._ort.InferenceSession(str(path), options, providers=self._providers())
+            session = session_from_bytes(self._ort, model, weights, options, self._providers())
         except Exception as error:  # ORT raises its own Fail/InvalidGraph/RuntimeError types
             if self.provider == "cpu":
                 raise BundleError(f"{path}: onnxruntime cannot load it ({_one_line(error)})") from None
@@ -185,6 +199,44 @@ class OrtBackend(Backend):
         return f"{self.name} ({self.precision}{threads}; onnxruntime {self._ort.__version__})"
 
 
+def verified_graph(bundle: Bundle, graph: str, precision: str) -> tuple[bytes, dict[str, bytes]]:
+    """The graph file's bytes and its side files' ({name as the graph refers to it: bytes}),
+    each read once and checked against manifest.json when the bundle was verified."""
+    names = bundle.graph_names(graph, precision)
+    folder = posixpath.dirname(names[0]) or "."
+    weights = {}
+    for name in names[1:]:
+        relative = posixpath.relpath(name, folder)
+        if relative.startswith(".."):
+            raise BundleError(f"{bundle.root / name}: a side file of {names[0]} must be in its folder "
+                              f"(graphs.{graph}.files.{precision} in manifest.json)")
+        weights[relative] = bundle.read_verified(name)
+    return bundle.read_verified(names[0]), weights
+
+
+def session_from_bytes(ort, model: bytes, weights: dict[str, bytes], options, providers,
+                       in_memory: bool | None = None):
+    """An InferenceSession built from these bytes only. in_memory None: external weights are
+    handed over in memory when this ORT can (>= 1.23), else through a private temporary copy."""
+    if not weights:
+        return ort.InferenceSession(model, options, providers=providers)
+    if in_memory is None:
+        in_memory = hasattr(options, "add_external_initializers_from_files_in_memory")
+    if in_memory:
+        names = list(weights)
+        options.add_external_initializers_from_files_in_memory(names, [weights[n] for n in names],
+                                                               [len(weights[n]) for n in names])
+        return ort.InferenceSession(model, options, providers=providers)
+    # mkdtemp makes the folder 0700: no one else can put other bytes under the names ORT opens.
+    with tempfile.TemporaryDirectory(prefix="deramos-graph-", ignore_cleanup_errors=True) as scratch:
+        graph = Path(scratch) / "graph.onnx"
+        for name, data in {"graph.onnx": model, **weights}.items():
+            target = Path(scratch) / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+        return ort.InferenceSession(str(graph), options, providers=providers)
+
+
 def _ort_engine_cache(bundle: Bundle) -> Path:
     """ORT-TensorRT engines go beside the bundle's own engines; a read-only bundle (installed
     in site-packages, a shared volume) gets a per-bundle folder in the user cache instead."""
@@ -207,8 +259,8 @@ def _ort_engine_cache(bundle: Bundle) -> Path:
 class _Engine:
     """One deserialised engine with its execution context (not thread-safe: used under a lock)."""
 
-    def __init__(self, trt, runtime, path: Path):
-        self.engine = runtime.deserialize_cuda_engine(path.read_bytes())
+    def __init__(self, trt, runtime, path: Path, data: bytes):
+        self.engine = runtime.deserialize_cuda_engine(data)   # the verified bytes, not the path
         if self.engine is None:
             raise BackendUnavailable(f"tensorrt: cannot deserialise {path} (corrupt, or built by another TensorRT)")
         self.context = self.engine.create_execution_context()
@@ -253,7 +305,9 @@ class TensorRTBackend(Backend):
         self.engine_set = engines
         self.stream = self.cuda.stream_create()
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
-        self.engines = {graph: _Engine(trt, self._runtime, engines.engine_path(graph)) for graph in GRAPHS}
+        self.engines = {graph: _Engine(trt, self._runtime, engines.engine_path(graph),
+                                       bundle.read_verified(engines.engine_path(graph).relative_to(bundle.root).as_posix()))
+                        for graph in GRAPHS}
         for graph, engine in self.engines.items():
             inputs, outputs = _manifest_order(graph, engine.inputs), _manifest_order(graph, engine.outputs, 1)
             check_graph_io(bundle, graph, precision, inputs, outputs)

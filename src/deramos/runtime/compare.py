@@ -128,6 +128,7 @@ class Comparison:
     graphs: dict[str, dict[str, float]] = field(default_factory=dict)
     tolerance: Tolerance = field(default_factory=Tolerance)
     errors: list[str] = field(default_factory=list)     # items the candidate could not score
+    problems: list[str] = field(default_factory=list)   # failures found before comparing (non-finite outputs)
 
     @property
     def clips(self) -> int:
@@ -136,7 +137,7 @@ class Comparison:
     @property
     def failures(self) -> list[str]:
         out = [f for label, a in self.scores.items() for f in a.failures(label, self.tolerance)]
-        return out + [f"candidate failed on {e}" for e in self.errors]
+        return list(self.problems) + out + [f"candidate failed on {e}" for e in self.errors]
 
     @property
     def passed(self) -> bool:

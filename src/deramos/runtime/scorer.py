@@ -42,6 +42,9 @@ PROMPT_CACHE_SIZE = 256
 # Bytes of audio decoded ahead of the backend (the decoding buffers and the decoded clips
 # waiting to be scored). One clip larger than this still runs, alone.
 DECODE_BUDGET = 1 << 30
+# An item's error when the graphs return NaN or inf for it. Its input is not to blame: audio
+# with non-finite samples never reaches the graphs (runtime/audio.py refuses it).
+NON_FINITE_SCORE = "the graph produced a non-finite score (NaN or inf)"
 
 
 class SelfCheckFailed(RuntimeError):
@@ -340,8 +343,7 @@ class Scorer:
         ta = weighted_mean([p[1] for p in parts], [p[2] for p in parts])
         seconds = prepared.samples / self.sample_rate
         if not (math.isfinite(mi) and math.isfinite(ta)):
-            return Score(None, None, f"{prepared.name}: the model returned a non-finite score "
-                                     f"(NaN or inf in the input?)", prepared.name, seconds, len(parts))
+            return Score(None, None, f"{prepared.name}: {NON_FINITE_SCORE}", prepared.name, seconds, len(parts))
         return Score(mi, ta, None, prepared.name, seconds, len(parts))
 
     # -- text: each prompt encoded alone, once, then zero-padded per batch ------------------------

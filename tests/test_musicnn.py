@@ -158,3 +158,25 @@ def test_encoder_rejects_bad_configs():
     with pytest.raises(ValueError, match=r"needs sample_rate 16000 and patch_hop >= 1 \(got 24000, 94\)"):
         MusicnnEncoder(AudioEncoderConfig(arch="musicnn", backbones=("MTT_musicnn",),
                                           features=("taggram",), patch_hop=94))
+
+
+def test_clip_wide_timbral_filters_give_the_patch_outputs():
+    """forward_clip (the timbral filters once over the clip, 3 + 3 edge frames per patch redone)
+    gives what cutting out overlapping patches gives, on real music, first and last patch included."""
+    network = load_musicnn("MSD_musicnn")
+    encoder = MusicnnEncoder(AudioEncoderConfig(arch="musicnn", sample_rate=16000, hop_length=256,
+                                                backbones=("MSD_musicnn",), features=("penultimate",), patch_hop=94))
+    wave = torch.from_numpy(np.concatenate([read_clip(c) for c in CLIPS]))[None]     # 6 s: 4 patches
+    with torch.no_grad():
+        log_mel, valid = encoder.frontend(wave, torch.tensor([wave.shape[1]]))
+        index = encoder.patch_index(log_mel.shape[-1], log_mel.device)
+        patches, _ = encoder.patches(log_mel, valid, index)
+        by_patch = network(patches.reshape(-1, PATCH_FRAMES, 96))
+        by_clip = network.forward_clip(torch.nn.functional.pad(log_mel, (0, PATCH_FRAMES)).transpose(1, 2), index)
+    assert index.shape[0] == 4
+    for name in ("taggram", "penultimate", "mean", "max", "pooled"):
+        scale = float(by_patch[name].abs().max())
+        assert float((by_clip[name] - by_patch[name]).abs().max()) <= 1e-5 * max(scale, 1.0), name
+    network.train()
+    with pytest.raises(RuntimeError, match="forward_clip is for eval mode"):
+        network.forward_clip(log_mel.transpose(1, 2), index)

@@ -33,6 +33,7 @@ from .tempo_tonality import TempoTonality
 
 SAMPLE_RATE, N_FFT, HOP, N_MELS = 16000, 512, 256, 96
 PATCH_FRAMES = 187
+TIMBRAL_FRAMES = 7      # the timbral filters' extent in time (both of them)
 BN_EPS = 1e-3   # tf.compat.v1.layers.batch_normalization's default
 MODELS = ("MTT_musicnn", "MSD_musicnn")
 WEIGHTS_DIR = Path(__file__).parent / "musicnn_weights"
@@ -166,8 +167,8 @@ class Musicnn(nn.Module):
     def __init__(self, num_classes: int = 50):
         super().__init__()
         self.input_bn = nn.BatchNorm2d(1, eps=BN_EPS)
-        self.timbral_74 = _frontend_block(204, (7, int(0.4 * N_MELS)))
-        self.timbral_77 = _frontend_block(204, (7, int(0.7 * N_MELS)))
+        self.timbral_74 = _frontend_block(204, (TIMBRAL_FRAMES, int(0.4 * N_MELS)))
+        self.timbral_77 = _frontend_block(204, (TIMBRAL_FRAMES, int(0.7 * N_MELS)))
         self.temporal_128 = _frontend_block(51, (128, 1))
         self.temporal_64 = _frontend_block(51, (64, 1))
         self.temporal_32 = _frontend_block(51, (32, 1))
@@ -182,30 +183,72 @@ class Musicnn(nn.Module):
         front = [self._pool_frequency(block, x, pad) for block, pad in (
             (self.timbral_74, (3, 3)), (self.timbral_77, (3, 3)),
             (self.temporal_128, (63, 64)), (self.temporal_64, (31, 32)), (self.temporal_32, (15, 16)))]
-        front = torch.cat(front, dim=1)                                        # [P, 561, 187]
+        return self._mid_and_back_end(torch.cat(front, dim=1))                # [P, 561, 187] in
+
+    def forward_clip(self, log_mel: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
+        """log-mel [B, T, 96] (every patch inside T), patch index [P, 187] -> forward() of the
+        B*P patches, clip-major, without cutting the patches out for the timbral filters.
+
+        Patches overlap by half, so cut out, every mel frame went through the timbral filters
+        (7 frames x 40 / 70 % of the bands: 80 % of the FLOPs) twice. Here those filters run once
+        over the whole clip; a patch takes its inner frames from there and recomputes only its
+        3 + 3 edge frames, where its own zero padding differs from the clip's neighbours. The
+        numbers are forward()'s up to float rounding (eval mode only: training takes batch norm
+        statistics over the patches)."""
+        if self.training:
+            raise RuntimeError("forward_clip is for eval mode; train on patches with forward()")
+        x = self.input_bn(log_mel[:, None])                                    # [B, 1, T, 96]
+        b, (p, width) = x.shape[0], index.shape
+        patches = x[:, :, index].transpose(1, 2).reshape(b * p, 1, width, N_MELS)   # [B*P, 1, 187, 96]
+        front = [self._pool_frequency_shared(block, x, patches, index) for block in (self.timbral_74, self.timbral_77)]
+        front += [self._pool_frequency(block, patches, pad) for block, pad in (
+            (self.temporal_128, (63, 64)), (self.temporal_64, (31, 32)), (self.temporal_32, (15, 16)))]
+        return self._mid_and_back_end(torch.cat(front, dim=1))
+
+    def _mid_and_back_end(self, front: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Front-end features [P, 561, 187] -> per-patch outputs."""
         mid1 = self.mid1(front)
         mid2 = self.mid2(mid1) + mid1
         mid3 = self.mid3(mid2) + mid2
         midend = torch.cat([front, mid1, mid2, mid3], dim=1)                   # [P, 753, 187]
         highest, mean = midend.amax(dim=2), midend.mean(dim=2)
         # TF flattens [P, 753, (max, mean)]: the two pools interleave channel by channel.
-        pooled = torch.stack([highest, mean], dim=-1).reshape(patches.shape[0], -1)
+        pooled = torch.stack([highest, mean], dim=-1).reshape(front.shape[0], -1)
         penultimate = self.dense_bn(F.relu(self.dense(self.pool_bn(pooled))))
         return {"taggram": torch.sigmoid(self.output(penultimate)), "penultimate": penultimate,
                 "mean": mean, "max": highest, "pooled": pooled}
 
     @staticmethod
-    def _pool_frequency(block: ConvReluBN, x: torch.Tensor, time_pad: tuple[int, int]) -> torch.Tensor:
-        """Zero-pad time ('same' as TF pads it), convolve, max over frequency -> [P, C, 187].
+    def _pool_frequency_shared(block: ConvReluBN, clip: torch.Tensor, patches: torch.Tensor,
+                               index: torch.Tensor) -> torch.Tensor:
+        """A 7-frame timbral block over the clip [B, 1, T, 96] once -> [B*P, C, 187] per patch."""
+        edge = TIMBRAL_FRAMES // 2                                             # 3
+        whole = Musicnn._extreme_over_frequency(block, F.pad(clip, (0, 0, edge, edge)))   # [B, C, T]
+        b, channels = whole.shape[:2]
+        p, width = index.shape
+        inner = whole[:, :, index[:, edge:width - edge]]                       # [B, C, P, 181]
+        inner = inner.transpose(1, 2).reshape(b * p, channels, width - 2 * edge)
+        left = Musicnn._extreme_over_frequency(block, F.pad(patches[:, :, : 2 * edge], (0, 0, edge, 0)))
+        right = Musicnn._extreme_over_frequency(block, F.pad(patches[:, :, width - 2 * edge:], (0, 0, 0, edge)))
+        return torch.cat([left, inner, right], dim=2)
 
-        In eval mode the max is taken before ReLU and batch norm, on [P, C, 187] instead of the
-        [P, C, 187, F] convolution output (most of the front-end's time went there). ReLU and
-        a per-channel affine map are monotone, so the result is the same: channels whose batch
-        norm scales by a negative factor take the minimum instead, found as the max of the
-        convolution with negated weights (negation is exact in floating point)."""
+    @staticmethod
+    def _pool_frequency(block: ConvReluBN, x: torch.Tensor, time_pad: tuple[int, int]) -> torch.Tensor:
+        """Zero-pad time ('same' as TF pads it), convolve, max over frequency -> [P, C, 187]."""
         x = F.pad(x, (0, 0, *time_pad))
         if block.training:   # batch statistics would be taken over the unpooled output
             return block(x).amax(dim=3)
+        return Musicnn._extreme_over_frequency(block, x)
+
+    @staticmethod
+    def _extreme_over_frequency(block: ConvReluBN, x: torch.Tensor) -> torch.Tensor:
+        """block(x).amax(dim=3) in eval mode, for x already padded in time.
+
+        The max is taken before ReLU and batch norm, on [P, C, T] instead of the [P, C, T, F]
+        convolution output (most of the front-end's time went there). ReLU and a per-channel
+        affine map are monotone, so the result is the same: channels whose batch norm scales by
+        a negative factor take the minimum instead, found as the max of the convolution with
+        negated weights (negation is exact in floating point)."""
         bn, conv = block.bn, block.conv
         sign = torch.where(bn.weight * torch.rsqrt(bn.running_var + bn.eps) < 0, -1.0, 1.0).to(x.dtype)
         flipped = F.conv2d(x, conv.weight * sign[:, None, None, None], conv.bias * sign)
@@ -283,9 +326,11 @@ class MusicnnEncoder(nn.Module):
         patches, real = self.patches(log_mel, valid, index)
         b, p = real.shape
         flat = patches.reshape(b * p, PATCH_FRAMES, N_MELS)
+        clip = F.pad(log_mel, (0, PATCH_FRAMES)).transpose(1, 2)             # [B, T + 187, 96]
         parts = []
         for network in self.backbones.values():
-            outputs = network(flat)
+            # eval: the timbral filters run once per mel frame, not once per patch it is in
+            outputs = network(flat) if network.training else network.forward_clip(clip, index)
             parts += [outputs[name].reshape(b, p, -1) for name in self.network_features]
         if self.tempo_tonality is not None:
             parts.append(self.tempo_tonality(wave, lengths, log_mel, valid, index))

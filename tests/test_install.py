@@ -84,7 +84,27 @@ def test_default_model_without_torch_says_how_to_get_a_cpu_torch(runtime_only_en
         "`deramos-export --out DIR` and pass --bundle DIR (or set DERAMOS_BUNDLE), or, to export the default "
         "model on first use, install a CPU build of torch first (pip install torch --index-url "
         "https://download.pytorch.org/whl/cpu")
-    assert done.stderr.endswith("then the extra: pip install 'deramos[export]'\n")
+    assert done.stderr.endswith("then the extra: pip install 'deramos[export]'; or export on a machine with torch "
+                                "(`deramos-export --out model.tar`) and copy the archive here "
+                                "(`deramos-run --bundle model.tar`)\n")
+
+
+def test_runtime_scores_an_archive_without_torch(runtime_only_env, runtime_bundle, tmp_path):
+    """The edge path: a bundle exported where torch is, copied as one file, scored where the
+    train/export stack (torch, onnx, scipy, ...) cannot be imported; unpacked once, into the cache."""
+    from deramos.runtime.archive import write_archive
+
+    archive = write_archive(runtime_bundle, tmp_path / "model.tar")
+    clip = write_wav(tmp_path / "clip.wav", music(2.0, seed=7))
+    rows = []
+    for bundle in (runtime_bundle, archive, archive):
+        done = run("deramos-run", "--json", "--bundle", bundle, clip, "calm piano", env=runtime_only_env)
+        assert done.returncode == 0, done.stderr
+        rows.append(json.loads(done.stdout))
+    assert all(row["error"] is None for row in rows)
+    assert abs(rows[0]["mi"] - rows[1]["mi"]) < 1e-5 and abs(rows[0]["ta"] - rows[1]["ta"]) < 1e-5
+    unpacked = list((Path(runtime_only_env["XDG_CACHE_HOME"]) / "deramos" / "bundles").glob("archive-*"))
+    assert len(unpacked) == 1 and (unpacked[0] / "manifest.json").is_file()
 
 
 @pytest.mark.skipif(importlib.util.find_spec("setuptools") is None, reason="building a wheel needs setuptools")

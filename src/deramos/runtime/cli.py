@@ -63,7 +63,8 @@ class Job:
 @click.option("--jsonl", "jsonl", metavar="FILE", help='Read {"path", "prompt"} lines from FILE ("-": stdin).')
 @click.option("-o", "--out", type=click.Path(dir_okay=False, writable=True), help="Write results here instead of stdout.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per clip instead of text.")
-@click.option("--bundle", type=click.Path(), help="Exported bundle directory (default: $DERAMOS_BUNDLE, else the default model).")
+@click.option("--bundle", type=click.Path(), help="Exported bundle directory, or bundle archive (model.tar: unpacked into the cache once) "
+              "(default: $DERAMOS_BUNDLE, else the default model).")
 @click.option("--backend", type=click.Choice(BACKENDS), default="auto", show_default=True,
               help="auto tries tensorrt, onnxruntime-tensorrt, onnxruntime-cuda, onnxruntime-cpu in that order.")
 @click.option("--precision", type=click.Choice(PRECISIONS), default="fp32", show_default=True)

@@ -29,7 +29,9 @@ ENV_BUNDLE = "DERAMOS_BUNDLE"
 ENV_CHECKPOINT = "DERAMOS_DEFAULT_CHECKPOINT"
 CHECKPOINT_FILES = ("config.json", "model.safetensors", "tokenizer.json")
 HOW_TO_GET_ONE = ("export one with `deramos-export --out DIR` and pass --bundle DIR (or set DERAMOS_BUNDLE), "
-                  f"or, to export the default model on first use, {TORCH_THEN_EXPORT_EXTRA}")
+                  f"or, to export the default model on first use, {TORCH_THEN_EXPORT_EXTRA}; "
+                  "or export on a machine with torch (`deramos-export --out model.tar`) and copy the archive "
+                  "here (`deramos-run --bundle model.tar`)")
 # A scratch folder whose pid is alive is taken for a running export unless it is this old
 # (then the pid was reused); one whose pid is gone is removed at once.
 STALE_SCRATCH_SECONDS = 6 * 3600
@@ -47,10 +49,12 @@ default_checkpoint_location = paths.default_checkpoint_location
 
 
 def resolve_bundle_dir(bundle: str | os.PathLike | None = None, say: Callable[[str], None] | None = None) -> Path:
-    if bundle:
-        return Path(bundle)
-    if os.environ.get(ENV_BUNDLE):
-        return Path(os.environ[ENV_BUNDLE])
+    """A bundle folder; a bundle archive (model.tar) is unpacked into the cache once (runtime/archive.py)."""
+    chosen = bundle or os.environ.get(ENV_BUNDLE)
+    if chosen:
+        from .archive import bundle_folder
+
+        return bundle_folder(chosen, say=say)
     return default_bundle(say=say)
 
 

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from deramos.bench.cli import default_checkpoint_of, embedded_preset
 from deramos.runtime.paths import PACKAGE_DIR
 
@@ -22,3 +24,33 @@ def test_another_default_checkpoint_follows_its_config(monkeypatch, tmp_path):
     assert embedded_preset() == "small" and default_checkpoint_of("small") == tmp_path
     (tmp_path / "config.json").write_text("{not json")
     assert embedded_preset() is None and default_checkpoint_of("small") is None
+
+
+def test_reward_loop_rows_on_every_precision_and_against_a_baseline(runtime_bundle, tmp_path):
+    """The reward loop runs in worker processes (real Scorer, real ONNX Runtime) for each CPU
+    precision the bundle has and each batch size; the baseline's FP32 is the ratio's base."""
+    from deramos.bench.cli import format_reward, make_inputs, reward_rows
+    from deramos.runtime.bundle import load_bundle
+
+    bundle = load_bundle(runtime_bundle)
+    make_inputs(bundle, 4, 1.0, tmp_path / "inputs.npz")
+    base = {"inputs": str(tmp_path / "inputs.npz"), "batch_sizes": [1, 4], "seconds": 0.05, "threads": 1,
+            "candidates": 4}
+    said = []
+    rows = reward_rows(bundle, base, tmp_path, said.append, "this")
+    rows += reward_rows(bundle, dict(base, batch_sizes=[4]), tmp_path, said.append, "baseline")
+    assert [(r["bundle"], r["precision"]) for r in rows] == [("this", "fp32"), ("this", "fp16"),
+                                                            ("baseline", "fp32"), ("baseline", "fp16")]
+    assert all("error" not in r for r in rows), rows
+    assert sorted(rows[0]["batch"]) == ["1", "4"] and rows[0]["candidates"] == 4
+    for m in rows[0]["batch"].values():
+        assert m["prompts"] >= 3 and m["candidates_per_second"] > 0 and m["p95_ms"] >= m["p50_ms"] > 0
+    assert rows[0]["peak_rss_mb"] > 10
+    lines = format_reward(rows, 1.0)
+    assert lines[0] == "reward loop: best-of-4, 1 s clips, a new prompt each time"
+    ratio_of = {(line.split()[0], line.split()[2], line.split()[3]): line.split()[-1] for line in lines[2:]}
+    assert ratio_of["baseline", "fp32", "4"] == "1.00"                      # the base itself
+    assert ratio_of["this", "fp32", "1"] == "nan"                           # no baseline at batch 1
+    expected = rows[0]["batch"]["4"]["candidates_per_second"] / rows[2]["batch"]["4"]["candidates_per_second"]
+    assert float(ratio_of["this", "fp32", "4"]) == pytest.approx(expected, abs=0.006)
+    assert said[0] == "measuring the reward loop: this onnxruntime-cpu fp32 ..."

@@ -3,8 +3,10 @@
 Rows: PyTorch eager (the training model), ONNX Runtime CPU FP32 / FP16 / INT8, and the
 GPU backends (TensorRT, ONNX Runtime CUDA/TensorRT) where they load. Each row runs in its own
 process (bench/worker.py) so its peak resident memory is its own. Then, in this process with
-the runtime only: the cost of encoding a prompt with and without the prompt cache, and a
-reward loop (best-of-8 for 16 prompts) through `Scorer.select`.
+the runtime only: the cost of encoding a prompt with and without the prompt cache. Then the
+reward loop (best-of-8 through `Scorer.select`, a new prompt each time) on every CPU precision
+at several scorer batch sizes, each in its own worker (its peak memory is its own), optionally
+also on a baseline bundle (`--baseline-bundle`) so that a speed-up is a ratio in one run.
 """
 from __future__ import annotations
 
@@ -75,23 +77,15 @@ def prompt_cache_cost(bundle, threads: int, repeats: int = 20) -> dict:
     return {"uncached_ms": 1000 * miss, "cached_ms": 1000 * hit, "speedup": miss / max(hit, 1e-9)}
 
 
-def reward_loop(bundle, backend: str, threads: int, seconds: float, prompts: int = 16, candidates: int = 8) -> dict:
-    """Best-of-`candidates` for `prompts` prompts: what a generator's sampling loop would do."""
-    from ..runtime.scorer import Scorer
-    from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
-
-    rng = np.random.default_rng(7)
-    pool = [render_clip(random_attributes(rng), rng, SAMPLE_RATE, seconds) for _ in range(candidates)]
-    texts = [prompt_for(random_attributes(rng), rng) for _ in range(prompts)]
-    scorer = Scorer.load(str(bundle.root), backend=backend, threads=threads, batch_size=candidates)
-    scorer.select(pool, texts[0], sample_rate=SAMPLE_RATE, k=1)   # warm-up
-    start = time.perf_counter()
-    for text in texts:
-        scorer.select(pool, text, sample_rate=SAMPLE_RATE, k=1)
-    total = time.perf_counter() - start
-    scorer.close()
-    return {"prompts": prompts, "candidates": candidates, "clip_seconds": seconds, "total_s": total,
-            "per_prompt_ms": 1000 * total / prompts, "candidates_per_second": prompts * candidates / total}
+def reward_rows(bundle, base: dict, workdir: Path, say, label: str) -> list[dict]:
+    """The reward loop on every CPU precision the bundle has, each in its own worker process."""
+    rows = []
+    for backend, precision in CPU_ROWS[1:]:
+        if precision in bundle.precisions():
+            say(f"measuring the reward loop: {label} {backend} {precision} ...")
+            spec = dict(base, mode="reward", bundle=str(bundle.root), backend=backend, precision=precision)
+            rows.append(dict(run_worker(spec, workdir), bundle=label))
+    return rows
 
 
 def embedded_preset() -> str | None:
@@ -151,11 +145,28 @@ def format_table(report: dict) -> str:
         p = report["prompt_cache"]
         lines.append(f"prompt encoding: {p['uncached_ms']:.2f} ms uncached, {p['cached_ms']:.4f} ms cached "
                      f"({p['speedup']:.0f}x)")
-    if "reward_loop" in report:
-        r = report["reward_loop"]
-        lines.append(f"reward loop best-of-{r['candidates']} x {r['prompts']} prompts ({r['clip_seconds']:g} s clips): "
-                     f"{r['per_prompt_ms']:.0f} ms per prompt, {r['candidates_per_second']:.1f} candidates/s")
+    if report.get("reward_loop"):
+        lines += format_reward(report["reward_loop"], report["clip_seconds"])
     return "\n".join(lines)
+
+
+def format_reward(rows: list[dict], clip_seconds: float) -> list[str]:
+    """Reward-loop rows; 'x base' is candidates/s against the baseline bundle's FP32 at the same batch size."""
+    base = {b: m["candidates_per_second"] for r in rows if r.get("bundle") == "baseline" and r["precision"] == "fp32"
+            and "batch" in r for b, m in r["batch"].items()}
+    shown = next((r["candidates"] for r in rows if "candidates" in r), "N")
+    lines = [f"reward loop: best-of-{shown}, {clip_seconds:g} s clips, a new prompt each time",
+             f"{'bundle':8s} {'backend':16s} {'prec':5s} {'batch':>5s} {'cand/s':>8s} {'p50 ms':>9s} {'p95 ms':>9s} "
+             f"{'peak MB':>8s} {'x base':>7s}"]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"{r['bundle']:8s} {r['backend']:16s} {r['precision']:5s}  skipped: {r['error'][:80]}")
+            continue
+        for b, m in r["batch"].items():
+            ratio = m["candidates_per_second"] / base[b] if b in base else float("nan")
+            lines.append(f"{r['bundle']:8s} {r['backend']:16s} {r['precision']:5s} {b:>5s} {m['candidates_per_second']:8.2f} "
+                         f"{m['p50_ms']:9.0f} {m['p95_ms']:9.0f} {r['peak_rss_mb']:8.0f} {ratio:7.2f}")
+    return lines
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -170,8 +181,15 @@ def format_table(report: dict) -> str:
 @click.option("--threads", type=int, default=lambda: os.cpu_count(), show_default="all cores", help="Same for every backend.")
 @click.option("--gpu/--no-gpu", default=True, show_default=True, help="Try the GPU backends.")
 @click.option("--no-extras", is_flag=True, help="Skip the prompt-cache and reward-loop measurements.")
+@click.option("--reward-batch-sizes", default="1,4,8,16", show_default=True,
+              help="Scorer batch sizes for the reward loop (best-of-N through Scorer.select, one row per CPU precision).")
+@click.option("--candidates", type=click.IntRange(min=2), default=8, show_default=True,
+              help="Candidates per prompt in the reward loop.")
+@click.option("--baseline-bundle", type=click.Path(exists=True, file_okay=False),
+              help="Also run the reward loop on this bundle (e.g. the previous release's export): ratios in one run.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report here.")
-def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, no_extras, json_path):
+def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, no_extras, reward_batch_sizes,
+         candidates, baseline_bundle, json_path):
     """Throughput, latency and memory of every backend on the same inputs, vs PyTorch eager.
 
     \b
@@ -187,7 +205,7 @@ def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, 
         workdir = Path(tmp)
         bundle_obj = load_bundle(ensure_bundle(bundle, preset_name, workdir, say))
         clip_seconds = clip_seconds or bundle_obj.manifest["window_seconds"]
-        make_inputs(bundle_obj, max(sizes), clip_seconds, workdir / "inputs.npz")
+        make_inputs(bundle_obj, max(*sizes, candidates), clip_seconds, workdir / "inputs.npz")
         base = {"inputs": str(workdir / "inputs.npz"), "batch_sizes": sizes, "seconds": seconds, "threads": threads,
                 "bundle": str(bundle_obj.root), "config": bundle_obj.manifest["model"]["config"]}
         rows = []
@@ -201,9 +219,12 @@ def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, 
                   "clip_seconds": clip_seconds, "batch_sizes": sizes, "rows": rows,
                   "flops_per_clip": eager.get("flops_per_clip"), "matmul_gflops": eager.get("matmul_gflops")}
         if not no_extras:
-            say("measuring the prompt cache and a reward loop ...")
+            say("measuring the prompt cache ...")
             report["prompt_cache"] = prompt_cache_cost(bundle_obj, threads)
-            report["reward_loop"] = reward_loop(bundle_obj, "onnxruntime-cpu", threads, min(10.0, clip_seconds))
+            reward = dict(base, batch_sizes=[int(b) for b in reward_batch_sizes.split(",")], candidates=candidates)
+            report["reward_loop"] = reward_rows(bundle_obj, reward, workdir, say, "this")
+            if baseline_bundle:
+                report["reward_loop"] += reward_rows(load_bundle(baseline_bundle), reward, workdir, say, "baseline")
     click.echo(format_table(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))

@@ -4,7 +4,8 @@
 
 The spec names the backend (`torch-eager` or a runtime backend + precision), the bundle or
 checkpoint, the inputs (.npz written by the orchestrator, identical for every backend),
-the batch sizes, the time budget and the thread count.
+the batch sizes, the time budget and the thread count; `"mode": "reward"` measures the
+reward loop (best-of-N through `Scorer.select`) instead of the bare graphs.
 """
 from __future__ import annotations
 
@@ -101,8 +102,35 @@ def runtime_step(spec, inputs):
     return make
 
 
+def reward_loop(spec: dict, inputs: dict) -> dict:
+    """Best-of-N inside a generator's sampling loop: per prompt, `Scorer.select` over N candidate
+    clips, through the scorer a generator would embed, once per batch size. A new prompt each
+    time (cycling through the inputs' prompts, so the prompt cache is as cold as a real loop's)."""
+    from deramos.runtime.scorer import Scorer
+
+    pool = list(inputs["waves"][: spec["candidates"]])
+    prompts = [str(p) for p in inputs["prompts"]]
+    results = {}
+    for batch_size in spec["batch_sizes"]:
+        scorer = Scorer.load(spec["bundle"], backend=spec["backend"], precision=spec["precision"],
+                             threads=spec["threads"], batch_size=batch_size)
+        turn = iter(range(1 << 30))
+
+        def step():
+            scorer.select(pool, f"{prompts[next(turn) % len(prompts)]} ({batch_size})", k=1)
+        times = _time_loop(step, spec["seconds"])
+        scorer.close()
+        results[str(batch_size)] = {
+            "prompts": len(times), "candidates_per_second": len(pool) / float(np.mean(times)),
+            "p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95))}
+    return {"backend": spec["backend"], "precision": spec["precision"], "candidates": len(pool), "batch": results,
+            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
 def measure(spec: dict) -> dict:
     inputs = dict(np.load(spec["inputs"]))
+    if spec.get("mode") == "reward":
+        return reward_loop(spec, inputs)
     make = torch_step(spec, inputs) if spec["backend"] == "torch-eager" else runtime_step(spec, inputs)
     results = {}
     for batch_size in spec["batch_sizes"]:

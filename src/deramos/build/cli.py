@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import shutil
 import sys
+import tempfile
 from dataclasses import fields
 from pathlib import Path
 
 import click
 
-from ..calibration.quantize import METHODS, QUANTIZABLE_GRAPHS
+from ..calibration.quantize import METHODS, QUANTIZABLE_GRAPHS, check_int8_options
 from ..runtime.targets import INT8_TARGETS, cpu_kind, default_int8_target
 from .stage import BuildOptions
 
@@ -17,13 +18,14 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.argument("bundle", type=click.Path(file_okay=False))
+@click.argument("bundle", type=click.Path())
 @click.option("--fp16", is_flag=True, help="Add FP16 graphs (the mel front-end stays FP32).")
 @click.option("--int8", is_flag=True, help="Add INT8 QDQ graphs, calibrated.")
 @click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=default_int8_target, show_default=True,
               help=f"Processor the INT8 graphs are for ({TARGET_HELP}).")
 @click.option("--calib", metavar="DATA", help="Calibration data: MusicEval dir, JSONL of {path, prompt}, audio folder + "
-              "prompts.txt, or 'probes' (the bundle's probe clips). Optional [rendered synthetic music].")
+              "prompts.txt, or 'probes' (the bundle's probe clips). Optional [the bundle's probe clips; rendered "
+              "synthetic music for a bundle without them].")
 @click.option("--calib-method", type=click.Choice(METHODS), default=DEFAULTS["calib_method"], show_default=True)
 @click.option("--calib-clips", type=click.IntRange(min=1), default=DEFAULTS["calib_clips"], show_default=True)
 @click.option("--int8-graphs", default=",".join(DEFAULTS["int8_graphs"]), show_default=True,
@@ -44,44 +46,117 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime CPU threads for the checks.")
 @click.option("--speed/--no-speed", default=DEFAULTS["speed"], show_default=True,
               help="Time each kept precision against FP32 on this machine and say which does not pay here.")
-@click.option("--out", type=click.Path(file_okay=False), help="Write a new bundle here (a copy) instead of in place.")
+@click.option("--out", type=click.Path(), help="Write the result here instead of in place: a new folder (a copy), or an "
+              "archive (.tar, .tar.gz, .tgz). A build that fails (exit 2) leaves nothing there.")
+@click.option("--archive", type=click.Path(dir_okay=False), help="Also pack the bundle into this archive (.tar, .tar.gz, "
+              ".tgz): one file for deramos-run --bundle. Alone (no --fp16/--int8/--trt) it packs the bundle as it is.")
 def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8_graphs, check_clips, trt, max_batch,
-         recalibrate, int8_search, int8_search_margin, threads, speed, out):
+         recalibrate, int8_search, int8_search_margin, threads, speed, out, archive):
     """Add FP16 / INT8 graphs and TensorRT engines to an FP32 bundle (from deramos-export), without PyTorch.
+
+    BUNDLE is a bundle folder or a bundle archive (model.tar); an archive is never changed in
+    place: give --out and/or --archive for the result.
 
     Every new precision is compared with the bundle's FP32 graphs through the runtime's own
     backends; one that misses its tolerance is left out (the bundle keeps what passed, the
-    manifest keeps the failed report) and the exit status is 1.
+    manifest keeps the failed report) and the exit status is 1. Exit status 2: nothing was
+    built (unusable bundle, data or options, no TensorRT for --trt); --out is then not created.
 
     \b
     Examples:
       deramos-build deramos-bundle --fp16 --int8
       deramos-build deramos-bundle --int8 --calib clips.jsonl --out bundle-int8
+      deramos-build model.tar --trt --out bundle-trt        # TensorRT engines for this GPU
+      deramos-build deramos-bundle --archive model.tar      # pack a built bundle into one file
     """
-    from ..runtime.bundle import BundleError
-    from .stage import build_bundle
+    from ..runtime.archive import SUFFIXES, is_archive_name
 
-    if not (fp16 or int8 or trt):
-        raise click.UsageError("nothing to build: give --fp16, --int8 and/or --trt")
+    if archive and not is_archive_name(archive):
+        raise click.BadParameter(f"{archive!r}: an archive's name ends in {', '.join(SUFFIXES)}", param_hint="'--archive'")
+    in_place = not out
+    if out and is_archive_name(out) and not Path(out).is_dir():
+        if archive:
+            raise click.UsageError("--out names an archive already: give --out DIR --archive FILE for both, or one archive")
+        out, archive = None, out
+    building = fp16 or int8 or trt
+    if not building and not archive:
+        raise click.UsageError("nothing to build: give --fp16, --int8 and/or --trt (or --archive FILE to pack the bundle)")
+    if not building and out:
+        raise click.UsageError("--out is where a build is written: give --fp16, --int8 and/or --trt, or --archive FILE")
+    from_archive = Path(bundle).is_file()
+    if from_archive and building and not (out or archive):
+        raise click.UsageError(f"{bundle} is an archive, never built in place: give --out DIR and/or --archive FILE")
     say = lambda text: click.echo(text, err=True)  # noqa: E731
-    root = Path(bundle)
     options = BuildOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, calib_clips=calib_clips,
                            check_clips=check_clips, int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
                            int8_target=int8_target, recalibrate=recalibrate, int8_search=int8_search,
                            int8_search_margin=int8_search_margin,
                            threads=threads, speed=speed, trt=trt, trt_max_batch=max_batch)
+    in_place = in_place and not from_archive
+    sys.exit(_build(Path(bundle), in_place, options, Path(out) if out else None, archive, say))
+
+
+def _build(source: Path, in_place: bool, options: BuildOptions, out: Path | None, archive: str | None, say) -> int:
+    """Check everything that can be checked, then copy (if asked) and build; a folder this run
+    created is removed again unless the build finished (exit 0, or 1: what passed is kept), a
+    scratch copy (for an archive-only result) always."""
+    from ..runtime.archive import bundle_folder, write_archive
+    from ..runtime.bundle import BundleError, load_bundle
+    from .stage import build_bundle, bundle_calibration
+
+    created, scratch = None, None
+    keep = False
     try:
-        if out:
-            root = Path(shutil.copytree(root, out, dirs_exist_ok=False))
-        if int8:
-            say(f"this CPU: {cpu_kind()}; INT8 target: {int8_target}")
-        result = build_bundle(root, options, say)
+        source = bundle_folder(source, say=say)
+        bundle = load_bundle(source, verify=False)       # not there, not a bundle: before anything is copied
+        building = options.fp16 or options.int8 or options.trt
+        if out is not None and out.exists():
+            raise ValueError(f"{out}: already exists (--out writes a new bundle there)")
+        if options.int8:
+            check_int8_options(options)
+            if options.calib is None:
+                options.calib = bundle_calibration(bundle)
+        if options.trt:
+            from ..runtime.engine_build import available
+
+            ok, why = available()
+            if not ok:
+                raise ValueError(f"--trt: {why}; nothing was built or copied")
+        root = source
+        if building and out is not None:
+            created = out
+            root = Path(shutil.copytree(source, out))
+        elif building and not in_place:          # the result is an archive only: built in a scratch copy
+            scratch = Path(tempfile.mkdtemp(prefix=f".{Path(archive).name}.", dir=_parent(archive)))
+            root = Path(shutil.copytree(source, scratch / "deramos-bundle"))
+        code = 0
+        if building:
+            if options.int8:
+                say(f"this CPU: {cpu_kind()}; INT8 target: {options.int8_target}")
+            result = build_bundle(root, options, say)
+            for precision, check in result.checks.items():
+                say(f"{precision}: {'PASS' if check.passed else 'FAIL (left out of the bundle)'}")
+            code = 1 if result.failed else 0
+        if archive:
+            written = write_archive(root, archive)
+            say(f"archive written: {written} ({written.stat().st_size / 1e6:.1f} MB); on the machine that serves: "
+                f"deramos-run --bundle {written.name} ...")
+        keep = True
+        return code
     except (BundleError, ValueError, OSError) as error:
         say(f"error: {' '.join(str(error).split())}")
-        sys.exit(2)
-    for precision, check in result.checks.items():
-        say(f"{precision}: {'PASS' if check.passed else 'FAIL (left out of the bundle)'}")
-    sys.exit(1 if result.failed else 0)
+        return 2
+    finally:
+        if created is not None and not keep:
+            shutil.rmtree(created, ignore_errors=True)
+        if scratch is not None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _parent(path: str) -> Path:
+    parent = Path(path).resolve().parent
+    parent.mkdir(parents=True, exist_ok=True)
+    return parent
 
 
 if __name__ == "__main__":

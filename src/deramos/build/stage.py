@@ -49,6 +49,15 @@ class BuildOptions:
     trt_max_batch: int = 8
 
 
+def bundle_calibration(bundle: Bundle) -> str | None:
+    """What INT8 calibrates on when no calibration data is named: the clips the bundle ships
+    ("probes": its probe clips, rendered music written at export; no torch, no rendering), or
+    None (rendered synthetic music) for a bundle without them."""
+    from ..runtime.probes import PROBE_INDEX
+
+    return "probes" if PROBE_INDEX in bundle.files else None
+
+
 @dataclass
 class BuildResult:
     checks: dict[str, Comparison]
@@ -186,8 +195,9 @@ def _calibration_clips(bundle: Bundle, options: BuildOptions, say) -> ClipSet:
         from ..runtime.audio import load_audio
 
         probes = load_probes(bundle)
-        clips = ClipSet([load_audio(f, bundle.sample_rate) for f in probes.files], probes.prompts,
-                        source=f"{bundle.root} probe clips")
+        files, prompts = probes.files[:options.calib_clips], probes.prompts[:options.calib_clips]
+        clips = ClipSet([load_audio(f, bundle.sample_rate) for f in files], prompts,
+                        source="the bundle's probe clips")
     else:
         clips = load_calibration_set(options.calib, bundle.sample_rate, window, options.calib_clips, seed=options.seed)
     if not clips.waves:

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import click
@@ -36,12 +38,17 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 @click.option("--checkpoint", type=click.Path(exists=True), help="Run or checkpoint directory [embedded default model].")
 @click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)),
               help="Export a preset with random weights instead (benchmarks, paper-size checks).")
-@click.option("--out", default="deramos-bundle", show_default=True, type=click.Path(file_okay=False))
+@click.option("--out", default="deramos-bundle", show_default=True, type=click.Path(),
+              help="Bundle folder to write, or a bundle archive (.tar, .tar.gz, .tgz): one file to copy to the "
+                   "machine that serves (deramos-run --bundle model.tar).")
+@click.option("--archive", type=click.Path(dir_okay=False),
+              help="Also pack the bundle folder into this archive (.tar, .tar.gz, .tgz).")
 @click.option("--fp16", is_flag=True, help="Also write FP16 graphs (the build stage, deramos-build, checked against FP32).")
 @click.option("--int8", is_flag=True, help="Also write INT8 QDQ graphs, calibrated, checked against FP32.")
 @click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=default_int8_target, show_default=True,
               help="Processor the INT8 graphs are for (see deramos-build --help).")
-@click.option("--calib", type=click.Path(exists=True), help="Optional calibration data: MusicEval dir, audio folder + prompts.txt, or JSONL [rendered synthetic music].")
+@click.option("--calib", help="Optional calibration data: MusicEval dir, audio folder + prompts.txt, JSONL, or 'probes' "
+              "(the bundle's probe clips) [probes, as deramos-build does].")
 @click.option("--calib-method", type=click.Choice(METHODS), default=DEFAULTS.calib_method, show_default=True)
 @click.option("--calib-clips", type=click.IntRange(min=1), default=DEFAULTS.calib_clips, show_default=True, help="Clips used to calibrate.")
 @click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
@@ -54,20 +61,29 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 @click.option("--no-validate", is_flag=True, help="Skip the checks against PyTorch and FP32 (benchmark bundles only).")
 @click.option("--validate-clips", type=click.IntRange(min=1), default=DEFAULTS.validate_clips, show_default=True,
               help="Clips compared in validation (FP16/INT8 checks use at least 64).")
-def main(checkpoint, preset_name, out, fp16, int8, int8_target, calib, calib_method, calib_clips, recalibrate, int8_graphs,
+def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, calib_method, calib_clips, recalibrate, int8_graphs,
          trt, max_batch, opset, no_validate, validate_clips):
     """Export DeRA-MOS to ONNX (FP32, optionally FP16 / INT8) and TensorRT, validated against PyTorch.
 
     \b
     Examples:
       deramos-export --fp16                          # embedded default model -> ./deramos-bundle
+      deramos-export --fp16 --out model.tar          # the same bundle as one file (deramos-run --bundle model.tar)
       deramos-export --checkpoint runs/r1 --int8 --calib corpus --out bundle   # corpus: a MusicEval-layout dir
       deramos-export --preset paper --fp16 --out paper-bundle   # random weights, full size
     """
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from .api import ExportFailed, ExportOptions, export_bundle
+    from ..runtime.archive import SUFFIXES, is_archive_name
 
+    if calib and calib != "probes" and not Path(calib).exists():
+        raise click.BadParameter(f"{calib!r} does not exist (give a path, or 'probes')", param_hint="'--calib'")
+    if archive and not is_archive_name(archive):
+        raise click.BadParameter(f"{archive!r}: an archive's name ends in {', '.join(SUFFIXES)}", param_hint="'--archive'")
+    to_archive = is_archive_name(out) and not Path(out).is_dir()
+    if to_archive and archive:
+        raise click.UsageError("--out names an archive already: give --out DIR --archive FILE for both, or one archive")
+    calib = calib or ("probes" if int8 else None)     # the clips the bundle ships, as deramos-build does
     model, source = _load_model(checkpoint, preset_name)
     say = lambda text: click.echo(text, err=True)  # noqa: E731
     say(f"exporting {source} -> {out}")
@@ -75,33 +91,88 @@ def main(checkpoint, preset_name, out, fp16, int8, int8_target, calib, calib_met
                             opset=opset, validate=not no_validate, validate_clips=validate_clips, calib_clips=calib_clips,
                             int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
                             int8_target=int8_target)
+    if not to_archive:
+        code = _export(model, Path(out), options, trt, max_batch, say, shown=out)
+        if archive and _complete(Path(out)):      # what the messages call complete is packed, whatever failed
+            code = _pack(Path(out), archive, say) or code
+        sys.exit(code)
+    # --out model.tar: the bundle is written to a scratch folder beside the archive, packed, removed.
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.", dir=Path(out).parent))
     try:
-        manifest = export_bundle(model, out, options, say=say)
+        code = _export(model, scratch / "deramos-bundle", options, trt, max_batch, say, shown=out)
+        if _complete(scratch / "deramos-bundle"):
+            code = _pack(scratch / "deramos-bundle", out, say) or code
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+    sys.exit(code)
+
+
+def _export(model, folder: Path, options, trt: bool, max_batch: int, say, shown: str) -> int:
+    """Export into `folder`; the exit status (0 done, 1 a check failed, 2 unusable input, 3 --trt impossible).
+    `shown` is what messages call the output (the archive, when the folder is a scratch one)."""
+    from .api import ExportFailed, export_bundle
+
+    try:
+        manifest = export_bundle(model, folder, options, say=say)
     except ExportFailed as err:
-        say(f"error: {err}")
-        sys.exit(1)
+        say(f"error: {_keep_report(str(err), folder, shown)}")
+        return 1
     except (ValueError, OSError) as err:   # unusable input to the build stage (e.g. --calib)
-        state = f"; the FP32 bundle in {out} is complete" if (Path(out) / "manifest.json").is_file() else ""
-        say(f"error: {err}{state}")
-        sys.exit(2)
-    sizes = {name: (Path(out) / name).stat().st_size for name in manifest["files"]}
-    say(f"bundle written: {out} ({sum(sizes.values()) / 1e6:.1f} MB, {len(sizes)} files; "
+        state = f"; the FP32 bundle in {shown} is complete" if _complete(folder) else ""
+        say(f"error: {_shown(str(err), folder, shown)}{state}")
+        return 2
+    sizes = {name: (folder / name).stat().st_size for name in manifest["files"]}
+    what = f"bundle written: {shown}" if str(folder) == str(shown) else "bundle exported"
+    say(f"{what} ({sum(sizes.values()) / 1e6:.1f} MB, {len(sizes)} files; "
         f"times {manifest['export_seconds']})")
-    if trt:
-        _build_trt(out, max_batch, say)
+    return _build_trt(folder, max_batch, say, shown) if trt else 0
 
 
-def _build_trt(out: str, max_batch: int, say) -> None:
+def _complete(folder: Path) -> bool:
+    return (folder / "manifest.json").is_file()
+
+
+def _shown(text: str, folder: Path, shown: str) -> str:
+    return text if str(folder) == str(shown) else text.replace(str(folder), str(shown))
+
+
+def _keep_report(message: str, folder: Path, shown: str) -> str:
+    """A failed validation's report, kept beside the archive when the folder is a scratch one."""
+    report = folder / "validation_report.json"
+    if str(folder) == str(shown) or not report.is_file():
+        return _shown(message, folder, shown)
+    kept = Path(f"{shown}.validation_report.json")
+    shutil.copyfile(report, kept)
+    return message.replace(str(report), str(kept))
+
+
+def _pack(folder: Path, archive: str, say) -> int:
+    from ..runtime.archive import write_archive
+    from ..runtime.bundle import BundleError
+
+    try:
+        written = write_archive(folder, archive)
+    except BundleError as err:
+        say(f"error: {' '.join(str(err).split())}")
+        return 2
+    say(f"archive written: {written} ({written.stat().st_size / 1e6:.1f} MB); copy it to the machine that "
+        f"serves and run: deramos-run --bundle {written.name} ...")
+    return 0
+
+
+def _build_trt(out: Path, max_batch: int, say, shown: str) -> int:
     from ..build.stage import BuildOptions, build_bundle
 
     try:
         result = build_bundle(out, BuildOptions(trt=True, trt_max_batch=max_batch), say)
     except ValueError as err:
-        say(f"error: {err}; the ONNX bundle in {out} is complete")
-        sys.exit(3)
+        say(f"error: {_shown(str(err), out, shown)}; the ONNX bundle in {shown} is complete")
+        return 3
     if result.failed:
         say(f"error: TensorRT engines missed their check against FP32: {', '.join(result.failed)} (left unlisted)")
-        sys.exit(1)
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

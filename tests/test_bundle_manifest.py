@@ -196,7 +196,7 @@ def test_unlisted_engines_are_skipped_listed_ones_are_hashed(copy):
     chosen, skipped = find_engine_set(copy, "fp16", ORIN, bundle.files)
     assert chosen is not None and chosen.directory == copy / "trt" / "orin-listed"
     assert skipped == ["trt/a-orin-dropped-in: build.json, audio_encoder.fp16.engine, text_encoder.fp16.engine, "
-                       "heads.fp16.engine not listed in manifest.json (not hashed; rebuild with deramos-export --trt)"]
+                       "heads.fp16.engine not listed in manifest.json (not hashed; rebuild with deramos-build BUNDLE --trt)"]
     with open(listed[-1], "ab") as handle:              # a listed engine, modified
         handle.write(b"\0")
     with pytest.raises(BundleError, match=r"heads.fp16.engine: sha256 does not match manifest.json"):

@@ -46,7 +46,11 @@ def test_engines_for_another_gpu_are_skipped_with_a_reason(tmp_path):
                        "this device is Orin (compute 8.7, TensorRT 10.3.0)"]
     message = no_engine_message("fp16", ORIN, skipped)
     assert message.startswith("tensorrt: no fp16 engine in the bundle for Orin (compute 8.7, TensorRT 10.3.0); skipped trt/h100: built for NVIDIA H100")
-    assert "deramos-export --trt --fp16" in message and "\n" not in message
+    assert message.endswith("(build them on this GPU, no torch needed: deramos-build BUNDLE --trt)")
+    assert "deramos-export" not in message and "--fp32" not in message and "\n" not in message
+    named = no_engine_message("fp32", ORIN, [], tmp_path)
+    assert named == (f"tensorrt: no fp32 engine in the bundle for Orin (compute 8.7, TensorRT 10.3.0) "
+                     f"(build them on this GPU, no torch needed: deramos-build {tmp_path} --trt)")
 
 
 def test_the_matching_engine_set_is_chosen_after_skipping_others(tmp_path):

@@ -301,7 +301,7 @@ class TensorRTBackend(Backend):
             self.bundle = bundle
             engines, self.skipped = find_engine_set(bundle.root, precision, device, bundle.files)
         if engines is None:
-            raise BackendUnavailable(no_engine_message(precision, device, self.skipped))
+            raise BackendUnavailable(no_engine_message(precision, device, self.skipped, bundle.root))
         self.engine_set = engines
         self.stream = self.cuda.stream_create()
         self._runtime = trt.Runtime(trt.Logger(trt.Logger.ERROR))
@@ -334,7 +334,8 @@ class TensorRTBackend(Backend):
                     staged.append(host)
                 if not engine.context.set_input_shape(name, tuple(device_value.shape)):
                     raise RuntimeError(f"{graph}: input {name} shape {tuple(device_value.shape)} is outside "
-                                       f"the engine's shape profile (rebuild with deramos-export --trt)")
+                                       f"the engine's shape profile (rebuild with deramos-build BUNDLE --trt "
+                                       f"--max-batch N)")
                 engine.context.set_tensor_address(name, device_value.ptr)
             results = {}
             for name in engine.outputs:
@@ -380,10 +381,10 @@ def _build_engines(bundle: Bundle, precision: str) -> None:
         raise BackendUnavailable(f"tensorrt: building {precision} engines failed ({_one_line(error)})") from None
 
 
-def no_engine_message(precision: str, device: DeviceDescription, skipped: list[str]) -> str:
+def no_engine_message(precision: str, device: DeviceDescription, skipped: list[str], bundle_root=None) -> str:
     why = f"; skipped {'; '.join(skipped)}" if skipped else ""
     return (f"tensorrt: no {precision} engine in the bundle for {device}{why} "
-            f"(build one with: deramos-export --trt --{precision} ...)")
+            f"(build them on this GPU, no torch needed: deramos-build {bundle_root or 'BUNDLE'} --trt)")
 
 
 def _manifest_order(graph: str, names: list[str], which: int = 0) -> list[str]:

@@ -1,7 +1,7 @@
 """Which TensorRT engines in a bundle can run on this device.
 
 An engine is built for one GPU model, compute capability and TensorRT version
-(`deramos-export --trt` writes `bundle/trt/<device-tag>/<graph>.<precision>.engine` beside a
+(`deramos-build BUNDLE --trt` writes `bundle/trt/<device-tag>/<graph>.<precision>.engine` beside a
 `build.json`). Loading a foreign engine fails or, worse, runs slowly, so engines that do not
 match are skipped, each with a one-line reason the backend report shows. Pure functions over
 files and a DeviceDescription: testable without a GPU.
@@ -93,7 +93,7 @@ def find_engine_set(bundle_root: Path, precision: str, device: DeviceDescription
         unlisted = _unlisted(where, precision, listed)
         if unlisted:
             skipped.append(f"{where}: {', '.join(unlisted)} not listed in manifest.json "
-                           f"(not hashed; rebuild with deramos-export --trt)")
+                           f"(not hashed; rebuild with deramos-build BUNDLE --trt)")
             continue
         try:
             build = json.loads(build_file.read_text())

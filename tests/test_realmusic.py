@@ -99,3 +99,44 @@ def test_tiny_corpus_in_musiceval_layout(tmp_path):
         assert len(record["counterfactuals"]) == 8 and clip.mi == record["mi"] and clip.ta == record["ta"]
     solo = [r for r in records.values() if r["rendered_attributes"]["ensemble"] == "solo"]
     assert all(len(r["source"]["parts"]) == 1 for r in solo)
+
+
+# A process that sees an install without music21 (whether or not this venv has it).
+NO_MUSIC21 = '''
+import sys
+class _NotInstalled:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "music21":
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+        return None
+sys.meta_path.insert(0, _NotInstalled())
+'''
+
+
+@pytest.mark.parametrize("fluidsynth", [False, True])
+def test_without_music21_it_says_what_to_install_in_one_line(tmp_path, fluidsynth):
+    """deramos-realmusic without music21 (and without fluidsynth on PATH, or with a stand-in):
+    one line naming the pip extra (and the apt packages when fluidsynth is missing), exit 2,
+    no traceback and no output folder."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    site, tools = tmp_path / "site", tmp_path / "bin"
+    site.mkdir()
+    tools.mkdir()
+    (site / "sitecustomize.py").write_text(NO_MUSIC21)
+    if fluidsynth:
+        (tools / "fluidsynth").write_text("#!/bin/sh\nexit 0\n")
+        (tools / "fluidsynth").chmod(0o755)
+    env = dict(os.environ, PYTHONPATH=str(site), PATH=str(tools))
+    out = tmp_path / "corpus"
+    done = subprocess.run([str(Path(sys.executable).parent / "deramos-realmusic"), "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 2 and done.stdout == ""
+    pip = "music21 (pip install 'deramos[realmusic]')"
+    apt = "fluidsynth with General-MIDI soundfonts (apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont)"
+    needs = pip if fluidsynth else f"{pip} and {apt}"
+    assert done.stderr == f"error: deramos-realmusic needs {needs}; nothing was written\n"
+    assert not out.exists()

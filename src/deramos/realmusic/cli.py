@@ -1,9 +1,16 @@
 """``deramos-realmusic``: write a real-music MOS corpus in the MusicEval layout."""
 from __future__ import annotations
 
+import importlib.util
+import shutil
+import sys
+
 import click
 
 from .render import RenderError
+
+PIP_EXTRA = "pip install 'deramos[realmusic]'"
+APT_RENDERING = "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont"
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -29,6 +36,10 @@ def main(which, out_dir, systems, clips_per_system, recording_share, pieces, sec
     fluid-soundfont-gm, timgm6mb-soundfont, wesnoth-1.16-music, hyperrogue-music, drascula-music.
     Sources and their licences are written to OUT/sources.json.
     """
+    missing = missing_tools()
+    if missing:
+        click.echo(f"error: {missing}", err=True)
+        sys.exit(2)
     from .corpus import build_corpus
 
     try:
@@ -41,6 +52,22 @@ def main(which, out_dir, systems, clips_per_system, recording_share, pieces, sec
                f"recordings) to {out_dir} in {summary['wall_seconds']:.0f} s")
     click.echo(f"mean MI {summary['mean_mi']:.2f}, mean TA {summary['mean_ta']:.2f}; "
                f"{len(summary['problems'])} items skipped (listed in sources.json)")
+
+
+def missing_tools() -> str | None:
+    """One line saying what to install when music21 or fluidsynth is missing, else None."""
+    needs = []
+    try:
+        music21 = importlib.util.find_spec("music21")
+    except (ImportError, ValueError):      # a broken or blocked install
+        music21 = None
+    if music21 is None:
+        needs.append(f"music21 ({PIP_EXTRA})")
+    if shutil.which("fluidsynth") is None:
+        needs.append(f"fluidsynth with General-MIDI soundfonts ({APT_RENDERING})")
+    if not needs:
+        return None
+    return f"deramos-realmusic needs {' and '.join(needs)}; nothing was written"
 
 
 if __name__ == "__main__":

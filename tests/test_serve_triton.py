@@ -10,6 +10,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -37,40 +38,56 @@ def _free_ports(count: int) -> list[int]:
 
 
 class Server:
-    def __init__(self, process: subprocess.Popen, log: Path, http: int, grpc: int, metrics: int):
+    def __init__(self, process: subprocess.Popen, log: Path, http: int, grpc: int, metrics: int, rows: int):
         self.process, self.log = process, log
         self.http, self.grpc, self.metrics = f"127.0.0.1:{http}", f"127.0.0.1:{grpc}", f"127.0.0.1:{metrics}"
+        self.rows = f"127.0.0.1:{rows}"
+        self.first_reply = None         # what the model answered when /v2/health/ready first said 200
 
 
 @pytest.fixture(scope="module")
 def server(runtime_bundle, tmp_path_factory):
+    """The server, started here; /v2/health/ready is polled every 20 ms from the start, and the
+    moment it says 200 one clip is sent (HTTP), its answer kept in `first_reply`."""
     if not SERVE_BIN.exists():
         pytest.skip(f"{SERVE_BIN} missing: run `make .venv-serve/.installed` (deramos[serve] in its own venv)")
-    http, grpc, metrics = _free_ports(3)
-    log = tmp_path_factory.mktemp("serve") / "server.log"
+    http, grpc, metrics, rows = _free_ports(4)
+    folder = tmp_path_factory.mktemp("serve")
+    log = folder / "server.log"
+    clip = write_wav(folder / "first.wav", music(2.0, seed=1)).read_bytes()
     with open(log, "w") as handle:
         process = subprocess.Popen([str(SERVE_BIN), "--bundle", str(runtime_bundle), "--backend", "onnxruntime-cpu",
-                                    "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics)],
+                                    "--http-port", str(http), "--grpc-port", str(grpc), "--metrics-port", str(metrics),
+                                    "--row-metrics-port", str(rows)],
                                    stdout=handle, stderr=subprocess.STDOUT)
-    running = Server(process, log, http, grpc, metrics)
-    client = httpclient.InferenceServerClient(running.http)
+    running = Server(process, log, http, grpc, metrics, rows)
     deadline = time.monotonic() + START_TIMEOUT_S
-    while not _ready(client):
+    while _status(f"http://{running.http}/v2/health/ready") != 200:
         if process.poll() is not None or time.monotonic() > deadline:
             process.kill()
             pytest.fail(f"deramos-serve did not become ready:\n{log.read_text()[-3000:]}")
-        time.sleep(1)
+        time.sleep(0.02)
+    client = httpclient.InferenceServerClient(running.http)
+    try:
+        running.first_reply = _outputs(client.infer("deramos", _inputs(httpclient, audio=[clip])))
+    except Exception as error:      # a model that cannot answer yet: the test below says so
+        running.first_reply = error
+    finally:
+        client.close()
     yield running
     if process.poll() is None:
         process.kill()
         process.wait()
 
 
-def _ready(client) -> bool:
+def _status(url: str) -> int | None:
     try:
-        return client.is_server_ready() and client.is_model_ready("deramos")
-    except Exception:   # not listening yet
-        return False
+        with urllib.request.urlopen(url, timeout=2) as reply:
+            return reply.status
+    except urllib.error.HTTPError as error:
+        return error.code
+    except OSError:     # not listening yet
+        return None
 
 
 def _inputs(module, audio=None, samples=None, rate=None, prompts=(PROMPT,)):
@@ -99,6 +116,15 @@ def _outputs(reply) -> list[tuple]:
 def _expected(scores) -> list[tuple]:
     """The Scorer's values as the server sends them (FP32)."""
     return [(float(np.float32(s.mi)), float(np.float32(s.ta)), "") for s in scores]
+
+
+def test_ready_means_the_model_answers(server, runtime_scorer, tmp_path):
+    """The first request sent the moment /v2/health/ready said 200 was scored (PyTriton's
+    default order made the server ready ~2.5 s before the model loaded: 400s meanwhile)."""
+    clip = write_wav(tmp_path / "first.wav", music(2.0, seed=1))
+    assert server.first_reply == _expected(runtime_scorer.score_batch([clip], PROMPT))
+    assert _status(f"http://{server.http}/v2/models/deramos/ready") == 200
+    assert "deramos-serve: model 'deramos' (onnxruntime-cpu, fp32) ready on http://" in server.log.read_text()
 
 
 def test_health_ready_and_model_metadata(server):
@@ -152,6 +178,55 @@ def test_a_bad_request_gets_its_error_and_the_server_keeps_serving(server, runti
                                                    rate=RATE, prompts=[PROMPT, PROMPT])))
     assert mixed[0] == _expected(runtime_scorer.score_batch([wave], PROMPT, sample_rate=RATE))[0]
     assert mixed[1][2] == "item 1: contains NaN or infinite samples"
+
+
+def _prompt_input(module, raw: list[bytes]):
+    tensor = module.InferInput("prompt", [len(raw), 1], "BYTES")
+    tensor.set_data_from_numpy(np.array([[p] for p in raw], dtype=np.object_))
+    return tensor
+
+
+def test_prompts_are_strict_utf8_and_a_missing_prompt_says_so(server, runtime_scorer, tmp_path):
+    """A prompt that is not UTF-8 fails its row (deramos-run refuses such a line too), instead
+    of being scored with U+FFFD in it; a request without a prompt gets a reason, not a type."""
+    grpc = grpcclient.InferenceServerClient(server.grpc)
+    clip = write_wav(tmp_path / "p.wav", music(2.0, seed=2)).read_bytes()
+    audio = _inputs(grpcclient, audio=[clip, clip], prompts=[PROMPT, PROMPT])[0]
+    reply = _outputs(grpc.infer("deramos", [audio, _prompt_input(grpcclient, [PROMPT.encode(), b"calm \xff piano"])]))
+    assert reply[0] == _expected(runtime_scorer.score_batch([tmp_path / "p.wav"], PROMPT))[0]
+    assert reply[1][2] == "item 1: prompt is not UTF-8 text (byte 0xff at byte 5)"
+    assert np.isnan(reply[1][0]) and np.isnan(reply[1][1])
+    accented = _outputs(grpc.infer("deramos", [_inputs(grpcclient, audio=[clip])[0],
+                                               _prompt_input(grpcclient, ["café jazz, piano".encode()])]))
+    assert accented == _expected(runtime_scorer.score_batch([tmp_path / "p.wav"], "café jazz, piano"))
+    missing = _outputs(grpc.infer("deramos", [_inputs(grpcclient, audio=[clip])[0]]))
+    assert missing[0][2] == "item 0: missing prompt (give prompt: BYTES, UTF-8 text)"
+
+
+def _rows_metric(server) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://{server.rows}/metrics") as reply:
+        text = reply.read().decode()
+    values = {}
+    for line in text.splitlines():
+        if line.startswith('deramos_rows_total{model="deramos",outcome="'):
+            outcome = line.split('outcome="')[1].split('"')[0]
+            values[outcome] = float(line.rsplit(" ", 1)[1])
+    assert set(values) == {"scored", "failed"}, text
+    return values
+
+
+def test_failed_rows_are_counted_in_a_metric_of_their_own(server, tmp_path):
+    """Triton counts a request whose rows failed as a success; deramos_rows_total counts rows."""
+    grpc = grpcclient.InferenceServerClient(server.grpc)
+    rows_before = _rows_metric(server)
+    requests_before = _metric(server, "nv_inference_request_success")
+    clip = write_wav(tmp_path / "m.wav", music(2.0, seed=3)).read_bytes()
+    reply = _outputs(grpc.infer("deramos", _inputs(grpcclient, audio=[clip, b"not audio", clip],
+                                                   prompts=[PROMPT, PROMPT, " "])))
+    assert [error for _, _, error in reply] == ["", "item 1: cannot decode audio (Format not recognised)",
+                                                "item 2: empty prompt"]
+    assert _metric(server, "nv_inference_request_success") == requests_before + 1
+    assert _rows_metric(server) == {"scored": rows_before["scored"] + 1, "failed": rows_before["failed"] + 2}
 
 
 def test_load_levels_lose_no_request_and_metrics_count_them(server):

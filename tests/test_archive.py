@@ -272,6 +272,15 @@ def test_a_changed_unpacked_copy_is_unpacked_again(packed, cache):
     assert _sha(root / "heads.onnx") == load_bundle(root).files["heads.onnx"]
 
 
+def test_a_folder_without_manifest_in_the_archive_s_place_is_replaced(packed, cache):
+    junk = cache / f"archive-{_sha(packed['tar'])[:32]}"
+    (junk / "probes").mkdir(parents=True)
+    (junk / "heads.onnx").write_bytes(b"left by hand")
+    assert arc.unpacked_bundle(packed["tar"]) == junk
+    load_bundle(junk)
+    assert _sha(junk / "heads.onnx") == load_bundle(junk).files["heads.onnx"]
+
+
 def test_a_killed_unpack_leaves_a_scratch_folder_that_the_next_one_removes(packed, cache):
     done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead = int(done.stdout)                              # a pid that has exited

@@ -1,7 +1,7 @@
 """deramos.runtime: score clips with an exported bundle (numpy + onnxruntime / TensorRT; no torch).
 
     from deramos.runtime import Scorer
-    scorer = Scorer.load()                          # or Scorer.load("path/to/bundle")
+    scorer = Scorer.load()                          # or Scorer.load("path/to/bundle"), Scorer.load("model.tar")
     scorer.score("clip.wav", "calm solo piano")     # Score(mi=3.42, ta=2.87, ...)
 
 Names are imported on first use, so `import deramos.runtime` stays cheap (no numpy, no

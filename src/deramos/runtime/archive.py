@@ -128,6 +128,8 @@ def unpacked_bundle(archive: str | os.PathLike, say: Callable[[str], None] | Non
             return target
         except BundleError:            # the cached copy was changed since: unpack it again
             shutil.rmtree(target, ignore_errors=True)
+    elif target.exists():              # not an unpacked bundle (a rename is all or nothing): not ours to keep
+        shutil.rmtree(target, ignore_errors=True)
     _remove_stale_scratch(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")

@@ -68,6 +68,15 @@ def test_int8_files_and_heads_entry(bundle):
     assert manifest["int8"]["target"] == "x86-avx2"        # the default on any x86 build machine
     assert manifest["int8"]["scheme"] == {"activations": "int8-symmetric", "weights": "int8-symmetric-per-channel",
                                           "weight_bits": 7}
+    # what of each graph is really INT8, counted from the files (calibration/quantize.py)
+    from deramos.calibration.quantize import quantized_share
+
+    for graph in ("audio_encoder", "text_encoder"):
+        share = manifest["int8"]["quantized"][graph]
+        assert share == quantized_share(root / f"{graph}.int8.onnx")
+        assert share["quantized_ops"] == share["quantizable_ops"] > 0 and share["quantized_weight_share"] == 1.0
+        assert share["qdq_nodes"] >= 2 * share["quantized_ops"]
+    assert quantized_share(root / "heads.onnx")["quantized_ops"] == 0
 
 
 @pytest.mark.parametrize("graph", ["audio_encoder", "text_encoder"])

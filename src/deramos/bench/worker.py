@@ -117,7 +117,11 @@ def reward_loop(spec: dict, inputs: dict) -> dict:
         turn = iter(range(1 << 30))
 
         def step():
-            scorer.select(pool, f"{prompts[next(turn) % len(prompts)]} ({batch_size})", k=1)
+            chosen = scorer.select(pool, f"{prompts[next(turn) % len(prompts)]} ({batch_size})",
+                                   sample_rate=scorer.bundle.sample_rate, k=1)
+            failed = [s.error for s in chosen.all_scores if not s.ok]
+            if failed:   # a loop that scores nothing would look very fast
+                raise RuntimeError(f"reward loop: {len(failed)} of {len(pool)} candidates failed: {failed[0]}")
         times = _time_loop(step, spec["seconds"])
         scorer.close()
         results[str(batch_size)] = {

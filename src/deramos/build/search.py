@@ -6,7 +6,8 @@ and ModelOpt's auto-quantize, judged here by the ranking of whole-model scores).
    quantised ALONE, the model scores the search clips, and its cost is the ranking agreement it
    loses against FP32: (1 - SRCC) summed over MI and TA, ties broken by the relative drift.
 2. Greedy: the most costly 1, 2, 4, ... layers stay FP32 (everything else quantised) until the
-   whole model meets the tolerance on the search clips.
+   whole model meets the tolerance on the search clips. At least one layer stays INT8: when
+   even that misses, the search has failed, and says so (its graph is not kept).
 3. Speed: the kept layers cost time; the INT8 graph with and without them is timed against FP32
    on one batch of the search clips, so the report says what accuracy was bought for.
 """
@@ -80,15 +81,22 @@ def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, tar
     if order:
         say(f"{graph}: INT8 sensitivity of {len(layers)} layers (1 - SRCC, MI + TA): "
             + ", ".join(f"{layer} {sensitivity[layer]:.4f}" for layer in order[:5]))
+    # At least one layer stays INT8: a graph with every layer FP32 is not an INT8 graph, and a
+    # search that gets there has failed (it used to save the FP32 graph under the INT8 name).
+    most = len(order) - 1
     count = 1
-    while not comparison.passed and len(kept) < len(order):
-        kept = order[:count]
+    while not comparison.passed and len(kept) < most:
+        kept = order[:min(count, most)]
         comparison = quantised({n for layer in kept for n in layers[layer]})
         say(f"{graph}: {len(kept)} layer(s) kept FP32 -> {'PASS' if comparison.passed else '; '.join(comparison.failures)}")
-        count = min(2 * count, len(order))
+        count *= 2
+    if not comparison.passed:
+        comparison.problems.append(f"{graph}: the INT8 search found no passing graph with any layer left in INT8 "
+                                   f"({len(kept)} of {len(layers)} layers kept FP32 still miss the tolerance)")
     kept_nodes = [n for layer in kept for n in layers[layer]]
     result = SearchResult(graph, kept, kept_nodes, sensitivity, comparison)
-    result.seconds_per_batch = _speeds(bundle, graph, ranges, method, target, clips, all_nodes, kept_nodes)
+    if comparison.passed:
+        result.seconds_per_batch = _speeds(bundle, graph, ranges, method, target, clips, all_nodes, kept_nodes)
     return result
 
 
@@ -101,12 +109,11 @@ def _try(bundle, graph, ranges, method, target, clips, reference, nodes, toleran
 
 
 def _write(bundle, graph, ranges, method, target, nodes) -> None:
-    """`graph` with only `nodes` quantised (none: the FP32 graph itself) as its INT8 file."""
-    import onnx
-
-    fp32 = bundle.graph_path(graph, "fp32")
-    proto = quantize(fp32, ranges, method, target, nodes=nodes) if nodes else onnx.load(str(fp32))
-    save_onnx(proto, bundle.root / graph_file_name(graph, "int8"))
+    """`graph` with only `nodes` quantised as its INT8 file (never none: that would be FP32)."""
+    if not nodes:
+        raise ValueError(f"{graph}: no node to quantise; an INT8 file of the FP32 graph would be mislabelled")
+    save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, method, target, nodes=nodes),
+              bundle.root / graph_file_name(graph, "int8"))
 
 
 def _scores(bundle: Bundle, precision: str, clips: ClipSet) -> dict[str, np.ndarray]:

@@ -16,7 +16,7 @@ from typing import Callable
 from ..calibration.dataset import ClipSet, load_calibration_set
 from ..calibration.drift import MIN_CLIPS, drift_set, measure_drift
 from ..calibration.quantize import (EXCLUDED_NODE_PREFIXES, QUANTIZED_GRAPHS, QUANTIZED_OPS, check_int8_options,
-                                    int8_ranges, quantize, ranges_path)
+                                    int8_ranges, quantize, quantized_share, ranges_path)
 from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verify_files, write_manifest
 from ..runtime.compare import Comparison
 from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
@@ -147,12 +147,25 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> t
         result = search_exclusions(bundle, graph, ranges, options.calib_method, options.int8_target, clips,
                                    TOLERANCES["int8"].tightened(options.int8_search_margin), say)
         bundle.manifest["int8"].setdefault("search", {})[graph] = result.to_dict()
+        if not result.comparison.passed:            # no INT8 graph of `graph` passed: INT8 is dropped
+            write_manifest(bundle.root, bundle.manifest)
+            return load_bundle(bundle.root, verify=False), result.comparison
+        bundle.manifest["int8"]["quantized"][graph] = _quantized(bundle, graph)
         timing = result.seconds_per_batch
         say(f"{graph}: kept FP32 {result.kept_fp32 or 'nothing'}; seconds per batch: FP32 {timing['fp32']:.4f}, "
             f"INT8 everywhere {timing['int8_all_layers']:.4f}, INT8 as searched {timing['int8_searched']:.4f}")
     write_manifest(bundle.root, bundle.manifest)
     bundle = load_bundle(bundle.root, verify=False)
     return bundle, measure_drift(bundle, "int8", held, options.threads)
+
+
+def _quantized(bundle: Bundle, graph: str) -> dict:
+    """What of `graph`'s INT8 file is INT8 (calibration/quantize.py); none at all is an error."""
+    share = quantized_share(bundle.root / graph_file_name(graph, "int8"))
+    if not share["quantized_ops"]:
+        raise ValueError(f"{graph}: the INT8 graph has no quantised op ({share['quantizable_ops']} quantisable); "
+                         "it would be FP32 under the name int8")
+    return share
 
 
 def _add_fp16(bundle: Bundle) -> list[str]:
@@ -166,12 +179,13 @@ def _add_fp16(bundle: Bundle) -> list[str]:
 
 def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
     clips = functools.cache(lambda: _calibration_clips(bundle, options, say))
-    written, reused = [], {}
+    written, reused, quantized = [], {}, {}
     for graph in options.int8_graphs:
         ranges, reused[graph] = int8_ranges(bundle, graph, options, clips, say)
         paths = save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, options.calib_method, options.int8_target),
                           bundle.root / graph_file_name(graph, "int8"))
         _register(bundle, graph, "int8", paths)
+        quantized[graph] = _quantized(bundle, graph)
         bundle.manifest["files"].setdefault(ranges_path(bundle.root, graph).relative_to(bundle.root).as_posix(), "")
         written += [p.name for p in paths]
     for graph in GRAPHS:
@@ -180,7 +194,7 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
     bundle.manifest["int8"] = {
         "target": options.int8_target, "target_means": INT8_TARGETS[options.int8_target][1],
         "scheme": int8_scheme(options.int8_target).to_dict(), "method": options.calib_method,
-        "quantized_graphs": list(options.int8_graphs), "quantized_ops": QUANTIZED_OPS,
+        "quantized_graphs": list(options.int8_graphs), "quantized_ops": QUANTIZED_OPS, "quantized": quantized,
         "fp32_kept": [f"nodes under {p}" for p in EXCLUDED_NODE_PREFIXES] + [g for g in GRAPHS if g not in options.int8_graphs],
         "calibration_set": _describe_clips(clips()) if not all(reused.values()) else "cached ranges",
         "reused_cache": reused,

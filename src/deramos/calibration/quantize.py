@@ -139,6 +139,28 @@ def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, targe
     return quantizer.model.model
 
 
+def quantized_share(graph_path: Path) -> dict:
+    """How much of a graph is really INT8: QDQ node count, and of the quantisable ops (MatMul,
+    Gemm, Conv outside the FP32-kept region) how many take a dequantised weight, with the
+    share of their weight elements. A graph called int8 with no quantised op is not INT8."""
+    import onnx
+
+    proto = onnx.load(str(graph_path), load_external_data=False)
+    dequantized = {n.output[0] for n in proto.graph.node if n.op_type == "DequantizeLinear"}
+    sizes = {t.name: int(np.prod(t.dims)) for t in proto.graph.initializer}
+    for node in proto.graph.node:          # follow a weight through its Q and DQ nodes (topological order)
+        if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] in sizes:
+            sizes[node.output[0]] = sizes[node.input[0]]
+    ops = [n for n in proto.graph.node
+           if n.op_type in QUANTIZED_OPS and not n.name.startswith(EXCLUDED_NODE_PREFIXES)]
+    weight = lambda node: next((sizes[i] for i in node.input[1:2] if i in sizes), 0)  # noqa: E731
+    quantized = [n for n in ops if len(n.input) > 1 and n.input[1] in dequantized]
+    total = sum(weight(n) for n in ops)
+    return {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node),
+            "quantized_ops": len(quantized), "quantizable_ops": len(ops),
+            "quantized_weight_share": round(sum(weight(n) for n in quantized) / total, 4) if total else 0.0}
+
+
 def int8_ranges(bundle, graph: str, options, clips_source, say) -> tuple[dict, bool]:
     """Ranges for one graph and whether they came from the cache (else calibrated and cached)."""
     fp32 = bundle.graph_path(graph, "fp32")

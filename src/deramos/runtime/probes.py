@@ -143,4 +143,8 @@ def self_check(scorer) -> Comparison:
                                 reference_name=names["reference"], source=names["source"],
                                 tolerance=tolerance, errors=errors)
     comparison.problems = problems
+    if precision == "int8":     # what of the graphs is really INT8, as the build stage counted it
+        for graph, share in (scorer.bundle.manifest.get("int8") or {}).get("quantized", {}).items():
+            comparison.graphs[graph] = {"int8_ops": share["quantized_ops"], "of_ops": share["quantizable_ops"],
+                                        "int8_weight_share": share["quantized_weight_share"]}
     return comparison

@@ -354,9 +354,10 @@ def test_the_sessions_are_built_from_the_verified_bytes(external, runtime_scorer
     assert np.allclose([got.mi, got.ta], [want.mi, want.ta], atol=1e-5)
 
 
-def test_an_older_onnxruntime_gets_a_private_copy_of_the_verified_bytes(external):
-    """Without in-memory external data (ORT < 1.23) the verified bytes go to a 0700 temporary
-    folder; both ways give the same encoder."""
+@pytest.mark.parametrize("how", ["tensors", "files", "copy"])
+def test_every_way_of_handing_over_the_weights_gives_the_same_encoder(external, runtime_bundle, how):
+    """tensors: arrays viewing the verified side file (the default, no copy); files: the side file
+    in memory (ORT >= 1.23); copy: a private temporary folder (an older ORT)."""
     import onnxruntime as ort
 
     from deramos.runtime.backends import session_from_bytes, verified_graph
@@ -367,9 +368,60 @@ def test_an_older_onnxruntime_gets_a_private_copy_of_the_verified_bytes(external
     assert list(weights) == ["text_encoder.onnx.data"]
     ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode([PROMPT])
     feeds = {"input_ids": ids, "attention_mask": mask}
-    outputs = [session_from_bytes(ort, model, weights, ort.SessionOptions(), ["CPUExecutionProvider"],
-                                  in_memory=in_memory).run(None, feeds)[0] for in_memory in (True, False)]
-    assert np.allclose(outputs[0], outputs[1], atol=1e-6) and np.abs(outputs[0]).sum() > 0
+    session = session_from_bytes(ort, model, weights, ort.SessionOptions(), ["CPUExecutionProvider"], how=how)
+    reference = ort.InferenceSession(str(runtime_bundle / "text_encoder.onnx"), providers=["CPUExecutionProvider"])
+    got, want = session.run(None, feeds)[0], reference.run(None, feeds)[0]
+    assert np.allclose(got, want, atol=1e-6) and np.abs(want).sum() > 0
+
+
+def test_the_external_weights_are_read_from_the_graph_bytes_as_onnx_reads_them(external):
+    import onnx
+
+    from deramos.runtime.onnx_external import external_tensors
+
+    model = (external / "text_encoder.onnx").read_bytes()
+    ours = [(t.name, t.dtype, t.dims, t.location, t.offset, t.length) for t in external_tensors(model)]
+    proto = onnx.load(str(external / "text_encoder.onnx"), load_external_data=False)
+    theirs = []
+    for tensor in proto.graph.initializer:
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {entry.key: entry.value for entry in tensor.external_data}
+            theirs.append((tensor.name, np.dtype(onnx.helper.tensor_dtype_to_np_dtype(tensor.data_type)),
+                           tuple(tensor.dims), info["location"], int(info.get("offset", 0)), int(info["length"])))
+    assert ours == theirs and len(ours) > 10
+    assert external_tensors((external / "heads.onnx").read_bytes()) == []     # weights inside the graph
+    assert external_tensors(model[: len(model) // 2]) is None                 # cut short: not guessed at
+
+
+def test_a_graph_with_a_subgraph_falls_back_to_whole_files(tmp_path):
+    """The reader takes only top-level initializers; a graph with an If is handed over as files."""
+    import onnx
+    import onnxruntime as ort
+    from onnx import TensorProto, helper, numpy_helper
+
+    from deramos.build.onnxio import save_onnx
+    from deramos.runtime.backends import session_from_bytes
+    from deramos.runtime.onnx_external import external_tensors
+
+    table = numpy_helper.from_array(np.arange(4096, dtype=np.float32).reshape(1024, 4), "table")
+    branch = lambda name, value: helper.make_graph(  # noqa: E731
+        [helper.make_node("Constant", [], [name], value=numpy_helper.from_array(np.float32(value)))], name, [],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, [])])
+    graph = helper.make_graph(
+        [helper.make_node("Gather", ["table", "ids"], ["rows"]),
+         helper.make_node("If", ["flag"], ["scale"], then_branch=branch("one", 1.0), else_branch=branch("two", 2.0)),
+         helper.make_node("Mul", ["rows", "scale"], ["out"])], "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["n"]), helper.make_tensor_value_info("flag", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["n", 4])], [table])
+    path = tmp_path / "g.onnx"
+    written = save_onnx(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), path, external_min_bytes=0)
+    model, weights = path.read_bytes(), {written[1].name: written[1].read_bytes()}
+    assert external_tensors(model) is None
+    session = session_from_bytes(ort, model, weights, ort.SessionOptions(), ["CPUExecutionProvider"])
+    out = session.run(None, {"ids": np.array([2], np.int64), "flag": np.array(False)})[0]
+    assert np.allclose(out, [[16.0, 18.0, 20.0, 22.0]])
+    with pytest.raises(ValueError, match="cannot be handed over as tensors"):
+        session_from_bytes(ort, model, weights, ort.SessionOptions(), ["CPUExecutionProvider"], how="tensors")
 
 
 def test_a_bundle_with_external_weights_scores_alike_through_the_cli(external, clip):

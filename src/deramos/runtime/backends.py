@@ -13,11 +13,17 @@ is read once into memory, its sha256 checked against manifest.json (Bundle.read_
 the session or engine is built from those bytes, never from the path. A file swapped or
 rewritten after load_bundle hashed it, or while it is read, is refused; one changed after the
 session is built no longer matters. External weights (`<graph>.onnx.data`) reach ONNX Runtime
-as in-memory files (SessionOptions.add_external_initializers_from_files_in_memory, ORT >= 1.23);
-an older ORT gets the verified bytes written to a private temporary folder (0700) it opens
-instead. Cost: reading and hashing the graphs at every load (~0.1 s per 100 MB on one core,
-the three graphs side by side), which the hash memo used to skip; ORT copies the weights out
-of the buffers, where it memory-mapped the side file before.
+as tensors viewing the verified side-file buffer (add_external_initializers, located by
+runtime/onnx_external.py; ORT uses them in place), else as the side file in memory (ORT >=
+1.23 copies each tensor out), else through a private temporary folder (0700) ORT opens.
+
+Cost, measured on the default bundle (110 MB of FP32 graphs, 86 MB of it the text encoder's
+side file) on a shared 2-core machine: a warm Scorer.load went from 0.29 to 0.47 s (best of 3
+interleaved rounds, median of 7 loads each; more under other load). That is reading the side
+file (40-70 ms) and hashing the graphs (sha256 at ~1.4 GB/s: ~80 ms), which the hash memo
+used to skip because ORT memory-mapped the side file by its path. Building the text encoder's
+session from tensors costs about what the path did (0.12 vs 0.10 s); from the whole file in
+memory ORT copies every tensor (~0.08 s more per 90 MB), hence tensors first.
 """
 from __future__ import annotations
 
@@ -42,6 +48,7 @@ from .audio import pad_waves
 from .cuda import CudaError, DeviceArray, DeviceBuffers, cuda_runtime, device_batch
 from .engines import TRT_DIR, DeviceDescription, find_engine_set
 from .errors import one_line as _one_line
+from .onnx_external import external_tensors
 
 BACKENDS = ("auto", "tensorrt", "onnxruntime-tensorrt", "onnxruntime-cuda", "onnxruntime-cpu")
 AUTO_ORDER = BACKENDS[1:]
@@ -214,15 +221,28 @@ def verified_graph(bundle: Bundle, graph: str, precision: str) -> tuple[bytes, d
     return bundle.read_verified(names[0]), weights
 
 
-def session_from_bytes(ort, model: bytes, weights: dict[str, bytes], options, providers,
-                       in_memory: bool | None = None):
-    """An InferenceSession built from these bytes only. in_memory None: external weights are
-    handed over in memory when this ORT can (>= 1.23), else through a private temporary copy."""
+def session_from_bytes(ort, model: bytes, weights: dict[str, bytes], options, providers, how: str | None = None):
+    """An InferenceSession built from these bytes only. External weights go to ORT as
+    how="tensors": arrays viewing the verified side-file buffers (add_external_initializers; ORT
+    uses them in place, so the session keeps them alive), "files": the side files in memory
+    (ORT >= 1.23 copies each tensor out), or "copy": a private temporary folder ORT opens.
+    None: the first that applies (runtime/onnx_external.py says when "tensors" does not)."""
     if not weights:
         return ort.InferenceSession(model, options, providers=providers)
-    if in_memory is None:
-        in_memory = hasattr(options, "add_external_initializers_from_files_in_memory")
-    if in_memory:
+    tensors = external_tensors(model) if how in (None, "tensors") else None
+    if tensors is not None:
+        unlisted = sorted({t.location for t in tensors} - set(weights))
+        if unlisted:
+            raise ValueError(f"its weights are in {unlisted[0]!r}, which manifest.json does not list with it")
+        if all(t.offset + t.length <= len(weights[t.location]) for t in tensors):
+            values = [ort.OrtValue.ortvalue_from_numpy(t.view(weights[t.location])) for t in tensors]
+            options.add_external_initializers([t.name for t in tensors], values)
+            session = ort.InferenceSession(model, options, providers=providers)
+            session._deramos_weights = (weights, values)   # ORT reads these buffers for the session's life
+            return session
+    if how == "tensors":
+        raise ValueError("its external weights cannot be handed over as tensors")
+    if how in (None, "files") and hasattr(options, "add_external_initializers_from_files_in_memory"):
         names = list(weights)
         options.add_external_initializers_from_files_in_memory(names, [weights[n] for n in names],
                                                                [len(weights[n]) for n in names])

@@ -67,8 +67,19 @@ class PromptTokenizer:
         return ids, mask
 
 
+# Characters that draw nothing although Unicode files them as letters, symbols or marks: the
+# Hangul fillers (U+115F, U+1160, U+3164, U+FFA0), the braille blank (U+2800), the combining
+# grapheme joiner (U+034F), Khmer's inherent vowels (U+17B4, U+17B5), the Mongolian free
+# variation selectors and vowel separator (U+180B-U+180F) and the variation selectors
+# (U+FE00-U+FE0F, U+E0100-U+E01EF): a prompt of these alone is as empty as one of spaces.
+_FILLERS = re.compile("[\u034f\u115f\u1160\u17b4\u17b5\u180b-\u180f\u2800\u3164\ufe00-\ufe0f\uffa0"
+                      "\U000e0100-\U000e01ef]")
+
+
 def _invisible(char: str) -> bool:
-    """Whitespace, control and format characters (zero-width joiners, BOMs) carry no words."""
-    return char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+    """Whitespace, control and format characters (zero-width joiners, BOMs) and the blank
+    fillers above carry no words."""
+    return (char.isspace() or unicodedata.category(char) in ("Cc", "Cf", "Zs", "Zl", "Zp")
+            or _FILLERS.match(char) is not None)
 
 

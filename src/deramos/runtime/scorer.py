@@ -163,10 +163,13 @@ class Scorer:
         verify: check every file's sha256. self_check: score the bundle's probe clips with the
         chosen backend and precision and compare with their stored FP32 scores (the report is
         `scorer.self_check_report`); raises SelfCheckFailed when they disagree.
-        Raises BundleError / BackendUnavailable (one line) when it cannot load."""
+        Raises BundleError / BackendUnavailable (one line) when it cannot load, and ValueError
+        for threads outside 1 to the machine's core count."""
         from .default import resolve_bundle_dir
         from .targets import int8_mismatch
+        from .threads import check_threads
 
+        threads = check_threads(threads)
         loaded = load_bundle(resolve_bundle_dir(bundle, say=say), verify=verify)
         with ThreadPoolExecutor(max_workers=1) as pool:   # the tokenizer loads while sessions open
             tokenizer = pool.submit(PromptTokenizer, loaded.tokenizer_file, loaded.max_tokens)

@@ -147,9 +147,12 @@ def default_bundle(say: Callable[[str], None] | None = None) -> Path:
     if not export_available():
         raise BundleError(f"no bundle given and the default bundle is not exported yet; {HOW_TO_GET_ONE}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _file_lock(target.with_name(target.name + ".lock")):
+    say = say or _stderr
+    waiting = (f"deramos: waiting for another process to finish exporting the default model to {target} "
+               f"(first use; a few minutes)")
+    with _file_lock(target.with_name(target.name + ".lock"), on_wait=lambda: say(waiting)):
         if not (target / "manifest.json").is_file():   # another process may have finished it meanwhile
-            export_default_bundle(checkpoint, target, say or _stderr)
+            export_default_bundle(checkpoint, target, say)
     return target
 
 
@@ -172,14 +175,21 @@ def export_default_bundle(checkpoint: Path, target: Path, say: Callable[[str], N
 
 
 @contextlib.contextmanager
-def _file_lock(path: Path):
+def _file_lock(path: Path, on_wait: Callable[[], None] | None = None):
+    """An exclusive lock on `path`; on_wait() is called once when another process holds it
+    (so that a wait of minutes is not silent)."""
     try:
         import fcntl
     except ImportError:   # no fcntl (Windows): concurrent first uses may both export; harmless
         yield
         return
     with open(path, "a") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            fcntl.flock(handle, fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -187,4 +197,5 @@ def _file_lock(path: Path):
 
 
 def _stderr(message: str) -> None:
-    print(message, file=sys.stderr)
+    if sys.stderr is not None:   # closed (2>&-): print(file=None) would write to stdout
+        print(message, file=sys.stderr, flush=True)

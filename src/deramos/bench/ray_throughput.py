@@ -6,6 +6,8 @@ Writes --clips rendered music clips (WAV) and a manifest, scores them once with 
 Scorer (deramos-run's path: one process, --threads ONNX Runtime threads) and once on a fresh
 local Ray cluster of --cpus CPUs (one single-threaded Scorer actor per CPU), checks both give
 the same scores, and reports clips/s. The cluster's start-up is timed apart from the run.
+Where the difference goes (actor start-up, Ray's cost per row, several raylets):
+deramos.bench.scale_overhead.
 """
 from __future__ import annotations
 
@@ -48,9 +50,10 @@ def ray_run(bundle: str, pairs, cpus: int, out: Path) -> tuple[float, float, lis
     import ray
 
     from ..scale.batch import Row, ScoringOptions, score_rows
+    from ..scale.cluster import start_local
 
     start = time.perf_counter()
-    ray.init(num_cpus=cpus, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    start_local(num_cpus=cpus)          # on 127.0.0.1 only
     startup = time.perf_counter() - start
     rows = [Row(i + 1, {"path": p, "prompt": q}, p, q) for i, (p, q) in enumerate(pairs)]
     try:

@@ -67,13 +67,16 @@ class Job:
     record: dict            # echoed in JSON output
     item: object            # path or Unscorable
     prompt: str | None
+    line: int | None = None     # the JSONL line it came from (--ray numbers its rows by it)
 
 
 @click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("args", nargs=-1, metavar="[CLIP PROMPT | CLIPS...]")
 @click.option("-p", "--prompt", help="Prompt for every clip given as an argument.")
 @click.option("--jsonl", "jsonl", metavar="FILE", help='Read {"path", "prompt"} lines from FILE ("-": stdin).')
-@click.option("-o", "--out", type=click.Path(dir_okay=False, writable=True), help="Write results here instead of stdout.")
+@click.option("-o", "--out", type=click.Path(writable=True),
+              help="Write results here instead of stdout (with --ray: a JSONL file, or a folder whose name ends in "
+                   ".parquet).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per clip instead of text.")
 @click.option("--bundle", type=click.Path(), help="Exported bundle directory, or bundle archive (model.tar: unpacked into the cache once) "
               "(default: $DERAMOS_BUNDLE, else the default model).")
@@ -90,8 +93,10 @@ class Job:
 @click.option("-v", "--verbose", is_flag=True, help="Say which backend runs and why the others were skipped.")
 @click.option("--ray", "ray_address", is_flag=False, flag_value="auto", metavar="[auto|local|ADDRESS]",
               help="Score on a Ray cluster (pip install 'deramos[ray]'): an actor pool of Scorers writes --out "
-                   "(JSONL, or a .parquet folder) in input order; a rerun skips the rows already there. "
-                   "auto: $RAY_ADDRESS or a running cluster, else a local one.")
+                   "(JSONL, or a .parquet folder) in input order, with \"row\" = the manifest's line number; a rerun "
+                   "skips the rows already there. local: a new cluster on 127.0.0.1; HOST:PORT: a cluster's GCS; "
+                   "ray://HOST:PORT: Ray Client; auto: $RAY_ADDRESS, else the cluster `ray start` recorded on "
+                   "this machine, else local. An address that does not answer fails within ~20 s.")
 def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_size, threads, self_check, quiet, verbose,
          ray_address):
     _tolerant_streams()
@@ -102,6 +107,8 @@ def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_si
             raise click.UsageError("--self-check scores the bundle's own probe clips; give no clips, --prompt or --jsonl")
         sys.exit(_guarded(lambda: _self_check(bundle, backend, precision, threads, as_json, quiet, verbose)))
     jobs, total = _jobs(args, prompt, jsonl)
+    if out is not None and ray_address is None and os.path.isdir(out):   # --ray writes a .parquet folder
+        raise click.BadParameter(f"File {_printable(repr(out))} is a directory.", param_hint="'-o' / '--out'")
     if out is None and sys.stdout is None:
         _refuse("stdout is closed: nowhere to write the scores; give --out FILE")
     if out is not None:
@@ -329,7 +336,7 @@ def _jsonl_jobs(source: str) -> tuple[Iterable[Job], int | None]:
         if stream is None and sys.stdin is None:
             raise click.BadParameter("stdin is closed", param_hint="--jsonl")
         lines = stream if stream is not None else (line.encode("utf-8", "surrogateescape") for line in sys.stdin)
-        return (_parse_line(n, line) for n, line in _numbered(lines) if line.strip()), None
+        return (_parse_numbered(n, line) for n, line in _numbered(lines) if line.strip()), None
     try:
         with open(source, "rb") as handle:
             lines = [(n, line) for n, line in _numbered(handle) if line.strip()]
@@ -337,7 +344,7 @@ def _jsonl_jobs(source: str) -> tuple[Iterable[Job], int | None]:
         raise click.BadParameter(f"{_printable(source)}: {_one_line(error.strerror or error)}",
                                  param_hint="--jsonl") from None
     folder = os.path.dirname(source)    # relative paths are the file's own: deramos-build --calib reads them so
-    return [_parse_line(n, line, folder) for n, line in lines], len(lines)
+    return [_parse_numbered(n, line, folder) for n, line in lines], len(lines)
 
 
 def _numbered(lines) -> Iterator[tuple[int, bytes]]:
@@ -349,6 +356,7 @@ def _parse_line(number: int, raw: bytes, folder: str = "") -> Job:
     """A JSONL line as a job; a malformed one becomes an item that fails with the reason.
     A relative "path" is taken relative to `folder` (the JSONL file's; "" for stdin: the
     current directory); the output echoes it as given."""
+    from .rows import item_of
     from .scorer import Unscorable
 
     where = f"line {number}"
@@ -370,12 +378,16 @@ def _parse_line(number: int, raw: bytes, folder: str = "") -> Job:
         return Job({"line": number}, Unscorable(where, f"JSON nested more than {MAX_JSON_DEPTH} levels deep"), None)
     if not isinstance(record, dict):
         return Job({"line": number}, Unscorable(where, 'expected an object like {"path": ..., "prompt": ...}'), None)
-    path, prompt = record.get("path"), record.get("prompt")
-    if not isinstance(path, str) or not path:
-        return Job(record, Unscorable(where, 'missing "path" (a string)'), None)
-    if not isinstance(prompt, str):
-        return Job(record, Unscorable(f"{where} ({path})", 'missing "prompt" (a string)'), None)
+    path, prompt = item_of(record, where)      # the check deramos.scale applies to a Dataset's rows
+    if isinstance(path, Unscorable):
+        return Job(record, path, None)
     return Job(record, os.path.join(folder, path) if folder else path, prompt)
+
+
+def _parse_numbered(number: int, raw: bytes, folder: str = "") -> Job:
+    job = _parse_line(number, raw, folder)
+    job.line = number
+    return job
 
 
 def _deeper_than(value, limit: int) -> bool:
@@ -416,7 +428,7 @@ def _check_out(out: str, jobs, jsonl: str | None):
     def checked(job: Job) -> Job:
         if isinstance(job.item, str) and is_out(job.item):
             return Job(job.record, Unscorable(job.item, "is the --out file (being written); not read as a clip"),
-                       None)
+                       None, job.line)
         return job
     return (checked(job) for job in jobs)
 
@@ -464,12 +476,13 @@ def _text_line(job: Job, score) -> str | None:
 
 
 def _json_line(job: Job, score, ascii_only: bool = False) -> str:
-    result = dict(job.record)
-    result.update(mi=_rounded(score.mi), ta=_rounded(score.ta), error=score.error)
-    # Lone surrogates (from "\ud800" in the input, or a file name that is not UTF-8) cannot be
-    # written as UTF-8: JSON's own escape keeps them, and reading the line back restores them.
-    # A stream that is not UTF-8 (PYTHONIOENCODING=ascii) gets JSON's escapes for all non-ASCII.
-    return _SURROGATE.sub(lambda m: f"\\u{ord(m.group()):04x}", json.dumps(result, ensure_ascii=ascii_only))
+    # The result object deramos.scale writes too (runtime/rows.py). Lone surrogates (from
+    # "\ud800" in the input, or a file name that is not UTF-8) cannot be written as UTF-8: JSON's
+    # own escape keeps them, and reading the line back restores them. A stream that is not
+    # UTF-8 (PYTHONIOENCODING=ascii) gets JSON's escapes for all non-ASCII.
+    from .rows import json_text, result_of
+
+    return json_text(result_of(job.record, score), ascii_only)
 
 
 def _ascii_only(stream) -> bool:

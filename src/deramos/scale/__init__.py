@@ -6,8 +6,13 @@
     scored = score_dataset(ray.data.read_json("clips.jsonl"), ScoringOptions(bundle="bundle/"))
 
 The command line is `deramos-run --jsonl clips.jsonl --ray [auto|local|ADDRESS] --out results.jsonl`.
-Ray itself is imported only when a function here runs.
+`connect` / `start_local` reach a cluster (a local one listens on 127.0.0.1 only); `LoopbackCluster`
+runs several raylets on one machine. Ray itself is imported only when a function here runs.
 """
-from .batch import Row, RunSummary, ScorerActor, ScoringOptions, score_dataset, score_rows
+from .batch import (PoolShape, Row, RunSummary, ScorerActor, ScoringOptions, measure_actor_memory, pool_shape,
+                    score_dataset, score_rows)
+from .cluster import ClusterError, Connection, LoopbackCluster, connect, start_local
 
-__all__ = ["Row", "RunSummary", "ScorerActor", "ScoringOptions", "score_dataset", "score_rows"]
+__all__ = ["ClusterError", "Connection", "LoopbackCluster", "PoolShape", "Row", "RunSummary", "ScorerActor",
+           "ScoringOptions", "connect", "measure_actor_memory", "pool_shape", "score_dataset", "score_rows",
+           "start_local"]

@@ -53,8 +53,8 @@ class RowCounter:
     def prometheus(self) -> str:
         with self._lock:
             scored, failed = self.scored, self.failed
-        return (f"# HELP deramos_rows_total Rows (clips) the {MODEL_NAME} model answered, by outcome: scored, or failed "
-                f"(the row's error output says why; Triton counts its request as a success).\n"
+        return (f"# HELP deramos_rows_total Rows (clips) the {MODEL_NAME} model answered, by outcome: scored, "
+                f"or failed (the row's error output says why; Triton counts its request as a success).\n"
                 f"# TYPE deramos_rows_total counter\n"
                 f'deramos_rows_total{{model="{MODEL_NAME}",outcome="scored"}} {scored}\n'
                 f'deramos_rows_total{{model="{MODEL_NAME}",outcome="failed"}} {failed}\n')

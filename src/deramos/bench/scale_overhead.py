@@ -1,0 +1,180 @@
+"""Where Ray pays: one manifest scored locally and on Ray clusters of 1 and 2 raylets on loopback.
+
+    python -m deramos.bench.scale_overhead --clips 120 --clip-seconds 4 --nodes 1,2 [--bundle B] [--json F]
+
+Writes --clips rendered music clips and scores them, all in one run, with:
+
+  local    the Scorer in this process (deramos-run's path) with --cpus ONNX Runtime threads
+           (and with 1 thread, the per-actor setting);
+  ray N    deramos.scale.score_rows on a LoopbackCluster of N raylets (ray start --head plus
+           N-1 `ray start --address` nodes, every process on 127.0.0.1), --cpus CPUs in all,
+           one single-threaded Scorer actor per CPU.
+
+For each Ray cluster it measures: the cluster's start; one actor's start-up (a Scorer actor
+created and ready, against Scorer.load in this process); the memory probe that sizes the pool;
+the run (rows/s, and time to the first result); and Ray's own cost per row, from the same
+pipeline with an actor that scores nothing (from_items -> map_batches -> iter_batches and the
+result writer). Scores must be identical in every run. Timings are ratios against the local
+run measured in the same process, minutes apart: the machine's load moves them all.
+"""
+from __future__ import annotations
+
+import json
+import statistics
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import click
+
+
+@dataclass
+class RayMeasure:
+    nodes: int
+    cluster_start_s: float
+    actor_startup_s: list[float]
+    memory_probe_s: float
+    actor_memory_gib: float
+    actors: int
+    run_s: float
+    first_result_s: float
+    rows_per_s: float
+    noop_run_s: float
+    overhead_ms_per_row: float
+    identical: bool
+
+
+@dataclass
+class Report:
+    clips: int
+    clip_seconds: float
+    cpus: int
+    local_load_s: float
+    local_s: float
+    local_rows_per_s: float
+    local_1thread_s: float
+    local_1thread_rows_per_s: float
+    ray: list[RayMeasure] = field(default_factory=list)
+
+
+class NoopScorer:
+    """The score_rows actor without the scoring: what Ray Data costs per row."""
+
+    def __init__(self, options):
+        pass
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        return pa.table({"row": batch.column("row"),
+                         "outcome": pa.array(["[3.0, 3.0, null]"] * batch.num_rows, pa.string())})
+
+
+def _local(bundle: str, pairs, threads: int) -> tuple[float, float, list]:
+    from ..runtime.scorer import Scorer
+
+    start = time.perf_counter()
+    scorer = Scorer.load(bundle, backend="onnxruntime-cpu", threads=threads)
+    load = time.perf_counter() - start
+    with scorer:
+        start = time.perf_counter()
+        scores = [(round(s.mi, 4), round(s.ta, 4)) for s in scorer.iter_scores(pairs)]
+        return load, time.perf_counter() - start, scores
+
+
+def _actor_startup(options, repeats: int) -> list[float]:
+    """Seconds from creating a Scorer actor to its being ready (the Scorer loaded), each a new
+    worker process."""
+    import ray
+
+    from ..scale.batch import PackedScorer
+
+    times = []
+    remote = ray.remote(num_cpus=1, max_restarts=0)(PackedScorer)
+    for _ in range(repeats):
+        start = time.perf_counter()
+        actor = remote.remote(options)
+        ray.get(actor.__ray_ready__.remote())
+        times.append(time.perf_counter() - start)
+        ray.kill(actor)
+    return times
+
+
+def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores: list) -> RayMeasure:
+    from ..scale.batch import Row, ScoringOptions, plan_pool, score_rows
+    from ..scale.cluster import LoopbackCluster
+
+    rows = [Row(i + 1, {"path": p, "prompt": q}, p, q) for i, (p, q) in enumerate(pairs)]
+    if cpus % nodes:
+        raise click.BadParameter(f"--cpus {cpus} does not split evenly over {nodes} nodes")
+    start = time.perf_counter()
+    with LoopbackCluster(nodes=nodes, cpus_per_node=cpus // nodes):
+        cluster_start = time.perf_counter() - start
+        options = ScoringOptions(bundle, "onnxruntime-cpu")
+        start = time.perf_counter()
+        options, shape = plan_pool(options)
+        memory_probe = time.perf_counter() - start
+        startup = _actor_startup(options, 2)
+
+        first = []
+        out = scratch / f"ray{nodes}.jsonl"
+        run_start = time.perf_counter()
+        score_rows(rows, out, options, on_result=lambda row, result: first or first.append(time.perf_counter()))
+        run = time.perf_counter() - run_start
+        scores = [(r["mi"], r["ta"]) for r in map(json.loads, out.read_text().splitlines())]
+
+        # The same pipeline, the scoring left out: Ray Data's own cost per row.
+        start = time.perf_counter()
+        score_rows(rows, scratch / f"noop{nodes}.jsonl", options, actor=NoopScorer)
+        noop = time.perf_counter() - start
+    return RayMeasure(nodes, cluster_start, startup, memory_probe, options.actor_memory / 2**30, shape.actors, run,
+                      first[0] - run_start,
+                      len(rows) / run, noop, 1000 * noop / len(rows), scores == local_scores)
+
+
+@click.command(help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--bundle", type=click.Path(), help="Bundle (default: $DERAMOS_BUNDLE, else the default model).")
+@click.option("--clips", type=click.IntRange(min=1), default=120, show_default=True)
+@click.option("--clip-seconds", type=click.FloatRange(min=0.5), default=4.0, show_default=True)
+@click.option("--cpus", type=click.IntRange(min=1), default=2, show_default=True,
+              help="CPUs in each Ray cluster (= actors) and threads of the local run.")
+@click.option("--nodes", default="1,2", show_default=True, help="Raylets per Ray cluster, comma-separated.")
+@click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the measures here.")
+def main(bundle, clips, clip_seconds, cpus, nodes, json_out):
+    from ..runtime.default import resolve_bundle_dir
+    from .ray_throughput import write_clips
+
+    bundle = str(resolve_bundle_dir(bundle).resolve())
+    rate = json.loads((Path(bundle) / "manifest.json").read_text())["sample_rate"]
+    node_counts = [int(n) for n in nodes.split(",") if n.strip()]
+    with tempfile.TemporaryDirectory(prefix="deramos-scale-bench-") as scratch:
+        pairs = write_clips(Path(scratch), clips, clip_seconds, rate)
+        load, local_s, local_scores = _local(bundle, pairs, cpus)
+        _, local1_s, _ = _local(bundle, pairs, 1)
+        report = Report(clips, clip_seconds, cpus, load, local_s, clips / local_s, local1_s, clips / local1_s)
+        for count in node_counts:
+            report.ray.append(_ray(bundle, pairs, count, cpus, Path(scratch), local_scores))
+    _print(report)
+    if json_out:
+        Path(json_out).write_text(json.dumps(asdict(report), indent=2) + "\n")
+
+
+def _print(report: Report) -> None:
+    echo = click.echo
+    echo(f"{report.clips} clips x {report.clip_seconds:g} s, {report.cpus} CPUs")
+    echo(f"local Scorer, {report.cpus} threads: {report.local_rows_per_s:6.2f} rows/s ({report.local_s:.1f} s; "
+         f"Scorer.load {report.local_load_s:.2f} s)")
+    echo(f"local Scorer, 1 thread:  {report.local_1thread_rows_per_s:6.2f} rows/s ({report.local_1thread_s:.1f} s)")
+    echo("| raylets | actors | rows/s | x local | first result s | cluster start s | actor start-up s "
+         "| memory probe s | GiB/actor | Ray ms/row | scores |")
+    echo("|---|---|---|---|---|---|---|---|---|---|---|")
+    for m in report.ray:
+        echo(f"| {m.nodes} | {m.actors} | {m.rows_per_s:.2f} | {m.rows_per_s / report.local_rows_per_s:.2f} | "
+             f"{m.first_result_s:.1f} | {m.cluster_start_s:.1f} | {statistics.median(m.actor_startup_s):.2f} "
+             f"(Scorer.load {report.local_load_s:.2f}) | {m.memory_probe_s:.1f} | {m.actor_memory_gib:.2f} | "
+             f"{m.overhead_ms_per_row:.1f} | {'identical' if m.identical else 'DIFFERENT'} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -12,10 +12,12 @@ Writes --clips rendered music clips and scores them, all in one run, with:
 
 For each Ray cluster it measures: the cluster's start; one actor's start-up (a Scorer actor
 created and ready, against Scorer.load in this process); the memory probe that sizes the pool;
-the run (rows/s, and time to the first result); and Ray's own cost per row, from the same
-pipeline with an actor that scores nothing (from_items -> map_batches -> iter_batches and the
-result writer). Scores must be identical in every run. Timings are ratios against the local
-run measured in the same process, minutes apart: the machine's load moves them all.
+the run (rows/s overall, the time to the first result, and rows/s from the first result to the
+last); and Ray's own cost, from the same pipeline with an actor that scores nothing
+(from_items -> map_batches -> iter_batches -> the result writer) over --noop-rows and 4x as
+many rows: the difference gives the cost per row, the rest the fixed cost of a run (the pool's
+start). Scores must be identical in every run. Timings are ratios against the local run
+measured in the same process, minutes apart: the machine's load moves them all.
 """
 from __future__ import annotations
 
@@ -40,7 +42,8 @@ class RayMeasure:
     run_s: float
     first_result_s: float
     rows_per_s: float
-    noop_run_s: float
+    steady_rows_per_s: float
+    noop_fixed_s: float
     overhead_ms_per_row: float
     identical: bool
 
@@ -101,7 +104,7 @@ def _actor_startup(options, repeats: int) -> list[float]:
     return times
 
 
-def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores: list) -> RayMeasure:
+def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores: list, noop_rows: int) -> RayMeasure:
     from ..scale.batch import Row, ScoringOptions, plan_pool, score_rows
     from ..scale.cluster import LoopbackCluster
 
@@ -117,20 +120,26 @@ def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores:
         memory_probe = time.perf_counter() - start
         startup = _actor_startup(options, 2)
 
-        first = []
+        times = []
         out = scratch / f"ray{nodes}.jsonl"
         run_start = time.perf_counter()
-        score_rows(rows, out, options, on_result=lambda row, result: first or first.append(time.perf_counter()))
+        score_rows(rows, out, options, on_result=lambda row, result: times.append(time.perf_counter()))
         run = time.perf_counter() - run_start
         scores = [(r["mi"], r["ta"]) for r in map(json.loads, out.read_text().splitlines())]
+        steady = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
 
-        # The same pipeline, the scoring left out: Ray Data's own cost per row.
-        start = time.perf_counter()
-        score_rows(rows, scratch / f"noop{nodes}.jsonl", options, actor=NoopScorer)
-        noop = time.perf_counter() - start
+        # The same pipeline with the scoring left out, at two sizes: Ray Data's own cost per row
+        # (the slope) and per run (the rest: the pool's start, the first tasks).
+        noop = {}
+        for count in (noop_rows, 4 * noop_rows):
+            filler = [Row(i + 1, {"path": "x.wav", "prompt": "p"}, "x.wav", "p") for i in range(count)]
+            start = time.perf_counter()
+            score_rows(filler, scratch / f"noop{nodes}-{count}.jsonl", options, actor=NoopScorer)
+            noop[count] = time.perf_counter() - start
+        per_row = (noop[4 * noop_rows] - noop[noop_rows]) / (3 * noop_rows)
     return RayMeasure(nodes, cluster_start, startup, memory_probe, options.actor_memory / 2**30, shape.actors, run,
-                      first[0] - run_start,
-                      len(rows) / run, noop, 1000 * noop / len(rows), scores == local_scores)
+                      times[0] - run_start, len(rows) / run, steady, noop[noop_rows] - per_row * noop_rows,
+                      1000 * per_row, scores == local_scores)
 
 
 @click.command(help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -140,8 +149,10 @@ def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores:
 @click.option("--cpus", type=click.IntRange(min=1), default=2, show_default=True,
               help="CPUs in each Ray cluster (= actors) and threads of the local run.")
 @click.option("--nodes", default="1,2", show_default=True, help="Raylets per Ray cluster, comma-separated.")
+@click.option("--noop-rows", type=click.IntRange(min=10), default=1000, show_default=True,
+              help="Rows of the scoring-free runs (and 4x as many) that time Ray Data's own cost.")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False), help="Also write the measures here.")
-def main(bundle, clips, clip_seconds, cpus, nodes, json_out):
+def main(bundle, clips, clip_seconds, cpus, nodes, noop_rows, json_out):
     from ..runtime.default import resolve_bundle_dir
     from .ray_throughput import write_clips
 
@@ -154,7 +165,7 @@ def main(bundle, clips, clip_seconds, cpus, nodes, json_out):
         _, local1_s, _ = _local(bundle, pairs, 1)
         report = Report(clips, clip_seconds, cpus, load, local_s, clips / local_s, local1_s, clips / local1_s)
         for count in node_counts:
-            report.ray.append(_ray(bundle, pairs, count, cpus, Path(scratch), local_scores))
+            report.ray.append(_ray(bundle, pairs, count, cpus, Path(scratch), local_scores, noop_rows))
     _print(report)
     if json_out:
         Path(json_out).write_text(json.dumps(asdict(report), indent=2) + "\n")
@@ -166,14 +177,16 @@ def _print(report: Report) -> None:
     echo(f"local Scorer, {report.cpus} threads: {report.local_rows_per_s:6.2f} rows/s ({report.local_s:.1f} s; "
          f"Scorer.load {report.local_load_s:.2f} s)")
     echo(f"local Scorer, 1 thread:  {report.local_1thread_rows_per_s:6.2f} rows/s ({report.local_1thread_s:.1f} s)")
-    echo("| raylets | actors | rows/s | x local | first result s | cluster start s | actor start-up s "
-         "| memory probe s | GiB/actor | Ray ms/row | scores |")
-    echo("|---|---|---|---|---|---|---|---|---|---|---|")
+    echo("| raylets | actors | rows/s (x local) | steady rows/s (x local) | first result s | cluster start s "
+         "| actor start-up s | memory probe s | GiB/actor | Ray ms/row | Ray s/run | scores |")
+    echo("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    local = report.local_rows_per_s
     for m in report.ray:
-        echo(f"| {m.nodes} | {m.actors} | {m.rows_per_s:.2f} | {m.rows_per_s / report.local_rows_per_s:.2f} | "
-             f"{m.first_result_s:.1f} | {m.cluster_start_s:.1f} | {statistics.median(m.actor_startup_s):.2f} "
-             f"(Scorer.load {report.local_load_s:.2f}) | {m.memory_probe_s:.1f} | {m.actor_memory_gib:.2f} | "
-             f"{m.overhead_ms_per_row:.1f} | {'identical' if m.identical else 'DIFFERENT'} |")
+        echo(f"| {m.nodes} | {m.actors} | {m.rows_per_s:.2f} ({m.rows_per_s / local:.2f}) "
+             f"| {m.steady_rows_per_s:.2f} ({m.steady_rows_per_s / local:.2f}) | {m.first_result_s:.1f} "
+             f"| {m.cluster_start_s:.1f} | {statistics.median(m.actor_startup_s):.2f} "
+             f"(Scorer.load {report.local_load_s:.2f}) | {m.memory_probe_s:.1f} | {m.actor_memory_gib:.2f} "
+             f"| {m.overhead_ms_per_row:.2f} | {m.noop_fixed_s:.1f} | {'identical' if m.identical else 'DIFFERENT'} |")
 
 
 if __name__ == "__main__":

@@ -45,12 +45,15 @@ def run(jobs: Iterable, out: str | None, address: str, *, bundle: str | None, ba
                              threads or 1)
     with _StopOnSignal() as stopper, _ray_output_to_file() as ray_log:
         progress = _Progress(len(rows) - len(done), quiet)
+        if not quiet:
+            say = lambda line: progress.say(f"ray: {line}")      # noqa: E731
         try:
             summary = _run(rows, out, address, options, say, progress, stopper)
         except Exception:
             ray_log.keep = True
             raise
         except (KeyboardInterrupt, Terminated) as stop:
+            ray_log.discard = True          # what Ray says now is about the actors being stopped
             progress.close()
             written = progress.count
             reason = "terminated" if isinstance(stop, Terminated) else "interrupted"
@@ -102,26 +105,32 @@ def rows_of(jobs: Iterable) -> list[Row]:
 
 
 class _Progress:
-    """A tqdm bar on a terminal; elsewhere (a log file) a line every PROGRESS_EVERY_S. Error
-    lines go through it so that the bar is redrawn below them."""
+    """From the first result on, a tqdm bar on a terminal; elsewhere (a log file) a line every
+    PROGRESS_EVERY_S. Other lines go through it, so that the bar is redrawn below them."""
 
     def __init__(self, total: int, quiet: bool):
         self.total, self.quiet, self.count, self.failed = total, quiet, 0, 0
         self.started = self.last = time.monotonic()
         self.bar = None
-        if not quiet and _isatty(sys.stderr):
-            from tqdm import tqdm
+        self.terminal = not quiet and _isatty(sys.stderr)
 
-            self.bar = tqdm(total=total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="ray")
-
-    def error(self, line: str) -> None:
-        self.failed += 1
+    def say(self, line: str) -> None:
         if self.bar is not None:
             self.bar.write(_printable(line), file=sys.stderr)
         else:
             _print(line)
 
+    def error(self, line: str) -> None:
+        self.failed += 1
+        self.say(line)
+
     def update(self) -> None:
+        if self.count == 0:
+            self.started = self.last = time.monotonic()
+            if self.terminal:
+                from tqdm import tqdm
+
+                self.bar = tqdm(total=self.total, unit="row", file=sys.stderr, dynamic_ncols=True, desc="ray")
         self.count += 1
         if self.bar is not None:
             self.bar.update(1)
@@ -197,10 +206,13 @@ def _ray_output_to_file():
 
 class _RayLog:
     def __init__(self):
-        self.path, self.keep = None, False
+        self.path, self.keep, self.discard = None, False, False
 
     def close(self) -> None:
         if self.path is None:
+            return
+        if self.discard:
+            os.unlink(self.path)
             return
         with open(self.path, encoding="utf-8", errors="replace") as handle:
             reports = sum("(raylet)" in line for line in handle)

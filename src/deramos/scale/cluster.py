@@ -19,6 +19,7 @@ import os
 import socket
 import threading
 import warnings
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from ..runtime.errors import one_line
@@ -345,21 +346,16 @@ class LoopbackCluster:
     def __enter__(self) -> "LoopbackCluster":
         ray = _ray()
         from ray import cluster_utils
-        from ray._private import utils as ray_utils
 
         loopback_only()
         quiet_console()
         node_args = {"num_cpus": self.cpus_per_node, "node_ip_address": LOOPBACK, "include_dashboard": False}
         if self.memory_per_node:
             node_args["memory"] = self.memory_per_node
-        write_address = ray_utils.write_ray_address
-        ray_utils.write_ray_address = lambda *args, **kwargs: None
-        try:
+        with _no_address_file():
             self._cluster = cluster_utils.Cluster(initialize_head=True, head_node_args=dict(node_args))
             for _ in range(self.nodes - 1):
                 self._cluster.add_node(**node_args)
-        finally:
-            ray_utils.write_ray_address = write_address
         self._cluster.wait_for_nodes()
         ray.init(address=self._cluster.address, log_to_driver=False, logging_level="ERROR")
         quiet_console()
@@ -378,4 +374,20 @@ class LoopbackCluster:
         ray = _ray()
         ray.shutdown()
         if self._cluster is not None:
-            self._cluster.shutdown()
+            with _no_address_file():
+                self._cluster.shutdown()
+
+
+@contextmanager
+def _no_address_file():
+    """cluster_utils writes its address to /tmp/ray/ray_current_cluster when it starts, and
+    deletes that file when it stops, whoever wrote it: neither, while this runs."""
+    from ray._common import utils as common_utils
+    from ray._private import utils as private_utils
+
+    saved = private_utils.write_ray_address, common_utils.reset_ray_address
+    private_utils.write_ray_address = common_utils.reset_ray_address = lambda *args, **kwargs: None
+    try:
+        yield
+    finally:
+        private_utils.write_ray_address, common_utils.reset_ray_address = saved

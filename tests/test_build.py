@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -251,7 +252,7 @@ def test_int8_search_keeps_the_costliest_layers_fp32(fp32_bundle, tmp_path):
     """Per-layer sensitivity, then the costliest layers kept FP32 until the target is met."""
     from deramos.build.search import quantisable_layers, search_exclusions
     from deramos.calibration.dataset import ClipSet
-    from deramos.calibration.quantize import quantized_share
+    from deramos.calibration.quantize import op_flops, quantized_share
     from deramos.runtime.audio import load_audio
     from deramos.runtime.probes import load_probes
 
@@ -292,6 +293,16 @@ def test_int8_search_keeps_the_costliest_layers_fp32(fp32_bundle, tmp_path):
     assert stricter.kept_fp32 and stricter.comparison.passed
     assert max(stricter.comparison.scores[k].rel_noise for k in ("MI", "TA")) <= worst * 1.05 * 0.5
     assert set(stricter.seconds_per_batch) == {"fp32", "int8_all_layers", "int8_searched"}
+
+    # counted in FLOPs, the same result is not INT8 when the work must stay integer
+    flops = op_flops(root / "audio_encoder.onnx", {"waveform": np.zeros((1, bundle.window_samples), np.float32),
+                                                   "lengths": np.array([bundle.window_samples], np.int64)})
+    assert set(flops) >= {n for nodes in layers.values() for n in nodes} and min(flops.values()) > 0
+    demanding = search_exclusions(bundle, "audio_encoder", ranges, "minmax", "x86-avx2", clips, just.tightened(0.5),
+                                  flops=flops, min_flop_share=0.999)
+    assert demanding.kept_fp32 and not demanding.comparison.passed
+    assert re.fullmatch(r"audio_encoder: the passing graph keeps \d+\.\d% of the FLOPs in INT8 \(< 100%\): "
+                        r"\d+ of \d+ layers FP32; not INT8", demanding.comparison.failures[0])
 
 
 def test_a_tightened_tolerance_takes_the_margin_off_every_allowance():

@@ -69,12 +69,20 @@ def test_int8_files_and_heads_entry(bundle):
     assert manifest["int8"]["scheme"] == {"activations": "int8-symmetric", "weights": "int8-symmetric-per-channel",
                                           "weight_bits": 7}
     # what of each graph is really INT8, counted from the files (calibration/quantize.py)
+    from deramos.build.stage import _graph_flops
     from deramos.calibration.quantize import quantized_share
+    from deramos.runtime.bundle import load_bundle
 
     for graph in ("audio_encoder", "text_encoder"):
         share = manifest["int8"]["quantized"][graph]
-        assert share == quantized_share(root / f"{graph}.int8.onnx")
+        assert {k: v for k, v in share.items() if "flop" not in k} == quantized_share(root / f"{graph}.int8.onnx")
         assert share["quantized_ops"] == share["quantizable_ops"] > 0 and share["quantized_weight_share"] == 1.0
+        # every quantisable op is INT8, yet not every FLOP of the audio encoder: its FP32-kept mel
+        # front-end counts too; the text encoder has no FP32 region
+        assert share["gflop_per_window"] > 0
+        assert (0.0 < share["quantized_flop_share"] < 1.0) if graph == "audio_encoder" else \
+            share["quantized_flop_share"] == pytest.approx(1.0)
+        assert share == quantized_share(root / f"{graph}.int8.onnx", _graph_flops(load_bundle(root), graph))
         assert share["qdq_nodes"] >= 2 * share["quantized_ops"]
     assert quantized_share(root / "heads.onnx")["quantized_ops"] == 0
 

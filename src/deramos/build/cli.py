@@ -43,6 +43,9 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
               default=DEFAULTS["int8_search_margin"], show_default=True,
               help="The search asks this much more than the held-out check (0.3: 30 percent of each allowance taken "
                    "away), because it judges on the clips it calibrated on.")
+@click.option("--int8-min-flop-share", type=click.FloatRange(0.0, 1.0), default=DEFAULTS["int8_min_flop_share"],
+              show_default=True, help="The search fails unless at least this share of the graph's FLOPs stays INT8 "
+                                      "(a graph that passes by keeping the work in FP32 is not INT8).")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime CPU threads for the checks.")
 @click.option("--speed/--no-speed", default=DEFAULTS["speed"], show_default=True,
               help="Time each kept precision against FP32 on this machine and say which does not pay here.")
@@ -51,7 +54,7 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
 @click.option("--archive", type=click.Path(dir_okay=False), help="Also pack the bundle into this archive (.tar, .tar.gz, "
               ".tgz): one file for deramos-run --bundle. Alone (no --fp16/--int8/--trt) it packs the bundle as it is.")
 def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8_graphs, check_clips, trt, max_batch,
-         recalibrate, int8_search, int8_search_margin, threads, speed, out, archive):
+         recalibrate, int8_search, int8_search_margin, int8_min_flop_share, threads, speed, out, archive):
     """Add FP16 / INT8 graphs and TensorRT engines to an FP32 bundle (from deramos-export), without PyTorch.
 
     BUNDLE is a bundle folder or a bundle archive (model.tar); an archive is never changed in
@@ -90,7 +93,7 @@ def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8
     options = BuildOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, calib_clips=calib_clips,
                            check_clips=check_clips, int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
                            int8_target=int8_target, recalibrate=recalibrate, int8_search=int8_search,
-                           int8_search_margin=int8_search_margin,
+                           int8_search_margin=int8_search_margin, int8_min_flop_share=int8_min_flop_share,
                            threads=threads, speed=speed, trt=trt, trt_max_batch=max_batch)
     in_place = in_place and not from_archive
     sys.exit(_build(Path(bundle), in_place, options, Path(out) if out else None, archive, say))

@@ -47,8 +47,12 @@ class SearchResult:
 
 
 def layer_of(node_name: str) -> str:
-    """The module a node belongs to: its name without the op ('/encoder/conformer/layers.0/ffn1')."""
+    """The module a node belongs to: its name without the op ('/encoder/conformer/layers.0/ffn1');
+    a node outside any module ('/encoder/Conv_3', a functional call) is a layer of its own, so
+    that the search can keep it FP32 without its neighbours."""
     parts = node_name.strip("/").split("/")
+    if len(parts) <= 2:
+        return "/" + "/".join(parts)
     return "/" + "/".join(parts[:-2] if len(parts) > 3 else parts[:-1])
 
 
@@ -64,9 +68,13 @@ def quantisable_layers(fp32_path: Path) -> dict[str, list[str]]:
 
 
 def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, target: str, clips: ClipSet,
-                      tolerance: Tolerance, say=lambda _: None) -> SearchResult:
+                      tolerance: Tolerance, say=lambda _: None, flops: dict[str, float] | None = None,
+                      min_flop_share: float = 0.0) -> SearchResult:
     """Find the layers of `graph` to keep FP32 so INT8 meets `tolerance` on `clips`; leaves the
-    bundle's INT8 file of `graph` quantised accordingly."""
+    bundle's INT8 file of `graph` quantised accordingly. Given `flops` (per node, calibration/
+    quantize.py's op_flops), layers are kept FP32 in order of ranking cost per FLOP, and a
+    result with less than `min_flop_share` of the FLOPs left in INT8 is a failure: a graph
+    that passes by being FP32 where the work is is not INT8."""
     fp32_path = bundle.graph_path(graph, "fp32")
     layers = quantisable_layers(fp32_path)
     all_nodes = [n for nodes in layers.values() for n in nodes]
@@ -77,7 +85,12 @@ def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, tar
     comparison = quantised(set())
     sensitivity = {} if comparison.passed else {
         layer: _ranking_cost(quantised(set(all_nodes) - set(nodes))) for layer, nodes in layers.items()}
-    order = sorted(sensitivity, key=lambda layer: -sensitivity[layer])
+    layer_flops = {layer: sum((flops or {}).get(n, 0.0) for n in nodes) for layer, nodes in layers.items()}
+    total_flops = sum((flops or {}).values())
+    per_flop = lambda layer: sensitivity[layer] / (layer_flops[layer] + 1e-9 * total_flops)  # noqa: E731
+    order = sorted(sensitivity, key=lambda layer: -(per_flop(layer) if flops else sensitivity[layer]))
+    int8_share = lambda kept: ((sum(layer_flops.values()) - sum(layer_flops[layer] for layer in kept))  # noqa: E731
+                               / total_flops if flops else 1.0)     # of all FLOPs: the FP32 regions count too
     if order:
         say(f"{graph}: INT8 sensitivity of {len(layers)} layers (1 - SRCC, MI + TA): "
             + ", ".join(f"{layer} {sensitivity[layer]:.4f}" for layer in order[:5]))
@@ -93,6 +106,9 @@ def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, tar
     if not comparison.passed:
         comparison.problems.append(f"{graph}: the INT8 search found no passing graph with any layer left in INT8 "
                                    f"({len(kept)} of {len(layers)} layers kept FP32 still miss the tolerance)")
+    elif int8_share(kept) < min_flop_share:
+        comparison.problems.append(f"{graph}: the passing graph keeps {int8_share(kept):.1%} of the FLOPs in INT8 "
+                                   f"(< {min_flop_share:.0%}): {len(kept)} of {len(layers)} layers FP32; not INT8")
     kept_nodes = [n for layer in kept for n in layers[layer]]
     result = SearchResult(graph, kept, kept_nodes, sensitivity, comparison)
     if comparison.passed:

@@ -13,13 +13,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
+import numpy as np
+
 from ..calibration.dataset import ClipSet, load_calibration_set
 from ..calibration.drift import MIN_CLIPS, drift_set, measure_drift
 from ..calibration.quantize import (EXCLUDED_NODE_PREFIXES, QUANTIZED_GRAPHS, QUANTIZED_OPS, check_int8_options,
-                                    int8_ranges, quantize, quantized_share, ranges_path)
+                                    int8_ranges, op_flops, quantize, quantized_share, ranges_path)
 from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verify_files, write_manifest
 from ..runtime.compare import Comparison
 from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
+from ..runtime.text import PromptTokenizer
 from .fp16 import convert_to_fp16
 from .onnxio import save_onnx
 from .speed import measure_speed
@@ -41,6 +44,10 @@ class BuildOptions:
     # much more than the held-out check will (measured on the default model: passing on the
     # calibration clips exactly, MI drift 0.296 of the spread on held-out clips, gate 0.2).
     int8_search_margin: float = 0.3
+    # A graph is INT8 when this share of its FLOPs (MatMul/Gemm/Conv) runs in integer kernels: the
+    # search fails rather than pass with the work in FP32 (it once kept 0.03 % of the default
+    # model's FLOPs INT8 and called that int8).
+    int8_min_flop_share: float = 0.5
     seed: int = 0
     threads: int | None = None
     check: bool = True                   # False: skip the comparison with FP32 (benchmark bundles only)
@@ -144,13 +151,15 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> t
     clips = _calibration_clips(bundle, options, say)
     for graph in options.int8_graphs:
         ranges, _ = int8_ranges(bundle, graph, options, lambda: clips, say)
+        flops = _graph_flops(bundle, graph)
         result = search_exclusions(bundle, graph, ranges, options.calib_method, options.int8_target, clips,
-                                   TOLERANCES["int8"].tightened(options.int8_search_margin), say)
+                                   TOLERANCES["int8"].tightened(options.int8_search_margin), say,
+                                   flops=flops, min_flop_share=options.int8_min_flop_share)
         bundle.manifest["int8"].setdefault("search", {})[graph] = result.to_dict()
         if not result.comparison.passed:            # no INT8 graph of `graph` passed: INT8 is dropped
             write_manifest(bundle.root, bundle.manifest)
             return load_bundle(bundle.root, verify=False), result.comparison
-        bundle.manifest["int8"]["quantized"][graph] = _quantized(bundle, graph)
+        bundle.manifest["int8"]["quantized"][graph] = _quantized(bundle, graph, flops)
         timing = result.seconds_per_batch
         say(f"{graph}: kept FP32 {result.kept_fp32 or 'nothing'}; seconds per batch: FP32 {timing['fp32']:.4f}, "
             f"INT8 everywhere {timing['int8_all_layers']:.4f}, INT8 as searched {timing['int8_searched']:.4f}")
@@ -159,9 +168,21 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> t
     return bundle, measure_drift(bundle, "int8", held, options.threads)
 
 
-def _quantized(bundle: Bundle, graph: str) -> dict:
+def _graph_flops(bundle: Bundle, graph: str) -> dict[str, float]:
+    """FLOPs per MatMul/Gemm/Conv of the FP32 `graph` on one window (audio) or prompt (text)."""
+    if graph == "audio_encoder":
+        feeds = {"waveform": np.zeros((1, bundle.window_samples), np.float32),
+                 "lengths": np.array([bundle.window_samples], np.int64)}
+    else:
+        ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(
+            ["a calm solo piano piece with soft strings, slow and sad"])
+        feeds = {"input_ids": ids, "attention_mask": mask}
+    return op_flops(bundle.graph_path(graph, "fp32"), feeds)
+
+
+def _quantized(bundle: Bundle, graph: str, flops: dict[str, float]) -> dict:
     """What of `graph`'s INT8 file is INT8 (calibration/quantize.py); none at all is an error."""
-    share = quantized_share(bundle.root / graph_file_name(graph, "int8"))
+    share = quantized_share(bundle.root / graph_file_name(graph, "int8"), flops)
     if not share["quantized_ops"]:
         raise ValueError(f"{graph}: the INT8 graph has no quantised op ({share['quantizable_ops']} quantisable); "
                          "it would be FP32 under the name int8")
@@ -185,7 +206,7 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
         paths = save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, options.calib_method, options.int8_target),
                           bundle.root / graph_file_name(graph, "int8"))
         _register(bundle, graph, "int8", paths)
-        quantized[graph] = _quantized(bundle, graph)
+        quantized[graph] = _quantized(bundle, graph, _graph_flops(bundle, graph))
         bundle.manifest["files"].setdefault(ranges_path(bundle.root, graph).relative_to(bundle.root).as_posix(), "")
         written += [p.name for p in paths]
     for graph in GRAPHS:

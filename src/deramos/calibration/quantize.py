@@ -139,10 +139,52 @@ def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, targe
     return quantizer.model.model
 
 
-def quantized_share(graph_path: Path) -> dict:
+def op_flops(fp32_path: Path, feeds: dict) -> dict[str, float]:
+    """FLOPs (2 per multiply-add) of each MatMul, Gemm and Conv of an FP32 graph on `feeds`,
+    by node name: the graph is run once through ONNX Runtime with every such node's output
+    (and first input) exposed, so the count follows the real shapes of a real input."""
+    import onnx
+    import onnxruntime as ort
+
+    proto = onnx.load(str(fp32_path), load_external_data=False)
+    weights = {t.name: list(t.dims) for t in proto.graph.initializer}
+    ops = [n for n in proto.graph.node if n.op_type in QUANTIZED_OPS]
+    exposed = sorted({name for n in ops for name in (*n.input[:2], n.output[0])} - set(weights)
+                     - {o.name for o in proto.graph.output} - {i.name for i in proto.graph.input})
+    proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in exposed)
+    with tempfile.TemporaryDirectory() as folder:   # beside the side file it may name
+        probe = Path(fp32_path).parent / f".flops-{Path(folder).name}.onnx"
+        onnx.save(proto, str(probe))
+        try:
+            session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
+            names = [o.name for o in session.get_outputs()]
+            shapes = {name: list(value.shape) for name, value in zip(names, session.run(None, feeds))}
+        finally:
+            probe.unlink(missing_ok=True)
+    shapes.update({name: list(value.shape) for name, value in feeds.items()})
+    flops = {}
+    for node in ops:
+        out = int(np.prod(shapes[node.output[0]]))
+        weight = weights.get(node.input[1]) or shapes.get(node.input[1])
+        if node.op_type == "Conv":
+            per_output = int(np.prod(weight[1:]))
+        elif node.op_type == "Gemm":
+            per_output = shapes[node.input[0]][-1] if not _attribute(node, "transA") else shapes[node.input[0]][0]
+        else:
+            per_output = shapes[node.input[0]][-1]
+        flops[node.name] = 2.0 * out * per_output
+    return flops
+
+
+def _attribute(node, name: str) -> int:
+    return next((a.i for a in node.attribute if a.name == name), 0)
+
+
+def quantized_share(graph_path: Path, flops: dict[str, float] | None = None) -> dict:
     """How much of a graph is really INT8: QDQ node count, and of the quantisable ops (MatMul,
     Gemm, Conv outside the FP32-kept region) how many take a dequantised weight, with the
-    share of their weight elements. A graph called int8 with no quantised op is not INT8."""
+    share of their weight elements and, given `flops` (op_flops of the FP32 graph), of the
+    FLOPs. A graph called int8 with no quantised op is not INT8."""
     import onnx
 
     proto = onnx.load(str(graph_path), load_external_data=False)
@@ -156,9 +198,13 @@ def quantized_share(graph_path: Path) -> dict:
     weight = lambda node: next((sizes[i] for i in node.input[1:2] if i in sizes), 0)  # noqa: E731
     quantized = [n for n in ops if len(n.input) > 1 and n.input[1] in dequantized]
     total = sum(weight(n) for n in ops)
-    return {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node),
-            "quantized_ops": len(quantized), "quantizable_ops": len(ops),
-            "quantized_weight_share": round(sum(weight(n) for n in quantized) / total, 4) if total else 0.0}
+    share = {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node),
+             "quantized_ops": len(quantized), "quantizable_ops": len(ops),
+             "quantized_weight_share": round(sum(weight(n) for n in quantized) / total, 4) if total else 0.0}
+    if flops:   # of ALL the graph's MatMul/Gemm/Conv FLOPs, the FP32-kept region included
+        share["quantized_flop_share"] = round(sum(flops.get(n.name, 0.0) for n in quantized) / sum(flops.values()), 4)
+        share["gflop_per_window"] = round(sum(flops.values()) / 1e9, 3)
+    return share
 
 
 def int8_ranges(bundle, graph: str, options, clips_source, say) -> tuple[dict, bool]:

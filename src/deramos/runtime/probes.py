@@ -147,4 +147,6 @@ def self_check(scorer) -> Comparison:
         for graph, share in (scorer.bundle.manifest.get("int8") or {}).get("quantized", {}).items():
             comparison.graphs[graph] = {"int8_ops": share["quantized_ops"], "of_ops": share["quantizable_ops"],
                                         "int8_weight_share": share["quantized_weight_share"]}
+            if "quantized_flop_share" in share:   # bundles built before FLOPs were counted lack it
+                comparison.graphs[graph]["int8_flop_share"] = share["quantized_flop_share"]
     return comparison

@@ -406,7 +406,7 @@ def test_build_packs_a_bundle_as_it_is(runtime_bundle, tmp_path, clips):
 
 @pytest.mark.parametrize("args, message", [
     (["--fp16"], "is an archive, never built in place: give --out DIR and/or --archive FILE"),
-    ([], "nothing to build: give --fp16, --int8 and/or --trt (or --archive FILE to pack the bundle)"),
+    ([], "nothing to build: give --fp16, --int8, --trt and/or --ship-calib (or --archive FILE to pack the bundle)"),
     (["--fp16", "--out", "x.tar", "--archive", "y.tar"], "--out names an archive already"),
 ])
 def test_build_usage_errors_touch_nothing(packed, tmp_path, args, message):

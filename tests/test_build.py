@@ -16,7 +16,7 @@ from scipy import stats
 from deramos.build.stage import BuildOptions, build_bundle
 from deramos.runtime import compare as cmp
 from deramos.runtime import targets
-from deramos.runtime.bundle import load_bundle, write_manifest
+from deramos.runtime.bundle import BundleError, load_bundle, write_manifest
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -194,6 +194,42 @@ def _broken_int8(fp32_bundle: Path, target: Path) -> Path:
     return root
 
 
+REAL_CLIPS = Path(__file__).parent / "data" / "realmusic_clean" / "clips.jsonl"
+
+
+def test_shipped_real_clips_travel_with_the_bundle_and_calibrate_int8(fp32_bundle, tmp_path):
+    """--ship-calib copies real clips (and their SOURCES.md) into the bundle, hashed; INT8 then
+    calibrates on them by default, without torch, from the bundle alone; a changed clip is refused."""
+    import hashlib
+
+    code = NO_TORCH + "import sys; from deramos.build.cli import main; sys.argv = ['deramos-build'] + sys.argv[1:]; main()"
+    shipped = tmp_path / "shipped"
+    done = _run([sys.executable, "-c", code, str(fp32_bundle), "--ship-calib", str(REAL_CLIPS), "--out", str(shipped)])
+    assert done.returncode == 0, done.stderr
+    assert f"shipping 33 calibration clips from {REAL_CLIPS} in calibration/clips/" in done.stderr
+    files = load_bundle(shipped).manifest["files"]
+    listed = {n for n in files if n.startswith("calibration/clips/")}
+    assert len(listed) == 33 + 2 and {"calibration/clips/clips.jsonl", "calibration/clips/SOURCES.md"} <= listed
+    for name in listed:
+        assert files[name] == hashlib.sha256((shipped / name).read_bytes()).hexdigest()
+    rows = [json.loads(line) for line in (shipped / "calibration/clips/clips.jsonl").read_text().splitlines()]
+    assert [r["prompt"] for r in rows] == [json.loads(line)["prompt"] for line in REAL_CLIPS.read_text().splitlines()]
+
+    built = tmp_path / "int8"
+    done = _run([sys.executable, "-c", code, str(shipped), "--int8", "--calib-clips", "8", "--no-speed",
+                 "--out", str(built)])
+    assert done.returncode in (0, 1), done.stderr        # the tiny test model's INT8 may miss; calibration is the point
+    assert f"calibrating on 8 clips from {shipped / 'calibration/clips/clips.jsonl'}" in done.stderr
+
+    clip = shipped / "calibration/clips" / rows[0]["path"]
+    clip.write_bytes(clip.read_bytes()[:-1] + b"\0")
+    with pytest.raises(BundleError, match=r"calibration/clips/.*sha256"):
+        load_bundle(shipped)
+    done = _run([sys.executable, "-m", "deramos.build.cli", str(fp32_bundle), "--ship-calib", str(tmp_path / "no.jsonl"),
+                 "--out", str(tmp_path / "never")])
+    assert done.returncode == 2 and not (tmp_path / "never").exists()
+
+
 def test_self_check_fails_on_a_broken_int8_graph(fp32_bundle, tmp_path):
     from deramos.runtime.scorer import Scorer, SelfCheckFailed
 
@@ -245,7 +281,7 @@ def test_build_cli_errors_are_one_line(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1] == f"error: {tmp_path / 'absent'}: bundle directory not found"
     done = _run([sys.executable, "-m", "deramos.build.cli", str(tmp_path)])
-    assert done.returncode == 2 and "nothing to build: give --fp16, --int8 and/or --trt" in done.stderr
+    assert done.returncode == 2 and "nothing to build: give --fp16, --int8, --trt and/or --ship-calib" in done.stderr
 
 
 def test_int8_search_keeps_the_costliest_layers_fp32(fp32_bundle, tmp_path):

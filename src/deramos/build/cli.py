@@ -46,6 +46,10 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
 @click.option("--int8-min-flop-share", type=click.FloatRange(0.0, 1.0), default=DEFAULTS["int8_min_flop_share"],
               show_default=True, help="The search fails unless at least this share of the graph's FLOPs stays INT8 "
                                       "(a graph that passes by keeping the work in FP32 is not INT8).")
+@click.option("--ship-calib", metavar="JSONL", type=click.Path(exists=True, dir_okay=False),
+              help="Copy the clips of this JSONL ({path, prompt}; e.g. real music with its SOURCES.md) into the bundle "
+                   "(calibration/clips/, hashed): INT8 calibrates on them by default, here and on any device the "
+                   "bundle is copied to, without torch.")
 @click.option("--threads", type=click.IntRange(min=1), help="ONNX Runtime CPU threads for the checks.")
 @click.option("--speed/--no-speed", default=DEFAULTS["speed"], show_default=True,
               help="Time each kept precision against FP32 on this machine and say which does not pay here.")
@@ -54,7 +58,7 @@ TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.
 @click.option("--archive", type=click.Path(dir_okay=False), help="Also pack the bundle into this archive (.tar, .tar.gz, "
               ".tgz): one file for deramos-run --bundle. Alone (no --fp16/--int8/--trt) it packs the bundle as it is.")
 def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8_graphs, check_clips, trt, max_batch,
-         recalibrate, int8_search, int8_search_margin, int8_min_flop_share, threads, speed, out, archive):
+         recalibrate, int8_search, int8_search_margin, int8_min_flop_share, ship_calib, threads, speed, out, archive):
     """Add FP16 / INT8 graphs and TensorRT engines to an FP32 bundle (from deramos-export), without PyTorch.
 
     BUNDLE is a bundle folder or a bundle archive (model.tar); an archive is never changed in
@@ -81,9 +85,10 @@ def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8
         if archive:
             raise click.UsageError("--out names an archive already: give --out DIR --archive FILE for both, or one archive")
         out, archive = None, out
-    building = fp16 or int8 or trt
+    building = fp16 or int8 or trt or bool(ship_calib)
     if not building and not archive:
-        raise click.UsageError("nothing to build: give --fp16, --int8 and/or --trt (or --archive FILE to pack the bundle)")
+        raise click.UsageError("nothing to build: give --fp16, --int8, --trt and/or --ship-calib (or --archive FILE to "
+                               "pack the bundle)")
     if not building and out:
         raise click.UsageError("--out is where a build is written: give --fp16, --int8 and/or --trt, or --archive FILE")
     from_archive = Path(bundle).is_file()
@@ -94,6 +99,7 @@ def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8
                            check_clips=check_clips, int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
                            int8_target=int8_target, recalibrate=recalibrate, int8_search=int8_search,
                            int8_search_margin=int8_search_margin, int8_min_flop_share=int8_min_flop_share,
+                           ship_calib=ship_calib,
                            threads=threads, speed=speed, trt=trt, trt_max_batch=max_batch)
     in_place = in_place and not from_archive
     sys.exit(_build(Path(bundle), in_place, options, Path(out) if out else None, archive, say))
@@ -112,12 +118,12 @@ def _build(source: Path, in_place: bool, options: BuildOptions, out: Path | None
     try:
         source = bundle_folder(source, say=say)
         bundle = load_bundle(source, verify=False)       # not there, not a bundle: before anything is copied
-        building = options.fp16 or options.int8 or options.trt
+        building = options.fp16 or options.int8 or options.trt or bool(options.ship_calib)
         if out is not None and out.exists():
             raise ValueError(f"{out}: already exists (--out writes a new bundle there)")
         if options.int8:
             check_int8_options(options)
-            if options.calib is None:
+            if options.calib is None and not options.ship_calib:   # shipped clips: chosen once shipped
                 options.calib = bundle_calibration(bundle)
         if options.trt:
             from ..runtime.engine_build import available

@@ -23,6 +23,7 @@ from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verif
 from ..runtime.compare import Comparison
 from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
 from ..runtime.text import PromptTokenizer
+from .calibset import SHIPPED_DIR, SHIPPED_INDEX, ship_calibration, shipped_files
 from .fp16 import convert_to_fp16
 from .onnxio import save_onnx
 from .speed import measure_speed
@@ -48,6 +49,7 @@ class BuildOptions:
     # search fails rather than pass with the work in FP32 (it once kept 0.03 % of the default
     # model's FLOPs INT8 and called that int8).
     int8_min_flop_share: float = 0.5
+    ship_calib: str | None = None        # a JSONL of real clips to copy into the bundle (build/calibset.py)
     seed: int = 0
     threads: int | None = None
     check: bool = True                   # False: skip the comparison with FP32 (benchmark bundles only)
@@ -57,11 +59,14 @@ class BuildOptions:
 
 
 def bundle_calibration(bundle: Bundle) -> str | None:
-    """What INT8 calibrates on when no calibration data is named: the clips the bundle ships
-    ("probes": its probe clips, rendered music written at export; no torch, no rendering), or
-    None (rendered synthetic music) for a bundle without them."""
+    """What INT8 calibrates on when no calibration data is named: the clips the bundle ships —
+    a shipped calibration set (build/calibset.py: real clips, `--ship-calib`), else "probes" (its
+    probe clips, rendered music written at export; no torch, no rendering) — or None (rendered
+    synthetic music) for a bundle without either."""
     from ..runtime.probes import PROBE_INDEX
 
+    if SHIPPED_INDEX in bundle.files:
+        return str(bundle.root / SHIPPED_INDEX)
     return "probes" if PROBE_INDEX in bundle.files else None
 
 
@@ -80,7 +85,16 @@ def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], N
     # The calibration cache is checked by its own key (graph hash, method, data) and rebuilt
     # when stale; every other file must be what the manifest says.
     verify_files(bundle.root, {"files": {n: h for n, h in bundle.manifest["files"].items()
-                                         if not n.startswith("calibration/")}})
+                                         if not n.startswith("calibration/") or n.startswith(SHIPPED_DIR + "/")}})
+    if options.ship_calib:
+        say(f"shipping {ship_calibration(bundle.root, options.ship_calib)} calibration clips from "
+            f"{options.ship_calib} in {SHIPPED_DIR}/")
+        bundle.manifest["files"] = {n: h for n, h in bundle.manifest["files"].items() if not n.startswith(SHIPPED_DIR + "/")}
+        bundle.manifest["files"].update(dict.fromkeys(shipped_files(bundle.root), ""))
+        write_manifest(bundle.root, bundle.manifest)
+        bundle = load_bundle(bundle.root, verify=False)
+        if options.calib is None:
+            options.calib = bundle_calibration(bundle)
     if options.int8:
         check_int8_options(options)
     added = {}

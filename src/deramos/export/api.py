@@ -38,6 +38,7 @@ class ExportOptions:
     int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS   # the others stay FP32 (calibration/quantize.py)
     int8_target: str = field(default_factory=default_int8_target)
     probe_clips: int = PROBE_CLIPS
+    ship_calib: str | None = None       # a JSONL of real clips to copy into the bundle (build/calibset.py)
     seed: int = 0
     progress: bool = True
     timings: dict = field(default_factory=dict)
@@ -75,7 +76,7 @@ def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
     write_manifest(out, manifest)
     with timer("probes"):
         _add_probes(out, model.cfg, options)
-    if options.fp16 or options.int8:
+    if options.fp16 or options.int8 or options.ship_calib:
         _build_precisions(out, options, timer, say)
     return load_bundle(out).manifest
 
@@ -86,7 +87,8 @@ def _build_precisions(out: Path, options: ExportOptions, timer, say) -> None:
     build = BuildOptions(fp16=options.fp16, int8=options.int8, calib=options.calib, calib_method=options.calib_method,
                          calib_clips=options.calib_clips, check_clips=options.validate_clips,
                          int8_graphs=tuple(options.int8_graphs), int8_target=options.int8_target,
-                         recalibrate=options.recalibrate, seed=options.seed, check=options.validate)
+                         recalibrate=options.recalibrate, seed=options.seed, check=options.validate,
+                         ship_calib=options.ship_calib)
     with timer("build " + "+".join(p for p in ("fp16", "int8") if getattr(options, p))):
         result = build_bundle(out, build, say)
     if result.failed:

@@ -52,6 +52,8 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 @click.option("--calib-method", type=click.Choice(METHODS), default=DEFAULTS.calib_method, show_default=True)
 @click.option("--calib-clips", type=click.IntRange(min=1), default=DEFAULTS.calib_clips, show_default=True, help="Clips used to calibrate.")
 @click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
+@click.option("--ship-calib", metavar="JSONL", type=click.Path(exists=True, dir_okay=False),
+              help="Copy these clips into the bundle for INT8 calibration on the device (see deramos-build --help).")
 @click.option("--int8-graphs", default=",".join(DEFAULTS.int8_graphs), show_default=True,
               help=f"Graphs to quantise (comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)}); the rest stay FP32.")
 @click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU, one set per precision, each checked "
@@ -61,7 +63,8 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 @click.option("--no-validate", is_flag=True, help="Skip the checks against PyTorch and FP32 (benchmark bundles only).")
 @click.option("--validate-clips", type=click.IntRange(min=1), default=DEFAULTS.validate_clips, show_default=True,
               help="Clips compared in validation (FP16/INT8 checks use at least 64).")
-def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, calib_method, calib_clips, recalibrate, int8_graphs,
+def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, calib_method, calib_clips, recalibrate, ship_calib,
+         int8_graphs,
          trt, max_batch, opset, no_validate, validate_clips):
     """Export DeRA-MOS to ONNX (FP32, optionally FP16 / INT8) and TensorRT, validated against PyTorch.
 
@@ -83,14 +86,15 @@ def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, 
     to_archive = is_archive_name(out) and not Path(out).is_dir()
     if to_archive and archive:
         raise click.UsageError("--out names an archive already: give --out DIR --archive FILE for both, or one archive")
-    calib = calib or ("probes" if int8 else None)     # the clips the bundle ships, as deramos-build does
+    if not ship_calib:                                # shipped clips are chosen once shipped (build stage)
+        calib = calib or ("probes" if int8 else None)     # the clips the bundle ships, as deramos-build does
     model, source = _load_model(checkpoint, preset_name)
     say = lambda text: click.echo(text, err=True)  # noqa: E731
     say(f"exporting {source} -> {out}")
     options = ExportOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, recalibrate=recalibrate,
                             opset=opset, validate=not no_validate, validate_clips=validate_clips, calib_clips=calib_clips,
                             int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
-                            int8_target=int8_target)
+                            int8_target=int8_target, ship_calib=ship_calib)
     if not to_archive:
         code = _export(model, Path(out), options, trt, max_batch, say, shown=out)
         if archive and _complete(Path(out)):      # what the messages call complete is packed, whatever failed

@@ -323,12 +323,15 @@ def test_a_directory_is_no_jsonl_output_and_local_runs_refuse_it(ray_cluster, ba
     assert f"Invalid value for '-o' / '--out': File '{tmp_path}' is a directory." in local.stderr
 
 
-def test_each_actor_requests_its_measured_memory(ray_cluster, bad_rows, runtime_bundle, tmp_path):
+def test_each_actor_requests_its_measured_memory(ray_cluster, bad_rows, runtime_bundle, tmp_path, monkeypatch):
     """The pool's actors request the memory one Scorer worker was measured to need, and the
-    cluster's free memory resource shows it while they run."""
+    cluster's free memory resource shows it while they run; the figure is measured once per
+    bundle and settings, then taken from the cache."""
     from deramos.runtime.cli import _jsonl_jobs
     from deramos.scale import ScoringOptions, measure_actor_memory, score_rows
     from deramos.scale.cli import rows_of
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
 
     options = ScoringOptions(str(runtime_bundle), "onnxruntime-cpu")
     measured = measure_actor_memory(options)
@@ -343,6 +346,13 @@ def test_each_actor_requests_its_measured_memory(ray_cluster, bad_rows, runtime_
     assert summary.pool.memory_per_actor >= measured // 2 and summary.pool.actors == 2
     assert max(held) >= summary.pool.memory_per_actor      # at least one actor holds its request
     assert "measuring one Scorer actor's memory on the cluster ..." in said
+    cached = json.loads((tmp_path / "cache" / "deramos" / "ray-actor-memory.json").read_text())
+    assert list(cached.values()) == [summary.pool.memory_per_actor]
+    said.clear()
+    again = score_rows(rows_of(_jsonl_jobs(str(bad_rows))[0]), tmp_path / "again.jsonl", options, say=said.append)
+    assert again.pool.memory_per_actor == summary.pool.memory_per_actor
+    assert (f"actor memory: {summary.pool.memory_per_actor / GIB:.2f} GiB, as measured before "
+            f"({tmp_path / 'cache' / 'deramos' / 'ray-actor-memory.json'})") in said
     with pytest.raises(ValueError, match="^one Scorer actor needs 1024.00 GiB of memory, more than any node"):
         score_rows(rows_of(_jsonl_jobs(str(bad_rows))[0]), tmp_path / "n.jsonl",
                    ScoringOptions(str(runtime_bundle), "onnxruntime-cpu", actor_memory=1024 * GIB))

@@ -13,7 +13,7 @@ Writes --clips rendered music clips and scores them, all in one run, with:
 For each Ray cluster it measures: the cluster's start; one actor's start-up (a Scorer actor
 created and ready, against Scorer.load in this process); the memory probe that sizes the pool;
 the run (rows/s overall, the time to the first result, and rows/s from the first result to the
-last); and Ray's own cost, from the same pipeline with an actor that scores nothing
+last, the first task's rows not counted); and Ray's own cost, from the same pipeline with an actor that scores nothing
 (from_items -> map_batches -> iter_batches -> the result writer) over --noop-rows and 4x as
 many rows: the difference gives the cost per row, the rest the fixed cost of a run (the pool's
 start). Scores must be identical in every run. Timings are ratios against the local run
@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 import statistics
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -37,7 +38,8 @@ class RayMeasure:
     cluster_start_s: float
     actor_startup_s: list[float]
     memory_probe_s: float
-    actor_memory_gib: float
+    actor_memory_gib: float         # requested per actor (the probe's peak x the margin)
+    actor_peak_rss_gib: float       # the largest resident size an actor process reached in the run
     actors: int
     run_s: float
     first_result_s: float
@@ -74,6 +76,31 @@ class NoopScorer:
                          "outcome": pa.array(["[3.0, 3.0, null]"] * batch.num_rows, pa.string())})
 
 
+class _ActorMemory:
+    """The peak resident size of the scoring actors' processes (psutil, every 0.2 s)."""
+
+    def __init__(self):
+        self.peak, self._stop, self._thread = 0, threading.Event(), None
+
+    def _sample(self) -> None:
+        import psutil
+
+        while not self._stop.wait(0.2):
+            for process in psutil.process_iter(["cmdline", "memory_info"]):
+                command = " ".join(process.info["cmdline"] or [])
+                if "MapWorker" in command and "PackedScorer" in command and process.info["memory_info"]:
+                    self.peak = max(self.peak, process.info["memory_info"].rss)
+
+    def __enter__(self) -> "_ActorMemory":
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
 def _local(bundle: str, pairs, threads: int) -> tuple[float, float, list]:
     from ..runtime.scorer import Scorer
 
@@ -105,7 +132,7 @@ def _actor_startup(options, repeats: int) -> list[float]:
 
 
 def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores: list, noop_rows: int) -> RayMeasure:
-    from ..scale.batch import Row, ScoringOptions, plan_pool, score_rows
+    from ..scale.batch import Row, ScoringOptions, measure_actor_memory, plan_pool, score_rows
     from ..scale.cluster import LoopbackCluster
 
     rows = [Row(i + 1, {"path": p, "prompt": q}, p, q) for i, (p, q) in enumerate(pairs)]
@@ -114,19 +141,24 @@ def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores:
     start = time.perf_counter()
     with LoopbackCluster(nodes=nodes, cpus_per_node=cpus // nodes):
         cluster_start = time.perf_counter() - start
-        options = ScoringOptions(bundle, "onnxruntime-cpu")
-        start = time.perf_counter()
-        options, shape = plan_pool(options)
+        start = time.perf_counter()          # measured every time here (a run takes it from the cache)
+        options = ScoringOptions(bundle, "onnxruntime-cpu",
+                                 actor_memory=measure_actor_memory(ScoringOptions(bundle, "onnxruntime-cpu")))
         memory_probe = time.perf_counter() - start
+        options, shape = plan_pool(options)
         startup = _actor_startup(options, 2)
 
         times = []
         out = scratch / f"ray{nodes}.jsonl"
-        run_start = time.perf_counter()
-        score_rows(rows, out, options, on_result=lambda row, result: times.append(time.perf_counter()))
-        run = time.perf_counter() - run_start
+        with _ActorMemory() as actor_rss:
+            run_start = time.perf_counter()
+            score_rows(rows, out, options, on_result=lambda row, result: times.append(time.perf_counter()))
+            run = time.perf_counter() - run_start
         scores = [(r["mi"], r["ta"]) for r in map(json.loads, out.read_text().splitlines())]
-        steady = (len(times) - 1) / (times[-1] - times[0]) if len(times) > 1 and times[-1] > times[0] else float("nan")
+        # Results come back a task at a time: the rows of the first task are not counted.
+        first_task = sum(t - times[0] < 0.05 for t in times)
+        steady = ((len(times) - first_task) / (times[-1] - times[0]) if times[-1] - times[0] > 0.05
+                  else float("nan"))
 
         # The same pipeline with the scoring left out, at two sizes: Ray Data's own cost per row
         # (the slope) and per run (the rest: the pool's start, the first tasks).
@@ -137,7 +169,8 @@ def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores:
             score_rows(filler, scratch / f"noop{nodes}-{count}.jsonl", options, actor=NoopScorer)
             noop[count] = time.perf_counter() - start
         per_row = (noop[4 * noop_rows] - noop[noop_rows]) / (3 * noop_rows)
-    return RayMeasure(nodes, cluster_start, startup, memory_probe, options.actor_memory / 2**30, shape.actors, run,
+    return RayMeasure(nodes, cluster_start, startup, memory_probe, options.actor_memory / 2**30,
+                      actor_rss.peak / 2**30, shape.actors, run,
                       times[0] - run_start, len(rows) / run, steady, noop[noop_rows] - per_row * noop_rows,
                       1000 * per_row, scores == local_scores)
 
@@ -178,7 +211,7 @@ def _print(report: Report) -> None:
          f"Scorer.load {report.local_load_s:.2f} s)")
     echo(f"local Scorer, 1 thread:  {report.local_1thread_rows_per_s:6.2f} rows/s ({report.local_1thread_s:.1f} s)")
     echo("| raylets | actors | rows/s (x local) | steady rows/s (x local) | first result s | cluster start s "
-         "| actor start-up s | memory probe s | GiB/actor | Ray ms/row | Ray s/run | scores |")
+         "| actor start-up s | memory probe s | GiB/actor requested (peak RSS) | Ray ms/row | Ray s/run | scores |")
     echo("|---|---|---|---|---|---|---|---|---|---|---|---|")
     local = report.local_rows_per_s
     for m in report.ray:
@@ -186,6 +219,7 @@ def _print(report: Report) -> None:
              f"| {m.steady_rows_per_s:.2f} ({m.steady_rows_per_s / local:.2f}) | {m.first_result_s:.1f} "
              f"| {m.cluster_start_s:.1f} | {statistics.median(m.actor_startup_s):.2f} "
              f"(Scorer.load {report.local_load_s:.2f}) | {m.memory_probe_s:.1f} | {m.actor_memory_gib:.2f} "
+             f"({m.actor_peak_rss_gib:.2f}) "
              f"| {m.overhead_ms_per_row:.2f} | {m.noop_fixed_s:.1f} | {'identical' if m.identical else 'DIFFERENT'} |")
 
 

@@ -9,10 +9,12 @@
 Each actor holds one Scorer (its own ONNX Runtime sessions, prompt cache and decoder threads)
 and takes one CPU slot, or one GPU when the cluster has GPUs, plus a memory request: the peak
 memory of a worker that loaded the same Scorer and scored a full batch, measured on the cluster
-before the pool starts (ScoringOptions.actor_memory overrides it). The pool is as large as the
-CPU (or GPU) slots and the cluster's memory both allow. A row never stops the run: it is turned
-into what the Scorer scores, and its score into a result, by deramos.runtime.rows, the code
-deramos-run uses on one machine, so a bad row fails with the same one-line error here as there.
+before the pool starts (ScoringOptions.actor_memory overrides it) and kept in
+~/.cache/deramos/ray-actor-memory.json for the same bundle and settings (delete it to measure
+again). The pool is as large as the CPU (or GPU) slots and the cluster's memory both allow.
+A row never stops the run: it is turned into what the Scorer scores, and its score into a
+result, by deramos.runtime.rows, the code deramos-run uses on one machine, so a bad row fails
+with the same one-line error here as there.
 Actors that die are restarted by Ray and their batches run again: a lost worker costs time,
 not rows.
 
@@ -21,6 +23,7 @@ a Parquet folder while the run goes on, and a restart that skips the rows alread
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -30,9 +33,9 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..runtime import rows as shared
+from ..runtime.paths import cache_home
 from ..runtime.errors import one_line
 
-ROWS_PER_TASK = 32        # rows one actor scores per call: small enough to spread 500 rows over the pool
 MEMORY_MARGIN = 1.25      # the request is the measured peak times this (longer clips decode into more)
 MEMORY_QUANTUM = 64 << 20
 
@@ -133,6 +136,48 @@ def _peak_memory(options: ScoringOptions) -> int:
     return int(peak if sys.platform == "darwin" else peak * 1024)
 
 
+MEMORY_CACHE = "ray-actor-memory.json"
+
+
+def _memory_key(options: ScoringOptions, gpus: float) -> str | None:
+    """The bundle (its manifest's sha256, which lists every file's) and the settings that
+    change a Scorer's memory."""
+    try:
+        digest = hashlib.sha256((Path(options.bundle) / "manifest.json").read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return None
+    return f"{digest} {options.backend} {options.precision} batch={options.batch_size} threads={options.threads} " \
+           f"gpus={gpus:g}"
+
+
+def _cached_actor_memory(options: ScoringOptions, gpus: float) -> int | None:
+    """The request measured for the same bundle and settings before (deleting the file
+    measures again)."""
+    key = _memory_key(options, gpus)
+    try:
+        value = json.loads((cache_home() / MEMORY_CACHE).read_text()).get(key)
+    except (OSError, ValueError, AttributeError):
+        return None
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def _remember_actor_memory(options: ScoringOptions, gpus: float) -> None:
+    key = _memory_key(options, gpus)
+    if key is None:
+        return
+    path = cache_home() / MEMORY_CACHE
+    try:
+        known = json.loads(path.read_text()) if path.exists() else {}
+        known = known if isinstance(known, dict) else {}
+        known[key] = options.actor_memory
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_name(f".{path.name}.{os.getpid()}")
+        temporary.write_text(json.dumps(known, indent=1, sort_keys=True) + "\n")
+        os.replace(temporary, path)
+    except (OSError, ValueError):     # a read-only home: measured again next time
+        pass
+
+
 @dataclass(frozen=True)
 class PoolShape:
     actors: int
@@ -179,35 +224,56 @@ def plan_pool(options: ScoringOptions, actors: int | None = None, gpus_per_actor
     resources = ray.cluster_resources()
     gpus = gpus_per_actor if gpus_per_actor is not None else (1.0 if resources.get("GPU", 0) >= 1 else 0.0)
     if options.actor_memory is None:
-        say("measuring one Scorer actor's memory on the cluster ...")
-        options = replace(options, actor_memory=measure_actor_memory(options, gpus))
+        cached = _cached_actor_memory(options, gpus)
+        if cached is not None:
+            say(f"actor memory: {cached / 2**30:.2f} GiB, as measured before ({cache_home() / MEMORY_CACHE})")
+            options = replace(options, actor_memory=cached)
+        else:
+            say("measuring one Scorer actor's memory on the cluster ...")
+            options = replace(options, actor_memory=measure_actor_memory(options, gpus))
+            _remember_actor_memory(options, gpus)
     nodes = [node["Resources"].get("memory", 0) for node in ray.nodes() if node.get("Alive")]
     shape = pool_shape(resources, actors, gpus, options.actor_memory, max(nodes) if nodes else None)
     return options, shape
 
 
-def _mapped(dataset, actor, options: ScoringOptions, shape: PoolShape, rows_per_task: int):
+def _mapped(dataset, actor, options: ScoringOptions, shape: PoolShape, rows_per_task: int,
+            rows_in_memory: bool = False):
     import ray
 
     dataset.context.execution_options.preserve_order = True
+    # The whole pool from the start, one task in flight per actor, when the rows are in memory
+    # already: tasks spread over every actor and each result comes back when its task ends
+    # (with Ray Data's defaults the first actor up queued most tasks, and 120 rows of the
+    # default model came back all at once, after 22 s).
+    # Otherwise min_size=1 leaves CPU slots for the stages before (a read_json's tasks) until
+    # they are done; a fixed pool of every slot would wait forever for rows that cannot be read.
+    pool = (ray.data.ActorPoolStrategy(min_size=1, max_size=shape.actors, initial_size=shape.actors,
+                                       max_tasks_in_flight_per_actor=1) if rows_in_memory
+            else ray.data.ActorPoolStrategy(min_size=1, max_size=shape.actors))
     return dataset.map_batches(
         actor, fn_constructor_args=(options,), batch_size=rows_per_task, batch_format="pyarrow",
         # Ray Data's actors default to max_restarts=-1, max_task_retries=-1: a dead actor is
         # restarted and its batch runs again, so no row is lost.
-        # min_size=1 leaves CPU slots for the stages before (a read_json's tasks) until they are
-        # done; a fixed pool of every slot would wait forever for rows that cannot be read.
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=shape.actors),
+        compute=pool,
         num_cpus=0 if shape.gpus_per_actor else 1, num_gpus=shape.gpus_per_actor,
         **({"memory": shape.memory_per_actor} if shape.memory_per_actor else {}))
 
 
+def rows_per_call(options: ScoringOptions) -> int:
+    """Rows per actor call: one chunk of the Scorer's (4 batches), so that a task's rows are
+    batched exactly as a local run batches them and the scores agree to the last bit; results
+    stream back this often per actor (32 rows: ~10 s with the default model on one core)."""
+    return max(4 * options.batch_size, 16)
+
+
 def score_dataset(dataset, options: ScoringOptions | None = None, *, actors: int | None = None,
-                  gpus_per_actor: float | None = None, rows_per_task: int = ROWS_PER_TASK):
+                  gpus_per_actor: float | None = None, rows_per_task: int | None = None):
     """A lazy Dataset: `dataset`'s rows (columns `path`, `prompt`, any others) with `mi`, `ta`
     and `error` added, in input order. actors: pool size (default: what the CPU or GPU slots and
     the memory allow). Without options.actor_memory, one task measures it now."""
     options, shape = plan_pool(options or ScoringOptions(), actors, gpus_per_actor)
-    return _mapped(dataset, ScorerActor, options, shape, rows_per_task)
+    return _mapped(dataset, ScorerActor, options, shape, rows_per_task or rows_per_call(options))
 
 
 # --- a resumable run: rows in, results written in input order ------------------------------------
@@ -233,7 +299,7 @@ class RunSummary:
 
 
 def score_rows(rows: Iterable[Row], out: str | os.PathLike, options: ScoringOptions | None = None, *,
-               actors: int | None = None, rows_per_task: int = ROWS_PER_TASK, on_result=None,
+               actors: int | None = None, rows_per_task: int | None = None, on_result=None,
                say: Callable[[str], None] | None = None, actor=None) -> RunSummary:
     """Score `rows` on the connected Ray cluster into `out` (JSONL, or a Parquet folder when the
     name ends in .parquet), in input order, skipping rows `out` already holds; no cluster is
@@ -255,7 +321,8 @@ def score_rows(rows: Iterable[Row], out: str | os.PathLike, options: ScoringOpti
     items = [{"row": row.row, "job": shared.pack(row.item, row.prompt)} for row in todo]
     stream = _outcomes_through_client if _client_mode() else _outcomes
     with writer:
-        for row, wire in stream(items, options, summary.pool, rows_per_task, actor or PackedScorer):
+        for row, wire in stream(items, options, summary.pool, rows_per_task or rows_per_call(options),
+                                actor or PackedScorer):
             record = records.pop(row)
             result = shared.result_of(record, shared.read_outcome(wire))
             writer.write(row, record, result)
@@ -271,7 +338,14 @@ def _outcomes(items: list[dict], options: ScoringOptions, shape: PoolShape, rows
     """(row, outcome text) in input order, from the actor pool."""
     import ray
 
-    scored = _mapped(ray.data.from_items(items), actor, options, shape, rows_per_task)
+    import pyarrow as pa
+
+    # One block of exactly rows_per_task rows per task. An actor's results come back when its
+    # task ends, and Ray Data merges blocks smaller than a batch into one task: from_items' own
+    # blocks (120 rows in 4 blocks of 30) became 2 tasks of 60, every result arriving at the end.
+    blocks = [pa.Table.from_pylist(items[start:start + rows_per_task])
+              for start in range(0, len(items), rows_per_task)]
+    scored = _mapped(ray.data.from_arrow(blocks), actor, options, shape, rows_per_task, rows_in_memory=True)
     for batch in scored.iter_batches(batch_format="pyarrow", batch_size=None):
         yield from zip(batch.column("row").to_pylist(), batch.column("outcome").to_pylist())
 

@@ -493,10 +493,6 @@ def _ascii_only(stream) -> bool:
         return True
 
 
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 4)
-
-
 class _NoBar:
     def update(self, n: int) -> None:
         pass

@@ -10,6 +10,7 @@ import fcntl
 import json
 import os
 import pty
+import shutil
 import signal
 import socket
 import struct
@@ -276,6 +277,7 @@ def head_node():
     except subprocess.TimeoutExpired:
         process.kill()
     log.close()
+    shutil.rmtree(temp, ignore_errors=True)
 
 
 @pytest.mark.parametrize("form", ["gcs", "client"])

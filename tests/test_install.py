@@ -142,3 +142,14 @@ def test_the_readme_stands_alone():
     for link in links:
         if "://" not in link:
             assert (REPO / link).resolve().is_relative_to(REPO) and (REPO / link).exists(), link
+
+
+def test_the_checkout_root_cannot_shadow_the_installed_package(tmp_path):
+    """All code is under src/: Python started in the checkout's root (where a plain, non-editable
+    install is imported from site-packages) finds no `deramos` folder there to take instead."""
+    assert not (REPO / "deramos").exists() and (REPO / "src" / "deramos" / "runtime" / "__init__.py").is_file()
+    found = subprocess.run([sys.executable, "-c", "import importlib.util as u; s = u.find_spec('deramos'); "
+                            "print(s.submodule_search_locations[0])"],
+                           cwd=REPO, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": ""})
+    assert found.returncode == 0, found.stderr
+    assert Path(found.stdout.strip()).resolve() != (REPO / "deramos").resolve()

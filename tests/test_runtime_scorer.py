@@ -37,7 +37,8 @@ def test_one_prompt_for_eight_candidates_is_encoded_once(runtime_bundle, candida
     scores = scorer.score_batch(candidates, PROMPT, sample_rate=RATE)
     assert all(s.ok for s in scores)
     assert scorer.backend.calls["text_encoder"] == 1
-    assert scorer.backend.calls["audio_encoder"] == 1 and scorer.backend.calls["heads"] == 1
+    assert scorer.backend.calls["heads"] == 1          # one batch (the audio encoder in sub-batches: below)
+    assert scorer.backend.calls["audio_encoder"] == -(-len(candidates) // scorer.audio_batch)
     for candidate in candidates[:3]:             # a sampling loop: one call per candidate
         scorer.score(candidate, PROMPT, sample_rate=RATE)
     assert scorer.backend.calls["text_encoder"] == 1
@@ -248,3 +249,27 @@ def test_runtime_imports_neither_torch_nor_transformers(runtime_bundle, candidat
     assert report["after_import"] == []                   # `import deramos.runtime` is cheap
     assert report["torch"] is False and report["transformers"] is False
     assert 1.0 <= report["mi"] <= 5.0 and report["backend"] == "onnxruntime-cpu"
+
+
+# --- audio sub-batches ---------------------------------------------------------------------------
+
+
+def test_the_audio_encoder_runs_in_sub_batches_with_the_same_scores(runtime_bundle, candidates):
+    """On a host backend the audio encoder runs CPU_AUDIO_BATCH windows at a time (its memory
+    grows with the batch, its CPU speed does not); clips of different lengths, split across
+    sub-batches and padded back to one frame count, score as one batch of all of them does."""
+    from deramos.runtime.scorer import CPU_AUDIO_BATCH
+
+    prompts = [PROMPT, "energetic drum and bass", "a sad violin"] * 3
+    whole = fresh_scorer(runtime_bundle, audio_batch=8)
+    split = fresh_scorer(runtime_bundle)
+    assert (whole.audio_batch, split.audio_batch, split.batch_size) == (8, CPU_AUDIO_BATCH, 8) and CPU_AUDIO_BATCH < 8
+    one = whole.score_batch(candidates, prompts[:8], sample_rate=RATE)
+    many = split.score_batch(candidates, prompts[:8], sample_rate=RATE)
+    assert whole.backend.calls["audio_encoder"] == 1 and split.backend.calls["audio_encoder"] == 8 // CPU_AUDIO_BATCH
+    assert whole.backend.calls["heads"] == split.backend.calls["heads"] == 1
+    np.testing.assert_allclose([s.mi for s in many], [s.mi for s in one], atol=1e-5)
+    np.testing.assert_allclose([s.ta for s in many], [s.ta for s in one], atol=1e-5)
+    assert len({round(s.mi, 3) for s in one}) > 1          # the clips differ, so a mix-up would show
+    with pytest.raises(ValueError, match="audio_batch must be >= 1, got 0"):
+        fresh_scorer(runtime_bundle, audio_batch=0)

@@ -35,13 +35,9 @@ def pinned(python: str) -> list[tuple[str, str]]:
     pins = []
     for line in frozen.splitlines():
         name, sep, version = line.partition("==")
-        if sep and _normal(name) not in LEFT_OUT:
-            pins.append((_normal(name), version.strip()))
+        if sep and canonicalize_name(name) not in LEFT_OUT:
+            pins.append((canonicalize_name(name), version.strip()))
     return sorted(pins)
-
-
-def _normal(name: str) -> str:
-    return canonicalize_name(name)
 
 
 def release_hashes(name: str, version: str) -> list[str]:

@@ -33,3 +33,15 @@ def run_cli(args: list[str], stdin: str | None = None):
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error: ")]
+
+
+def set_field(path: str, value):
+    """A manifest change that sets manifest[a][b]... = value (path 'a.b')."""
+    *parents, last = path.split(".")
+
+    def change(manifest):
+        target = manifest
+        for key in parents:
+            target = target[key]
+        target[last] = value
+    return change

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from runtime_helpers import RATE, music, run_cli, write_wav
+from runtime_helpers import RATE, music, run_cli, set_field, write_wav
 
 from deramos.runtime import BundleError, Scorer
 from deramos.runtime.bundle import load_bundle, write_manifest
@@ -83,49 +83,38 @@ def refused(root: Path, clip) -> str:
 # --- 6. manifest numbers: range-checked, non-finite and booleans refused ------------------------------
 
 
-def _set(path: str, value):
-    *parents, last = path.split(".")
-
-    def change(manifest):
-        target = manifest
-        for key in parents:
-            target = target[key]
-        target[last] = value
-    return change
-
-
 WINDOW = "field window_seconds must be between 0.5 and 600 seconds, got "
 RATE_FIELD = "field sample_rate must be between 8000 and 192000 Hz, got "
 TOKENS = "field tokenizer.max_tokens must be between 1 and 8192, got "
 NUMBER_CASES = {
     # As reported: a crash inside range(), OverflowErrors naming nothing, an allocation failure
     # per item, and a 50 ms window accepted.
-    "window 1e-9": (_set("window_seconds", 1e-9), WINDOW + "1e-09"),
-    "window 1e308": (_set("window_seconds", 1e308), WINDOW + "1e+308"),
-    "window 0.05": (_set("window_seconds", 0.05), WINDOW + "0.05"),
-    "sample_rate 10**40": (_set("sample_rate", 10 ** 40), RATE_FIELD + "1.00e+40"),
-    "sample_rate 10**12": (_set("sample_rate", 10 ** 12), RATE_FIELD + "1000000000000"),
-    "max_tokens 10**30": (_set("tokenizer.max_tokens", 10 ** 30), TOKENS + "1.00e+30"),
+    "window 1e-9": (set_field("window_seconds", 1e-9), WINDOW + "1e-09"),
+    "window 1e308": (set_field("window_seconds", 1e308), WINDOW + "1e+308"),
+    "window 0.05": (set_field("window_seconds", 0.05), WINDOW + "0.05"),
+    "sample_rate 10**40": (set_field("sample_rate", 10 ** 40), RATE_FIELD + "1.00e+40"),
+    "sample_rate 10**12": (set_field("sample_rate", 10 ** 12), RATE_FIELD + "1000000000000"),
+    "max_tokens 10**30": (set_field("tokenizer.max_tokens", 10 ** 30), TOKENS + "1.00e+30"),
     # Non-finite numbers (Python's json reads NaN and Infinity) and booleans.
-    "window NaN": (_set("window_seconds", float("nan")), WINDOW + "nan"),
-    "window Infinity": (_set("window_seconds", float("inf")), WINDOW + "inf"),
-    "window true": (_set("window_seconds", True), "field window_seconds must be a number, got a boolean True"),
-    "sample_rate NaN": (_set("sample_rate", float("nan")), "field sample_rate must be an integer, got a number nan"),
-    "sample_rate 4000": (_set("sample_rate", 4000), RATE_FIELD + "4000"),
-    "max_tokens 8193": (_set("tokenizer.max_tokens", 8193), TOKENS + "8193"),
-    "max_tokens false": (_set("tokenizer.max_tokens", False),
+    "window NaN": (set_field("window_seconds", float("nan")), WINDOW + "nan"),
+    "window Infinity": (set_field("window_seconds", float("inf")), WINDOW + "inf"),
+    "window true": (set_field("window_seconds", True), "field window_seconds must be a number, got a boolean True"),
+    "sample_rate NaN": (set_field("sample_rate", float("nan")), "field sample_rate must be an integer, got a number nan"),
+    "sample_rate 4000": (set_field("sample_rate", 4000), RATE_FIELD + "4000"),
+    "max_tokens 8193": (set_field("tokenizer.max_tokens", 8193), TOKENS + "8193"),
+    "max_tokens false": (set_field("tokenizer.max_tokens", False),
                          "field tokenizer.max_tokens must be an integer, got a boolean False"),
-    "samples_per_frame 10**9": (_set("samples_per_frame", 10 ** 9),
+    "samples_per_frame 10**9": (set_field("samples_per_frame", 10 ** 9),
                                 "field samples_per_frame must be between 1 and 96000 (one window), got 1000000000"),
-    "min_tail past the window": (_set("min_tail_samples", 96001),
+    "min_tail past the window": (set_field("min_tail_samples", 96001),
                                  "field min_tail_samples must be between 0 and 96000 (one window), got 96001"),
-    "score.min NaN": (_set("score.min", float("nan")), "field score.min must be between -1e+06 and 1e+06, got nan"),
-    "score.max -Infinity": (_set("score.max", float("-inf")),
+    "score.min NaN": (set_field("score.min", float("nan")), "field score.min must be between -1e+06 and 1e+06, got nan"),
+    "score.max -Infinity": (set_field("score.max", float("-inf")),
                             "field score.max must be between -1e+06 and 1e+06, got -inf"),
-    "score reversed": (_set("score.max", 0.5), "field score.max must be greater than score.min (1.0), got 0.5"),
-    "score.bins 1": (_set("score.bins", 1), "field score.bins must be between 2 and 1000, got 1"),
-    "score.bins true": (_set("score.bins", True), "field score.bins must be an integer, got a boolean True"),
-    "score null": (_set("score", None), "field score must be an object, got null"),
+    "score reversed": (set_field("score.max", 0.5), "field score.max must be greater than score.min (1.0), got 0.5"),
+    "score.bins 1": (set_field("score.bins", 1), "field score.bins must be between 2 and 1000, got 1"),
+    "score.bins true": (set_field("score.bins", True), "field score.bins must be an integer, got a boolean True"),
+    "score null": (set_field("score", None), "field score must be an object, got null"),
 }
 
 
@@ -156,10 +145,10 @@ def test_a_manifest_nested_too_deeply_is_one_line(copy, clip):
 NUL_CASES = {
     "files key": (lambda m: m["files"].update({"probes/00.flac\0": m["files"]["probes/00.flac"]}),
                   "field files['probes/00.flac\\x00'] contains a NUL byte (not a file name)"),
-    "graph file": (_set("graphs.heads.files.fp32", ["heads.onnx\0"]),
+    "graph file": (set_field("graphs.heads.files.fp32", ["heads.onnx\0"]),
                    "field graphs.heads.files.fp32 names 'heads.onnx\\x00', which is not in files{} "
                    "(every file the runtime opens must be listed with its sha256)"),
-    "tokenizer file": (_set("tokenizer.file", "tokenizer.json\0"),
+    "tokenizer file": (set_field("tokenizer.file", "tokenizer.json\0"),
                        "field tokenizer.file names 'tokenizer.json\\x00', which is not in files{} "
                        "(every file the runtime opens must be listed with its sha256)"),
 }

@@ -9,7 +9,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from runtime_helpers import music, run_cli, write_wav
+from runtime_helpers import music, run_cli, set_field, write_wav
 
 from deramos.runtime import BundleError, Scorer
 from deramos.runtime.bundle import load_bundle
@@ -53,18 +53,6 @@ def refused(root: Path, clip) -> str:
     return message
 
 
-def _set(path: str, value):
-    """A change that sets manifest[a][b]... = value (path 'a.b')."""
-    *parents, last = path.split(".")
-
-    def change(manifest):
-        target = manifest
-        for key in parents:
-            target = target[key]
-        target[last] = value
-    return change
-
-
 def _delete(path: str):
     *parents, last = path.split(".")
 
@@ -83,26 +71,26 @@ def _rename_file(old: str, new: str):
 
 
 FIELD_CASES = {
-    "sample_rate 0": (_set("sample_rate", 0), "field sample_rate must be between 8000 and 192000 Hz, got 0"),
-    "sample_rate text": (_set("sample_rate", "16000"), "field sample_rate must be an integer, got a string '16000'"),
-    "sample_rate true": (_set("sample_rate", True), "field sample_rate must be an integer, got a boolean True"),
-    "files null": (_set("files", None), "field files must be an object, got null"),
-    "files list": (_set("files", []), "field files must be an object, got a list"),
-    "window ten": (_set("window_seconds", "ten"), "field window_seconds must be a number, got a string 'ten'"),
-    "window 0": (_set("window_seconds", 0), "field window_seconds must be between 0.5 and 600 seconds, got 0"),
-    "window -6": (_set("window_seconds", -6.0), "field window_seconds must be between 0.5 and 600 seconds, got -6.0"),
+    "sample_rate 0": (set_field("sample_rate", 0), "field sample_rate must be between 8000 and 192000 Hz, got 0"),
+    "sample_rate text": (set_field("sample_rate", "16000"), "field sample_rate must be an integer, got a string '16000'"),
+    "sample_rate true": (set_field("sample_rate", True), "field sample_rate must be an integer, got a boolean True"),
+    "files null": (set_field("files", None), "field files must be an object, got null"),
+    "files list": (set_field("files", []), "field files must be an object, got a list"),
+    "window ten": (set_field("window_seconds", "ten"), "field window_seconds must be a number, got a string 'ten'"),
+    "window 0": (set_field("window_seconds", 0), "field window_seconds must be between 0.5 and 600 seconds, got 0"),
+    "window -6": (set_field("window_seconds", -6.0), "field window_seconds must be between 0.5 and 600 seconds, got -6.0"),
     "no samples_per_frame": (_delete("samples_per_frame"), "field samples_per_frame must be an integer, got missing"),
-    "min_tail -1": (_set("min_tail_samples", -1), "field min_tail_samples must be between 0 and 96000 (one window), got -1"),
-    "max_tokens 0": (_set("tokenizer.max_tokens", 0), "field tokenizer.max_tokens must be between 1 and 8192, got 0"),
-    "tokenizer null": (_set("tokenizer", None), "field tokenizer must be an object, got null"),
-    "format_version text": (_set("format_version", "1"), "field format_version must be a positive integer, got a string '1'"),
-    "graphs list": (_set("graphs", []), "field graphs must be an object, got a list"),
+    "min_tail -1": (set_field("min_tail_samples", -1), "field min_tail_samples must be between 0 and 96000 (one window), got -1"),
+    "max_tokens 0": (set_field("tokenizer.max_tokens", 0), "field tokenizer.max_tokens must be between 1 and 8192, got 0"),
+    "tokenizer null": (set_field("tokenizer", None), "field tokenizer must be an object, got null"),
+    "format_version text": (set_field("format_version", "1"), "field format_version must be a positive integer, got a string '1'"),
+    "graphs list": (set_field("graphs", []), "field graphs must be an object, got a list"),
     "heads outputs": (lambda m: m["graphs"]["heads"]["outputs"][0].update(name="music_impression"),
                       "field graphs.heads.outputs must list ['mi', 'ta', 'mi_dist', 'ta_dist'] (name, dtype, shape), "
                       "got ['music_impression', 'ta', 'mi_dist', 'ta_dist']"),
-    "precision fp64": (_set("graphs.heads.files.fp64", ["heads.onnx"]),
+    "precision fp64": (set_field("graphs.heads.files.fp64", ["heads.onnx"]),
                        "field graphs.heads.files.fp64 is not a precision (fp32, fp16, int8)"),
-    "empty file list": (_set("graphs.heads.files.fp32", []),
+    "empty file list": (set_field("graphs.heads.files.fp32", []),
                         "field graphs.heads.files.fp32 must be a non-empty list of files, got a list"),
     "bad sha256": (lambda m: m["files"].update({"heads.onnx": "abc"}),
                    "field files['heads.onnx'] must be a sha256 (64 hex digits), got a string 'abc'"),
@@ -111,10 +99,10 @@ FIELD_CASES = {
                     "field files['../../etc/hostname'] leaves the bundle ('..'; files must be inside the bundle)"),
     "files absolute": (_rename_file("heads.onnx", "/etc/hostname"),
                        "field files['/etc/hostname'] is an absolute path (files must be inside the bundle)"),
-    "graph absolute": (_set("graphs.heads.files.fp32", ["/etc/hostname"]),
+    "graph absolute": (set_field("graphs.heads.files.fp32", ["/etc/hostname"]),
                        "field graphs.heads.files.fp32 names '/etc/hostname', which is not in files{} "
                        "(every file the runtime opens must be listed with its sha256)"),
-    "tokenizer unlisted": (_set("tokenizer.file", "other.json"),
+    "tokenizer unlisted": (set_field("tokenizer.file", "other.json"),
                            "field tokenizer.file names 'other.json', which is not in files{} "
                            "(every file the runtime opens must be listed with its sha256)"),
 }

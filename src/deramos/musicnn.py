@@ -325,12 +325,12 @@ class MusicnnEncoder(nn.Module):
         index = self.patch_index(log_mel.shape[-1], log_mel.device)
         patches, real = self.patches(log_mel, valid, index)
         b, p = real.shape
-        flat = patches.reshape(b * p, PATCH_FRAMES, N_MELS)
         clip = F.pad(log_mel, (0, PATCH_FRAMES)).transpose(1, 2)             # [B, T + 187, 96]
         parts = []
         for network in self.backbones.values():
             # eval: the timbral filters run once per mel frame, not once per patch it is in
-            outputs = network(flat) if network.training else network.forward_clip(clip, index)
+            outputs = (network(patches.reshape(b * p, PATCH_FRAMES, N_MELS)) if network.training
+                       else network.forward_clip(clip, index))
             parts += [outputs[name].reshape(b, p, -1) for name in self.network_features]
         if self.tempo_tonality is not None:
             parts.append(self.tempo_tonality(wave, lengths, log_mel, valid, index))

@@ -9,6 +9,7 @@ reward loop (best-of-N through `Scorer.select`) instead of the bare graphs.
 """
 from __future__ import annotations
 
+import itertools
 import json
 import resource
 import sys
@@ -114,7 +115,7 @@ def reward_loop(spec: dict, inputs: dict) -> dict:
     for batch_size in spec["batch_sizes"]:
         scorer = Scorer.load(spec["bundle"], backend=spec["backend"], precision=spec["precision"],
                              threads=spec["threads"], batch_size=batch_size)
-        turn = iter(range(1 << 30))
+        turn = itertools.count()
 
         def step():
             chosen = scorer.select(pool, f"{prompts[next(turn) % len(prompts)]} ({batch_size})",

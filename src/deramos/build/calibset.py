@@ -34,10 +34,10 @@ def ship_calibration(root: Path, source: str | Path) -> int:
             continue
         row = json.loads(line)
         clip = source.parent / row["path"]
-        if not isinstance(row.get("prompt"), str) or not clip.is_file():
-            raise ValueError(f"--ship-calib {source}: line {number}: needs a 'prompt' string and an existing "
-                             f"'path' ({clip} not found)" if not clip.is_file() else
-                             f"--ship-calib {source}: line {number}: needs a 'prompt' string")
+        if not clip.is_file():
+            raise ValueError(f"--ship-calib {source}: line {number}: {clip} not found")
+        if not isinstance(row.get("prompt"), str):
+            raise ValueError(f"--ship-calib {source}: line {number}: needs a 'prompt' string")
         name = _unique(clip.name, names)
         shutil.copyfile(clip, target / name)
         rows.append({"path": name, "prompt": row["prompt"]})

@@ -19,6 +19,7 @@ hash or method does not match is rebuilt.
 from __future__ import annotations
 
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -152,15 +153,16 @@ def op_flops(fp32_path: Path, feeds: dict) -> dict[str, float]:
     exposed = sorted({name for n in ops for name in (*n.input[:2], n.output[0])} - set(weights)
                      - {o.name for o in proto.graph.output} - {i.name for i in proto.graph.input})
     proto.graph.output.extend(onnx.helper.make_empty_tensor_value_info(name) for name in exposed)
-    with tempfile.TemporaryDirectory() as folder:   # beside the side file it may name
-        probe = Path(fp32_path).parent / f".flops-{Path(folder).name}.onnx"
-        onnx.save(proto, str(probe))
-        try:
-            session = ort.InferenceSession(str(probe), providers=["CPUExecutionProvider"])
-            names = [o.name for o in session.get_outputs()]
-            shapes = {name: list(value.shape) for name, value in zip(names, session.run(None, feeds))}
-        finally:
-            probe.unlink(missing_ok=True)
+    # saved beside the graph: its external-data side file is named relative to it
+    handle, probe = tempfile.mkstemp(prefix=".flops-", suffix=".onnx", dir=Path(fp32_path).parent)
+    os.close(handle)
+    try:
+        onnx.save(proto, probe)
+        session = ort.InferenceSession(probe, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        shapes = {name: list(value.shape) for name, value in zip(names, session.run(None, feeds))}
+    finally:
+        os.unlink(probe)
     shapes.update({name: list(value.shape) for name, value in feeds.items()})
     flops = {}
     for node in ops:

@@ -1,8 +1,10 @@
-"""What a real-music clip sounds like, as prompt-level attributes, and prompts describing it.
+"""What a real-music clip sounds like, as prompt-level attributes, and what a prompt asserts.
 
-The kinds differ from deramos-synth's (real scores have no genre to choose): the lead
-instrument family (the General-MIDI programs every part is given), the ensemble size (how
-many of the score's parts play), tempo, mood (the mode of the score's key) and dynamics.
+The kinds: the lead instrument family (and the other families audible), the ensemble size,
+tempo, mood (the mode of the key), dynamics, genre (the style a clip was arranged in, or
+"classical" for a score as written) and whether drums play. A prompt asserts some of them:
+an *assertion* is a dict kind -> canonical value (instrument -> a tuple of families), and the
+simulated raters judge TA on the asserted kinds only (`asserted_ta`).
 """
 from __future__ import annotations
 
@@ -25,7 +27,18 @@ FAMILIES = {
     "flute": (("flute", "flutes", "recorders"), (72, 73, 74)),
     "choir": (("choir", "voices", "a vocal ensemble"), (52, 53)),
     "synth": (("synthesizer", "synth leads", "electronic synths"), (80, 81, 87)),
+    "electric_piano": (("electric piano", "Rhodes piano", "electric keys"), (4, 5)),
+    "electric_guitar": (("electric guitar", "overdriven guitar", "clean electric guitar"), (26, 27, 29, 30)),
+    "saxophone": (("saxophone", "tenor sax", "alto sax"), (64, 65, 66)),
+    "mallets": (("vibraphone", "marimba", "mallet percussion"), (11, 12, 13)),
+    "bass": (("bass", "bass guitar", "synth bass"), (32, 33, 34, 38)),
 }
+# The families a classical score is given (the first ten); the rest came with arrangements.
+SCORE_FAMILIES = tuple(FAMILIES)[:10]
+# Styles a clip can be in: "classical" is a score as written; the others are arrangements
+# (melody, chords, bass and drums) or recordings tagged so.
+GENRES = ("classical", "pop", "rock", "electronic", "jazz", "folk", "chiptune", "ambient")
+DRUMS = ("drums", "no drums")
 # ensemble -> (prompt templates around the instrument phrase, how many parts play)
 ENSEMBLES = {
     "solo": (("a solo {i}", "{i} alone", "a single line of {i}"), (1, 1)),
@@ -36,9 +49,13 @@ MODES = ("major", "minor")
 DYNAMICS = ("soft", "loud")
 VELOCITY = {"soft": 42, "loud": 108}
 PEAK = {"soft": (0.15, 0.35), "loud": (0.6, 0.95)}   # output level follows the dynamics
-PROMPT_KINDS = ("instrument", "ensemble", "tempo", "mood", "dynamics")
-# How much each kind matters to the simulated raters' TA; sums to 1.
-TA_WEIGHTS = {"instrument": 0.30, "ensemble": 0.15, "tempo": 0.20, "mood": 0.20, "dynamics": 0.15}
+PROMPT_KINDS = ("instrument", "ensemble", "tempo", "mood", "dynamics", "genre", "drums")
+# The kinds a full template prompt names (prompt_for); genre and drums came with arrangements.
+TEMPLATE_KINDS = ("instrument", "ensemble", "tempo", "mood", "dynamics")
+# How much each kind matters to the simulated raters' TA (relative; asserted_ta normalises
+# over the kinds a prompt asserts).
+TA_WEIGHTS = {"instrument": 0.30, "ensemble": 0.15, "tempo": 0.20, "mood": 0.20, "dynamics": 0.15,
+              "genre": 0.25, "drums": 0.15}
 
 TEMPLATES = (
     "{A_tempo} {tempo}, {mood} piece for {ensemble}, {dynamics}.",
@@ -56,6 +73,14 @@ class RealAttributes:
     tempo_bpm: float = 100.0
     mode: str = "major"
     dynamics: str = "loud"
+    genre: str = "classical"
+    drums: str = "no drums"
+    # every family audible besides the lead (an arrangement's bass, chords); () for a score
+    others: tuple[str, ...] = ()
+
+    @property
+    def families(self) -> tuple[str, ...]:
+        return (self.instrument, *self.others)
 
     @property
     def tempo_word(self) -> str:
@@ -63,7 +88,7 @@ class RealAttributes:
 
     def kind_value(self, kind: str) -> str:
         return {"instrument": self.instrument, "ensemble": self.ensemble, "tempo": self.tempo_word,
-                "mood": self.mode, "dynamics": self.dynamics}[kind]
+                "mood": self.mode, "dynamics": self.dynamics, "genre": self.genre, "drums": self.drums}[kind]
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -71,12 +96,15 @@ class RealAttributes:
     @classmethod
     def from_dict(cls, data: dict) -> "RealAttributes":
         names = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in names})
+        values = {k: v for k, v in data.items() if k in names}
+        if "others" in values:
+            values["others"] = tuple(values["others"])
+        return cls(**values)
 
 
 def random_attributes(rng: np.random.Generator) -> RealAttributes:
     low, high = TEMPO_BANDS[str(rng.choice(list(TEMPO_BANDS)))]
-    return RealAttributes(instrument=str(rng.choice(list(FAMILIES))), ensemble=str(rng.choice(list(ENSEMBLES))),
+    return RealAttributes(instrument=str(rng.choice(list(SCORE_FAMILIES))), ensemble=str(rng.choice(list(ENSEMBLES))),
                           tempo_bpm=round(float(rng.uniform(low, high)), 1), mode=str(rng.choice(MODES)),
                           dynamics=str(rng.choice(DYNAMICS)))
 
@@ -89,7 +117,9 @@ def change_attribute(attributes: RealAttributes, kind: str, rng: np.random.Gener
     if kind == "tempo":
         low, high = TEMPO_BANDS[other(list(TEMPO_BANDS), attributes.tempo_word)]
         return replace(attributes, tempo_bpm=round(float(rng.uniform(low, high)), 1))
-    choices = {"instrument": list(FAMILIES), "ensemble": list(ENSEMBLES), "mood": MODES, "dynamics": DYNAMICS}
+    leads = SCORE_FAMILIES if attributes.genre == "classical" else [f for f in FAMILIES if f != "bass"]
+    choices = {"instrument": list(leads), "ensemble": list(ENSEMBLES), "mood": MODES, "dynamics": DYNAMICS,
+               "genre": GENRES, "drums": DRUMS}
     if kind not in choices:
         raise ValueError(f"unknown attribute kind {kind!r}")
     field_name = "mode" if kind == "mood" else kind
@@ -101,14 +131,78 @@ def mismatched(attributes: RealAttributes, rng: np.random.Generator,
     """A copy with `kinds` (default: 2-3 kinds drawn at random) audibly different: what a
     wrong prompt for the clip describes."""
     if kinds is None:
-        kinds = tuple(str(k) for k in rng.choice(PROMPT_KINDS, size=int(rng.integers(2, 4)), replace=False))
+        kinds = tuple(str(k) for k in rng.choice(TEMPLATE_KINDS, size=int(rng.integers(2, 4)), replace=False))
     for kind in kinds:
         attributes = change_attribute(attributes, kind, rng)
     return attributes
 
 
 def attribute_matches(prompt: RealAttributes, heard: RealAttributes) -> dict[str, bool]:
-    return {kind: prompt.kind_value(kind) == heard.kind_value(kind) for kind in PROMPT_KINDS}
+    """Kind -> whether it is heard, for a full template prompt (the TEMPLATE_KINDS)."""
+    return {kind: prompt.kind_value(kind) == heard.kind_value(kind) for kind in TEMPLATE_KINDS}
+
+
+# --------------------------------------------------------------------------- assertions
+
+ASSERTION_VALUES = {"ensemble": tuple(ENSEMBLES), "tempo": tuple(TEMPO_BANDS), "mood": MODES,
+                    "dynamics": DYNAMICS, "genre": GENRES, "drums": DRUMS}
+
+
+def check_assertion(asserts: dict) -> dict:
+    """The assertion with canonical types (instrument a tuple); ValueError naming what is wrong."""
+    if not asserts:
+        raise ValueError("an assertion names at least one kind")
+    out = {}
+    for kind, value in asserts.items():
+        if kind == "instrument":
+            families = (value,) if isinstance(value, str) else tuple(value)
+            unknown = [f for f in families if f not in FAMILIES]
+            if not families or unknown:
+                raise ValueError(f"instrument: unknown families {unknown or families!r}; choose from {sorted(FAMILIES)}")
+            out[kind] = families
+        elif kind == "tempo_bpm":
+            out[kind] = float(value)
+        elif kind in ASSERTION_VALUES:
+            if value not in ASSERTION_VALUES[kind]:
+                raise ValueError(f"{kind}: unknown value {value!r}; choose from {list(ASSERTION_VALUES[kind])}")
+            out[kind] = value
+        else:
+            raise ValueError(f"unknown kind {kind!r}; choose from {sorted([*ASSERTION_VALUES, 'instrument', 'tempo_bpm'])}")
+    if "tempo_bpm" in out and "tempo" in out and tempo_word(out["tempo_bpm"]) != out["tempo"]:
+        raise ValueError(f"tempo {out['tempo']!r} disagrees with tempo_bpm {out['tempo_bpm']}")
+    return out
+
+
+def assertion_of(attributes: RealAttributes, kinds=TEMPLATE_KINDS) -> dict:
+    """What a prompt naming `kinds` of these attributes asserts."""
+    asserts = {}
+    for kind in kinds:
+        asserts[kind] = (attributes.instrument,) if kind == "instrument" else attributes.kind_value(kind)
+    return asserts
+
+
+def assertion_matches(asserts: dict, heard: RealAttributes) -> dict[str, bool]:
+    """Asserted kind -> whether the clip has it. Several instruments: all must be audible; a
+    BPM counts through its tempo band."""
+    matches = {}
+    for kind, value in asserts.items():
+        if kind == "instrument":
+            matches[kind] = all(family in heard.families for family in value)
+        elif kind == "tempo_bpm":
+            if "tempo" not in asserts:
+                matches["tempo"] = tempo_word(value) == heard.tempo_word
+        else:
+            matches[kind] = value == heard.kind_value(kind)
+    return matches
+
+
+def asserted_ta(matches: dict[str, bool]) -> float:
+    """The raters' latent TA for a prompt asserting matches' kinds: 1 when none is heard, 4.7
+    when all are, the share of TA_WEIGHTS between (a prompt naming everything: latent_ta)."""
+    if not matches:
+        return 1.0
+    total = sum(TA_WEIGHTS[k] for k in matches)
+    return float(np.clip(1.0 + 3.7 * sum(TA_WEIGHTS[k] for k, ok in matches.items() if ok) / total, 1.0, 5.0))
 
 
 def latent_ta(matches: dict[str, bool]) -> float:
@@ -141,7 +235,7 @@ def counterfactual(asked: RealAttributes, heard: RealAttributes, rated_ta: float
                    rng: np.random.Generator) -> tuple[str, float]:
     """Another prompt, one or two kinds changed, and the TA the raters would give it."""
     other = asked
-    for kind in rng.choice(PROMPT_KINDS, size=int(rng.integers(1, 3)), replace=False):
+    for kind in rng.choice(TEMPLATE_KINDS, size=int(rng.integers(1, 3)), replace=False):
         other = change_attribute(other, str(kind), rng)
     shift = latent_ta(attribute_matches(other, heard)) - latent_ta(attribute_matches(asked, heard))
     return prompt_for(other, rng), round(float(np.clip(rated_ta + shift, 1.0, 5.0)), 3)

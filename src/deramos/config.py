@@ -99,6 +99,9 @@ class HeadsConfig:
     ta_heads: int = 4
     ta_mlp: tuple[int, ...] = (384, 192)
     mlp_dropout: float = 0.1
+    # TA grounding (heads.TagGrounding): the prompt's similarity to each tag the audio encoder
+    # names, beside the audio's tag probabilities; 0 = off, else the width it adds to TA's MLP.
+    ta_grounding: int = 0
 
 
 @dataclass
@@ -185,7 +188,7 @@ def musicnn() -> ModelConfig:
             patch_hop=94,
         ),
         text=base.text,
-        heads=HeadsConfig(mi_mlp=(128, 64), ta_dim=128, ta_mlp=(64, 32), mi_dropout=0.2),
+        heads=HeadsConfig(mi_mlp=(128, 64), ta_dim=128, ta_mlp=(64, 32), mi_dropout=0.2, ta_grounding=64),
     )
 
 

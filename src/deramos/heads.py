@@ -5,6 +5,9 @@ MI: encoder frames -> sinusoidal positions -> 1 transformer layer -> attentive p
 TA: the RAW encoder frames (not the MI transformer's output) and the text tokens, each
     projected to ta_dim; cross-attention with text as query and audio as key/value ->
     LayerNorm -> attentive pooling over the real (unpadded) text tokens -> MLP -> K bins.
+    With grounding (cfg.ta_grounding > 0; musicnn's taggram in the frames): the prompt's
+    cosine similarity to each tag name, beside the clip's mean tag probabilities, joins the
+    MLP's input, so a word training never saw still lands on a tag the audio confirms or denies.
 Alignment embeddings (training only): attentive pooling of the projected audio frames and
 the masked mean of the projected text tokens.
 
@@ -121,8 +124,37 @@ class MIBranch(nn.Module):
         return self.mlp(self.pool(x, frame_mask))                           # [B, K] logits
 
 
+def masked_mean(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[B, T, D], [B, T] bool -> [B, D]: the mean over the real steps."""
+    weights = mask.to(x.dtype)[..., None]
+    return (x * weights).sum(1) / weights.sum(1).clamp(min=1.0)
+
+
+class TagGrounding(nn.Module):
+    """Prompt-to-tag similarity [B, N] next to the clip's tag probabilities [B, N] -> [B, out].
+
+    tag_index: where the N tag probabilities sit in an encoder frame; tag_embeddings [N, Dt]:
+    each tag name through the frozen text encoder, mean-pooled and L2-normalised (as the
+    prompt is here), set once by `set_tag_embeddings` and stored with the heads."""
+
+    def __init__(self, tag_index: list[int], text_dim: int, out_dim: int):
+        super().__init__()
+        self.register_buffer("tag_index", torch.tensor(tag_index, dtype=torch.long))
+        self.register_buffer("tag_embeddings", torch.zeros(len(tag_index), text_dim))
+        self.proj = nn.Sequential(nn.Linear(3 * len(tag_index), out_dim), nn.ReLU())
+
+    def set_tag_embeddings(self, embeddings: torch.Tensor) -> None:
+        self.tag_embeddings.copy_(nn.functional.normalize(embeddings.float(), dim=-1))
+
+    def forward(self, frames, frame_mask, tokens, token_mask):
+        probs = masked_mean(frames[..., self.tag_index], frame_mask)         # [B, N]
+        prompt = nn.functional.normalize(masked_mean(tokens, token_mask), dim=-1)
+        similarity = prompt @ self.tag_embeddings.t()                        # [B, N]
+        return self.proj(torch.cat([similarity * probs, similarity, probs], dim=-1))
+
+
 class TABranch(nn.Module):
-    def __init__(self, audio_dim: int, text_dim: int, cfg: HeadsConfig):
+    def __init__(self, audio_dim: int, text_dim: int, cfg: HeadsConfig, tag_index: list[int] | None = None):
         super().__init__()
         d = cfg.ta_dim
         self.audio_proj = nn.Linear(audio_dim, d)
@@ -130,25 +162,32 @@ class TABranch(nn.Module):
         self.cross_attn = MultiHeadAttention(d, cfg.ta_heads, cfg.mlp_dropout)
         self.norm = nn.LayerNorm(d)
         self.pool = AttentivePooling(d)
-        self.mlp = mlp([d, *cfg.ta_mlp, cfg.num_bins], cfg.mlp_dropout)
+        self.grounding = None
+        if cfg.ta_grounding:
+            if not tag_index:
+                raise ValueError("TA grounding needs tag probabilities in the encoder frames "
+                                 "(a musicnn encoder with the taggram feature)")
+            self.grounding = TagGrounding(tag_index, text_dim, cfg.ta_grounding)
+        self.mlp = mlp([d + cfg.ta_grounding, *cfg.ta_mlp, cfg.num_bins], cfg.mlp_dropout)
         self.align_audio_pool = AttentivePooling(d)
 
     def forward(self, frames, frame_mask, tokens, token_mask):
         audio = self.audio_proj(frames)                                      # [B, T, d]
         text = self.text_proj(tokens)                                        # [B, L, d]
         fused = self.norm(text + self.cross_attn(text, audio, frame_mask))   # [B, L, d]
-        logits = self.mlp(self.pool(fused, token_mask))                      # [B, K]
+        pooled = self.pool(fused, token_mask)                                # [B, d]
+        if self.grounding is not None:
+            pooled = torch.cat([pooled, self.grounding(frames, frame_mask, tokens, token_mask)], dim=-1)
+        logits = self.mlp(pooled)                                            # [B, K]
         audio_emb = self.align_audio_pool(audio, frame_mask)                 # [B, d]
-        weights = token_mask.to(text.dtype)[..., None]
-        text_emb = (text * weights).sum(1) / weights.sum(1).clamp(min=1.0)  # [B, d]
-        return logits, audio_emb, text_emb
+        return logits, audio_emb, masked_mean(text, token_mask)
 
 
 class Heads(nn.Module):
-    def __init__(self, audio_dim: int, text_dim: int, cfg: HeadsConfig):
+    def __init__(self, audio_dim: int, text_dim: int, cfg: HeadsConfig, tag_index: list[int] | None = None):
         super().__init__()
         self.mi = MIBranch(audio_dim, cfg)
-        self.ta = TABranch(audio_dim, text_dim, cfg)
+        self.ta = TABranch(audio_dim, text_dim, cfg, tag_index)
         self.bins = ScoreBins(cfg)
 
     def forward(self, frames, frame_mask, tokens, token_mask) -> dict[str, torch.Tensor]:

@@ -34,8 +34,12 @@ class DeRAMOS(nn.Module):
             self.audio_encoder, self.ignored_checkpoint_keys = build_audio_encoder(cfg.audio)
             cfg.audio = self.audio_encoder.cfg
             self.text_encoder = TextEncoder(cfg.text, seed=seed + 1)
-            self.heads = Heads(cfg.audio.hidden_size, self.text_encoder.hidden_size, cfg.heads)
+            tags = self.audio_encoder.tags() if hasattr(self.audio_encoder, "tags") else []
+            self.heads = Heads(cfg.audio.hidden_size, self.text_encoder.hidden_size, cfg.heads,
+                               tag_index=[index for _, index in tags])
         self.cfg = cfg
+        if self.heads.ta.grounding is not None:
+            self.heads.ta.grounding.set_tag_embeddings(self.embed_texts([name.lower() for name, _ in tags]))
         if cfg.audio.frozen:
             self.audio_encoder.requires_grad_(False)
 
@@ -49,6 +53,18 @@ class DeRAMOS(nn.Module):
         frames, frame_mask = self.audio_encoder(wave, lengths)
         tokens = self.text_encoder(input_ids, attention_mask)
         return self.heads(frames, frame_mask, tokens, attention_mask.bool())
+
+    @torch.no_grad()
+    def embed_texts(self, texts: list[str]) -> torch.Tensor:
+        """[N, Dt]: each text through the text encoder, mean-pooled over its tokens."""
+        from .runtime.text import PromptTokenizer
+        from .text_encoder import tokenizer_file
+
+        ids, mask = PromptTokenizer(tokenizer_file(self.cfg.text), self.cfg.text.max_tokens).encode(texts)
+        ids, mask = torch.from_numpy(ids), torch.from_numpy(mask)
+        tokens = self.text_encoder(ids, mask)                               # [N, L, Dt]
+        weights = mask.to(tokens.dtype)[..., None]
+        return (tokens * weights).sum(1) / weights.sum(1).clamp(min=1.0)
 
     def stored_parameter_prefixes(self) -> tuple[str, ...]:
         """Parts whose weights a checkpoint must carry: all but frozen encoders loaded from a source."""

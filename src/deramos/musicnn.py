@@ -307,6 +307,16 @@ class MusicnnEncoder(nn.Module):
         cfg.hidden_size = (len(cfg.backbones) * sum(FEATURES[f] for f in self.network_features)
                            + (self.tempo_tonality.width if self.tempo_tonality is not None else 0))
 
+    def tags(self) -> list[tuple[str, int]]:
+        """(tag name, its position in a frame) for every taggram output: what the frames name."""
+        tags, offset = [], 0
+        for name in self.cfg.backbones:
+            for feature in self.network_features:
+                if feature == "taggram":
+                    tags += [(label, offset + i) for i, label in enumerate(LABELS[name])]
+                offset += FEATURES[feature]
+        return tags
+
     def patch_index(self, num_frames: int, device) -> torch.Tensor:
         """[P, 187]: the mel frames of each patch (past the end they index the zero padding)."""
         hop = self.cfg.patch_hop

@@ -78,6 +78,7 @@ class TrainArgs:
     init_audio_encoder: str | None = None   # a deramos-pretrain output: start from its encoder
     freeze_audio_encoder: bool = False      # train the heads only (the paper's recipe with MuQ)
     audio_encoder_lr_scale: float = 1.0     # a trainable audio encoder learns at lr * this
+    ta_grounding: int | None = None         # TA tag grounding width; None: the preset's (0 = off)
     stop_after: int | None = None   # end this invocation after that epoch; the schedule still spans `epochs`
 
 
@@ -133,6 +134,8 @@ def build_model(args: TrainArgs) -> DeRAMOS:
         cfg.audio.source = args.audio_encoder
     if args.text_encoder:
         cfg.text.source = args.text_encoder
+    if args.ta_grounding is not None:
+        cfg.heads.ta_grounding = args.ta_grounding
     try:
         model = DeRAMOS(cfg, seed=args.seed)
     except (OSError, ValueError) as err:   # an encoder directory that is not one
@@ -499,6 +502,9 @@ def _default(name: str, **option):
 @_default("audio_encoder_lr_scale",
           help="A trainable audio encoder learns at this fraction of --lr (e.g. 0.2 after --init-audio-encoder).")
 @_default("window_policy", type=click.Choice(WINDOW_POLICIES))
+@click.option("--ta-grounding", type=click.IntRange(min=0), metavar="WIDTH",
+              help="TA tag grounding: the prompt's similarity to each musicnn tag beside the audio's tag "
+                   "probabilities, WIDTH wide in TA's MLP (0 = off; default: the preset's, 64 for musicnn).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")

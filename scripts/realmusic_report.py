@@ -18,6 +18,7 @@ import sys
 from pathlib import Path
 
 from deramos.checkpoint import load_checkpoint
+from deramos.realmusic import freeform
 from deramos.realmusic.report import evaluate_model, markdown
 
 
@@ -27,15 +28,23 @@ def main(argv=None) -> int:
     parser.add_argument("--model", action="append", required=True, help="name=checkpoint-or-run-directory")
     parser.add_argument("--format-clips", type=int, default=24, help="Clips re-encoded as PCM24/float/MP3/Ogg (0: skip).")
     parser.add_argument("--cache-dir", type=Path, help="Frozen-encoder feature cache (as deramos-train's).")
+    parser.add_argument("--freeform", type=Path, nargs="?", const=freeform.PROMPT_SET_DIR,
+                        help="Also the free-form evaluation with this hand-written prompt set [tests/data/freeform].")
     parser.add_argument("--json", type=Path)
     parser.add_argument("--markdown", type=Path)
     args = parser.parse_args(argv)
     results = {}
     for spec in args.model:
         name, _, path = spec.partition("=")
-        results[name] = evaluate_model(load_checkpoint(path), args.data, args.format_clips, args.cache_dir)
+        model = load_checkpoint(path)
+        results[name] = evaluate_model(model, args.data, args.format_clips, args.cache_dir)
+        if args.freeform:
+            results[name]["freeform"] = freeform.evaluate_freeform(model, args.data, args.freeform, args.cache_dir)
         print(json.dumps({name: {k: v for k, v in results[name].items() if k != "metrics"}}), flush=True)
     table = markdown(results)
+    if args.freeform:
+        table += "\nFree-form prompts (hand-written, " + str(args.freeform) + "):\n\n" + \
+            freeform.markdown({name: r["freeform"] for name, r in results.items()})
     print(table)
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))

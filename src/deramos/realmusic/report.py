@@ -74,6 +74,10 @@ def evaluate_model(model, data: Path, format_clips: int = 24, cache_dir: Path | 
     clean = np.array([not records[c.path.name]["degradations"] for c in clips])
     report = {
         "clips": len(clips), "metrics": metrics,
+        "mi_by_degradation": mi_by_degradation([records[c.path.name]["degradations"] for c in clips], mi),
+        "reward_replay": {
+            "MI": reward_replay([c.prompt_id for c in clips], true["MI"], mi),
+            "0.5MI+0.5TA": reward_replay([c.prompt_id for c in clips], (true["MI"] + true["TA"]) / 2, (mi + ta) / 2)},
         "matched_vs_mismatched_auc": round(auc(ta_matched, ta_mismatched), 3),
         "paired_wins": paired_wins(ta_matched, ta_mismatched),
         "paired_wins_one_kind_wrong": per_kind,
@@ -88,6 +92,38 @@ def evaluate_model(model, data: Path, format_clips: int = 24, cache_dir: Path | 
                                  "ta_true": true["TA"].tolist(), "ta_matched": ta_matched.tolist(),
                                  "ta_mismatched": ta_mismatched.tolist()}
     return report
+
+
+def mi_by_degradation(degradations: list[dict], mi: np.ndarray) -> dict:
+    """Per degradation family: SRCC(MI, severity) over the clean clips and the clips with that
+    family alone (other families would confound it), with how many clips that is."""
+    from scipy.stats import spearmanr
+
+    out = {}
+    for family in sorted({name for d in degradations for name in d}):
+        keep = [i for i, d in enumerate(degradations) if set(d) <= {family}]
+        severity = np.array([degradations[i].get(family, 0.0) for i in keep])
+        alone = int(sum(1 for i in keep if degradations[i]))
+        srcc = spearmanr(mi[keep], severity).statistic if alone >= 3 and len(set(severity)) > 1 else float("nan")
+        out[family] = {"srcc": round(float(srcc), 3), "clips_with_it_alone": alone, "clean_clips": len(keep) - alone}
+    return out
+
+
+def reward_replay(groups: list[str], true: np.ndarray, predicted: np.ndarray) -> dict:
+    """A reward filter replayed: among the versions of each prompt (the systems' answers), pick the
+    one the model scores best; the share of the oracle's gain over a random pick it captures."""
+    picked, random, oracle, n = [], [], [], 0
+    for group in sorted(set(groups)):
+        index = [i for i, g in enumerate(groups) if g == group]
+        if len(index) < 2:
+            continue
+        n += 1
+        picked.append(true[index[int(np.argmax(predicted[index]))]])
+        random.append(true[index].mean())
+        oracle.append(true[index].max())
+    gain = float(np.mean(oracle) - np.mean(random)) if n else 0.0
+    share = (float(np.mean(picked) - np.mean(random)) / gain) if gain > 0 else float("nan")
+    return {"groups": n, "share_of_oracle_gain": round(share, 3)}
 
 
 def paired_wins(ta_matched: np.ndarray, ta_mismatched: np.ndarray) -> dict:
@@ -131,6 +167,22 @@ def markdown(results: dict) -> str:
                      f"{w['rate']:.2f} ({w['ci95'][0]:.2f}-{w['ci95'][1]:.2f}) | {r['mi_clean_mean']:.2f} "
                      f"({r['clean_clips']}) | {r['mi_heavy_mean']:.2f} ({r['heavy_clips']}) | {f['MP3']['max']:.3f} | "
                      f"{f['OGG']['max']:.3f} | {f['PCM_24']['max']:.4f} | {f['FLOAT']['max']:.4f} |")
+    lines += ["", "Reward-filter replay (pick the best of each prompt's versions; share of the oracle's gain "
+              "over a random pick):", "", "| model | by MI | by 0.5 MI + 0.5 TA | prompts |", "|---|---|---|---|"]
+    for name, r in results.items():
+        replay = r.get("reward_replay")
+        if replay:
+            lines.append(f"| {name} | {replay['MI']['share_of_oracle_gain']:.2f} | "
+                         f"{replay['0.5MI+0.5TA']['share_of_oracle_gain']:.2f} | {replay['MI']['groups']} |")
+    families = sorted({f for r in results.values() for f in r.get("mi_by_degradation", {})})
+    if families:
+        lines += ["", "SRCC(MI, severity) per degradation family (clean clips + clips with that family alone; "
+                  "clips with it alone in brackets):", "", "| model | " + " | ".join(families) + " |",
+                  "|" + "---|" * (len(families) + 1)]
+        for name, r in results.items():
+            by = r.get("mi_by_degradation", {})
+            lines.append(f"| {name} | " + " | ".join(
+                f"{by[f]['srcc']:.2f} ({by[f]['clips_with_it_alone']})" if f in by else "—" for f in families) + " |")
     lines += ["", "Paired wins with one kind wrong (the clip's own prompt vs the same prompt with one attribute "
               "changed):", "", "| model | " + " | ".join(PROMPT_KINDS) + " |", "|" + "---|" * (len(PROMPT_KINDS) + 1)]
     for name, r in results.items():

@@ -21,19 +21,25 @@ APT_RENDERING = "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfon
 @click.option("--clips-per-system", default=50, show_default=True, type=click.IntRange(min=3), help="Clips each system makes.")
 @click.option("--recording-share", default=0.25, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Share of clips cut from recordings rather than rendered from scores.")
+@click.option("--arrangement-share", default=0.4, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of clips that are folk tunes arranged in a style (pop, rock, electronic, jazz, folk, "
+                   "chiptune) with chords, bass and drums; the rest after recordings are scores.")
 @click.option("--pieces", default=80, show_default=True, type=click.IntRange(min=1), help="Scores drawn from the corpus.")
 @click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(min=4.0), help="Clip length.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Rendering processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def main(which, out_dir, systems, clips_per_system, recording_share, pieces, seconds, seed, workers, progress):
+def main(which, out_dir, systems, clips_per_system, recording_share, arrangement_share, pieces, seconds, seed, workers,
+         progress):
     """Render real music into a MOS corpus laid out like MusicEval.
 
     Scores from music21's corpus are rendered with fluidsynth through a General-MIDI soundfont
-    (instruments re-assigned per prompt), recordings are cut from Debian game-soundtrack
-    packages; simulated systems degrade them and simulated raters score them, as deramos-synth
+    (instruments re-assigned per prompt), folk tunes from it are arranged in a style and
+    rendered the same way, recordings are cut from Debian game-soundtrack packages; simulated systems degrade them and simulated raters score them, as deramos-synth
     does. Needs music21 (pip install 'deramos[realmusic]') and the Debian packages fluidsynth,
-    fluid-soundfont-gm, timgm6mb-soundfont, wesnoth-1.16-music, hyperrogue-music, drascula-music.
+    fluid-soundfont-gm, timgm6mb-soundfont and the music packages in corpus.RECORDING_DIRS
+    (wesnoth-1.16-music, supertux-data, xmoto-data, extremetuxracer-data; hyperrogue-music,
+    drascula-music, warzone2100-music, lincity-ng-data, neverball-common).
     Sources and their licences are written to OUT/sources.json.
     """
     missing = missing_tools()
@@ -44,12 +50,12 @@ def main(which, out_dir, systems, clips_per_system, recording_share, pieces, sec
 
     try:
         summary = build_corpus(out_dir, which, systems, clips_per_system, recording_share, pieces, seconds,
-                               seed, workers, progress)
+                               seed, workers, progress, arrangement_share=arrangement_share)
     except (RenderError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
-    click.echo(f"wrote {summary['clips']} clips ({splits}; {summary['scores']} scores, {summary['recordings']} "
-               f"recordings) to {out_dir} in {summary['wall_seconds']:.0f} s")
+    click.echo(f"wrote {summary['clips']} clips ({splits}; {summary['scores']} scores, {summary['arrangements']} "
+               f"arrangements, {summary['recordings']} recordings) to {out_dir} in {summary['wall_seconds']:.0f} s")
     click.echo(f"mean MI {summary['mean_mi']:.2f}, mean TA {summary['mean_ta']:.2f}; "
                f"{len(summary['problems'])} items skipped (listed in sources.json)")
 

@@ -5,12 +5,18 @@ gets a prompt attribute wrong) "answers" prompts with real music:
 - a score from music21's corpus whose key has the mode it plays, with as many parts as its
   ensemble, every part given a program of its instrument family, at its tempo and loudness,
   rendered by fluidsynth through a General-MIDI soundfont;
+- or a folk tune from music21's corpus arranged in a style (pop, rock, electronic, jazz, folk,
+  chiptune: melody, chords, bass, drums; arrange.py) and rendered the same way;
 - or an excerpt of a recording from a Debian game-soundtrack package, whose attributes come
   from musicnn's tags (the prompt is then what the system gets wrong, not the audio).
 Then deramos-synth's degradations, simulated raters and counterfactual prompts, as there.
 
-The training and held-out sets draw on disjoint sources (composers, soundfont, packages):
-SOURCES says which. Layout as deramos-synth writes it, plus `sources.json` (licences).
+The training and held-out sets draw on disjoint sources (composers, tune collections, groove
+variants, soundfont, packages): SOURCES says which. Every style is in both sets but with
+disjoint variants (train 0 and 2, held-out 1): a held-out style the model never heard would
+test whether the text encoder alone knows "jazz", not whether TA follows the audio's genre;
+unseen grooves, tunes and soundfont test that it generalises within a genre.
+Layout as deramos-synth writes it, plus `sources.json` (licences).
 """
 from __future__ import annotations
 
@@ -18,7 +24,8 @@ import json
 import math
 import os
 import time
-from dataclasses import dataclass
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +37,10 @@ from ..synth.degrade import apply_degradations
 from .attributes import (ENSEMBLES, FAMILIES, PEAK, PROMPT_KINDS, VELOCITY, RealAttributes,
                          attribute_matches, change_attribute, counterfactual, latent_ta, prompt_for,
                          random_attributes)
+from .arrange import (STYLES, Tune, arrange, heard_arrangement, jittered, random_arrangement_attributes,
+                      tune_pool, write_midi)
 from .render import (SOUNDFONTS, Arrangement, RenderError, arranged_score, find_soundfont,
-                     load_recording, normalise, render_score, trim)
+                     load_recording, normalise, render_midi, render_score, trim)
 
 SAMPLE_RATE = 16000
 COUNTERFACTUALS_PER_CLIP = 8
@@ -39,18 +48,38 @@ RECORDING_DIRS = {
     "wesnoth-1.16-music": "/usr/share/games/wesnoth/1.16/data/core/music",
     "hyperrogue-music": "/usr/share/hyperrogue/music",
     "drascula-music": "/usr/share/scummvm/drascula/audio",
+    "supertux-data": "/usr/share/games/supertux2/music",
+    "xmoto-data": "/usr/share/games/xmoto/Textures/Musics",
+    "extremetuxracer-data": "/usr/share/games/etr/music",
+    "warzone2100-music": "/usr/share/games/warzone2100/music",
+    "lincity-ng-data": "/usr/share/games/lincity-ng/music",
+    "neverball-common": "/usr/share/games/neverball/bgm",
 }
+# Packages whose music lies in sub-folders or is not Ogg Vorbis; the rest: "*.ogg".
+RECORDING_GLOBS = {"supertux-data": "**/*.ogg", "warzone2100-music": "**/*.opus", "lincity-ng-data": "**/*.ogg"}
 LICENCES = {
     "music21": "BSD-3-Clause (PyPI music21); the scores are public-domain works",
     "wesnoth-1.16-music": "GPL-2 (Debian package; /usr/share/doc/wesnoth-1.16-music/copyright)",
     "hyperrogue-music": "GPL-2+ (Debian package; /usr/share/doc/hyperrogue-music/copyright)",
     "drascula-music": "Drascula licence, BSD-like (Debian package; /usr/share/doc/drascula-music/copyright)",
+    "supertux-data": "GPL-2+ for data/music/* (Debian package; /usr/share/doc/supertux-data/copyright)",
+    "xmoto-data": "GPL-2+ (Debian package; /usr/share/doc/xmoto-data/copyright, Files: *)",
+    "extremetuxracer-data": "GPL-2+ (Debian package; /usr/share/doc/extremetuxracer-data/copyright, Files: *)",
+    "warzone2100-music": "GPL-2+ (Debian package; /usr/share/doc/warzone2100-music/copyright, Files: *)",
+    "lincity-ng-data": "GPL-2+ (Debian package; /usr/share/doc/lincity-ng-data/copyright, Files: *)",
+    "neverball-common": "GPL-2+ (Debian package; /usr/share/doc/neverball-common/copyright, Files: *)",
+    "music21-tunes": "BSD-3-Clause (PyPI music21); the ABC tune collections are traditional tunes as transcribed there",
 }
 SOURCES = {
     "train": {"composers": ("bach", "monteverdi", "haydn", "mozart"), "soundfonts": ("FluidR3_GM.sf2",),
-              "recordings": ("wesnoth-1.16-music",)},
+              "recordings": ("wesnoth-1.16-music", "supertux-data", "xmoto-data", "extremetuxracer-data"),
+              "tunes": ("ryansMammoth", "oneills1850"), "variants": {s: (0, 2) for s in STYLES}},
     "heldout": {"composers": ("palestrina", "beethoven", "schumann_robert", "schumann_clara", "trecento"),
-                "soundfonts": ("TimGM6mb.sf2",), "recordings": ("hyperrogue-music", "drascula-music")},
+                "soundfonts": ("TimGM6mb.sf2",),
+                "recordings": ("hyperrogue-music", "drascula-music", "warzone2100-music", "lincity-ng-data",
+                               "neverball-common"),
+                "tunes": ("essenFolksong", "nottingham-dataset", "airdsAirs", "miscFolk"),
+                "variants": {s: (1,) for s in STYLES}},
 }
 
 
@@ -86,7 +115,7 @@ def recording_files(packages) -> list[Path]:
     files = []
     for package in packages:
         folder = Path(RECORDING_DIRS[package])
-        files += sorted(p for p in folder.glob("*.ogg") if p.stat().st_size > 200_000)
+        files += sorted(p for p in folder.glob(RECORDING_GLOBS.get(package, "*.ogg")) if p.stat().st_size > 200_000)
     return files
 
 
@@ -97,11 +126,26 @@ class ClipPlan:
     system: str
     prompt_id: str
     asked: RealAttributes | None     # None: a recording, prompted from what it is
-    kind: str                        # "score" | "recording"
+    kind: str                        # "score" | "arrangement" | "recording"
     split: str
 
 
-def plan_corpus(systems: int, clips_per_system: int, recording_share: float, seed: int, held_out: bool):
+def _arrangement_prompts(systems: int, clips_per_system: int, share: float, styles, seed: int):
+    """The prompts arrangement clips answer (P5001...), shared by about three systems each like
+    the score prompts; their own generator, so score-only corpora are as before."""
+    if share <= 0.0:
+        return []
+    rng = np.random.default_rng([seed, 4])
+    count = max(clips_per_system, math.ceil(systems * clips_per_system * share / 3))
+    prompts = []
+    for number in range(1, count + 1):
+        attrs = random_arrangement_attributes(rng, styles)
+        prompts.append((f"P{5000 + number}", attrs, prompt_for(attrs, rng)))
+    return prompts
+
+
+def plan_corpus(systems: int, clips_per_system: int, recording_share: float, seed: int, held_out: bool,
+                arrangement_share: float = 0.0, styles=tuple(STYLES)):
     rng = np.random.default_rng([seed, 0])
     system_ids = [f"S{i:03d}" for i in range(1, systems + 1)]
     profiles = dict(zip(system_ids, [ARCHETYPES[i % len(ARCHETYPES)] for i in rng.permutation(systems)]))
@@ -111,6 +155,8 @@ def plan_corpus(systems: int, clips_per_system: int, recording_share: float, see
     for number in range(1, n_prompts + 1):
         attrs = random_attributes(rng)
         prompts.append((f"P{number:03d}", attrs, prompt_for(attrs, rng)))
+    arranged = _arrangement_prompts(systems, clips_per_system, arrangement_share, styles, seed)
+    arranged_next = 0
     order, cursor, plans = rng.permutation(n_prompts), 0, []
     sizes = _split_sizes([clips_per_system] * systems)
     recording_number = 1
@@ -118,15 +164,19 @@ def plan_corpus(systems: int, clips_per_system: int, recording_share: float, see
         labels = ["test"] * clips_per_system if held_out else [n for n, k in size.items() for _ in range(k)]
         labels = [labels[i] for i in rng.permutation(len(labels))]
         for k in range(clips_per_system):
-            if rng.random() < recording_share:
+            draw = rng.random()
+            if draw < recording_share:
                 pid, asked, kind = f"P{900 + recording_number:04d}", None, "recording"
                 recording_number += 1
+            elif draw < recording_share + arrangement_share:
+                pid, asked, _ = arranged[arranged_next % len(arranged)]
+                arranged_next, kind = arranged_next + 1, "arrangement"
             else:
                 pid, asked, _ = prompts[order[(cursor + k) % n_prompts]]
                 kind = "score"
             plans.append(ClipPlan(len(plans), f"{WAV_PREFIX}{sid}_{pid}.wav", sid, pid, asked, kind, labels[k]))
         cursor += clips_per_system
-    return profiles, plans, raters, prompts
+    return profiles, plans, raters, prompts + arranged
 
 
 # --------------------------------------------------------------------------- one clip
@@ -135,8 +185,10 @@ def plan_corpus(systems: int, clips_per_system: int, recording_share: float, see
 class Renderer:
     """What every clip of one corpus shares: pieces, recordings, soundfonts, the tagger."""
 
-    def __init__(self, pool: list[Piece], recordings: list[Path], soundfonts: list[Path], seconds: float):
+    def __init__(self, pool: list[Piece], recordings: list[Path], soundfonts: list[Path], seconds: float,
+                 tunes: list[Tune] = (), variants: dict | None = None):
         self.pool, self.recordings, self.soundfonts, self.seconds = pool, recordings, soundfonts, seconds
+        self.tunes, self.variants = list(tunes), dict(variants or {})   # style -> groove variants allowed
         self._tagger = None
         self._scores: dict[str, object] = {}
 
@@ -157,6 +209,23 @@ class Renderer:
         audio = normalise(audio, float(rng.uniform(*PEAK[heard.dynamics])))
         return audio, {"piece": piece.path, "parts": list(parts), "programs": list(programs),
                        "soundfont": soundfont.name}
+
+    def arrangement_audio(self, heard: RealAttributes, jitter: float, rng) -> tuple[np.ndarray, RealAttributes, dict]:
+        """A tune of the heard mode arranged as `heard` says; heard's mode becomes the tune's."""
+        fits = [t for t in self.tunes if t.mode == heard.mode] or self.tunes
+        tune = fits[int(rng.integers(len(fits)))]
+        heard = replace(heard, mode=tune.mode)
+        variant = int(rng.choice(self.variants[heard.genre]))
+        song = jittered(arrange(tune, heard, variant, self.seconds, rng), jitter * 0.12, rng)
+        soundfont = self.soundfonts[int(rng.integers(len(self.soundfonts)))]
+        with tempfile.TemporaryDirectory(prefix="deramos-arrange-") as tmp:
+            audio = render_midi(write_midi(song, Path(tmp) / "song.mid"), soundfont, SAMPLE_RATE)
+        audio = trim(audio, self.seconds, SAMPLE_RATE)
+        if len(audio) < 4 * SAMPLE_RATE:
+            raise RenderError(f"{tune.name}: only {len(audio) / SAMPLE_RATE:.1f} s rendered")
+        audio = normalise(audio, float(rng.uniform(*PEAK[heard.dynamics])))
+        return audio, heard, {"tune": tune.name, "style": heard.genre, "variant": variant, "soundfont": soundfont.name,
+                              "tracks": [[t.channel, t.program] for t in song.tracks]}
 
     def recording_audio(self, rng) -> tuple[np.ndarray, RealAttributes, dict]:
         path = self.recordings[int(rng.integers(len(self.recordings)))]
@@ -182,7 +251,10 @@ class Renderer:
         families = {"piano": mtt["piano"], "harpsichord": mtt["harpsichord"], "guitar": mtt["guitar"],
                     "strings": max(mtt["strings"], mtt["violin"], mtt["cello"]), "flute": mtt["flute"],
                     "choir": max(mtt["choir"], mtt["choral"]), "synth": max(mtt["synth"], mtt["electronic"])}
+        genres = tag_genres(mtt, msd)
         return RealAttributes(
+            genre=max(genres, key=genres.get),
+            drums="drums" if max(mtt["drums"], mtt["beat"], mtt["beats"], mtt["techno"]) > DRUM_TAG else "no drums",
             instrument=max(families, key=families.get),
             ensemble="solo" if mtt["solo"] > 0.3 else "full",
             tempo_bpm=140.0 if mtt["fast"] > mtt["slow"] else 72.0,
@@ -195,6 +267,22 @@ class Renderer:
         if path not in self._scores:
             self._scores[path] = corpus.parse(path)
         return self._scores[path]
+
+
+DRUM_TAG = 0.2    # the MTT drum/beat tag mean above which a recording counts as having drums
+
+
+def tag_genres(mtt: dict, msd: dict) -> dict:
+    """Canonical genre -> its strongest musicnn tag (MTT and MSD taggers); chiptune has no tag
+    and is never chosen for a recording."""
+    return {"classical": max(mtt["classical"], mtt["classic"]),
+            "pop": max(mtt["pop"], msd["pop"], msd["indie pop"]),
+            "rock": max(mtt["rock"], mtt["metal"], msd["rock"], msd["hard rock"], msd["metal"], msd["classic rock"]),
+            # MSD's "electronic" runs high on orchestral game music too: it counts half
+            "electronic": max(mtt["techno"], mtt["electronic"], mtt["dance"], 0.5 * msd["electronic"],
+                              msd["electronica"], msd["electro"], msd["dance"], msd["House"]),
+            "jazz": msd["jazz"], "folk": max(msd["folk"], msd["acoustic"], msd["country"], mtt["country"]),
+            "ambient": max(mtt["ambient"], mtt["new age"], msd["ambient"], msd["chillout"])}
 
 
 def _tagger():
@@ -216,6 +304,12 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
             if rng.random() < profile.mismatch_rate:
                 heard = change_attribute(heard, kind, rng)
         audio, source = renderer.score_audio(heard, severities.get("timing_jitter", 0.0), rng)
+        prompt = None   # the shared prompt_info text, filled in by build_corpus
+    elif plan.kind == "arrangement":
+        asked = plan.asked
+        wrong = [kind for kind in PROMPT_KINDS if rng.random() < profile.mismatch_rate]
+        heard = heard_arrangement(asked, wrong, tuple(renderer.variants), rng)
+        audio, heard, source = renderer.arrangement_audio(heard, severities.get("timing_jitter", 0.0), rng)
         prompt = None   # the shared prompt_info text, filled in by build_corpus
     else:
         audio, heard, source = renderer.recording_audio(rng)
@@ -243,7 +337,7 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
     return {
         "wav": plan.wav, "system": plan.system, "profile": profile.name, "split": plan.split,
         "prompt_id": plan.prompt_id, "kind": plan.kind,
-        "prompt_source": "prompt_info" if plan.kind == "score" else "demo_prompt_info",
+        "prompt_source": "demo_prompt_info" if plan.kind == "recording" else "prompt_info",
         "prompt": prompt, "seconds": round(len(audio) / SAMPLE_RATE, 3), "source": source,
         "prompt_attributes": asked.to_dict(), "rendered_attributes": heard.to_dict(), "matches": matches,
         "degradations": severities, "mi_votes": mi_votes, "ta_votes": ta_votes,
@@ -257,13 +351,18 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
 
 def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_system: int = 60,
                  recording_share: float = 0.25, pieces: int = 80, seconds: float = 8.0, seed: int = 0,
-                 workers: int = 1, progress: bool = True) -> dict:
-    """Write a real-music MOS corpus (`which`: train or heldout) to `out_dir`; return a summary."""
+                 workers: int = 1, progress: bool = True, arrangement_share: float = 0.0, tunes: int = 120) -> dict:
+    """Write a real-music MOS corpus (`which`: train or heldout) to `out_dir`; return a summary.
+
+    Of the clips, `recording_share` are recordings, `arrangement_share` arranged tunes (of
+    `tunes` parsed), the rest scores."""
     from tqdm import tqdm
 
     started = time.perf_counter()
     if which not in SOURCES:
         raise ValueError(f"unknown set {which!r}; choose from {sorted(SOURCES)}")
+    if recording_share + arrangement_share > 1.0 + 1e-9:
+        raise ValueError(f"recording share {recording_share} + arrangement share {arrangement_share} exceed 1")
     source = SOURCES[which]
     out = Path(out_dir)
     wav_dir = out / "wav"
@@ -275,8 +374,13 @@ def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_syst
     if not pool or (recording_share > 0 and not recordings):
         raise RenderError(f"{which}: no scores ({len(pool)}) or no recordings ({len(recordings)}) found "
                           f"(pip install music21; apt-get install {' '.join(source['recordings'])})")
-    renderer = Renderer(pool, recordings, [find_soundfont(name) for name in source["soundfonts"]], seconds)
-    profiles, plans, raters, prompts = plan_corpus(systems, clips_per_system, recording_share, seed, which == "heldout")
+    tune_list = tune_pool(source["tunes"], tunes, np.random.default_rng([seed, 5]), problems) if arrangement_share > 0 else []
+    if arrangement_share > 0 and not tune_list:
+        raise RenderError(f"{which}: no tunes parsed from {', '.join(source['tunes'])}")
+    renderer = Renderer(pool, recordings, [find_soundfont(name) for name in source["soundfonts"]], seconds,
+                        tune_list, source["variants"])
+    profiles, plans, raters, prompts = plan_corpus(systems, clips_per_system, recording_share, seed, which == "heldout",
+                                                   arrangement_share, tuple(source["variants"]))
     jobs = [(plan, profiles[plan.system], raters, seed, str(wav_dir)) for plan in plans]
     records = []
     for result in tqdm(_run(jobs, renderer, workers), total=len(jobs), desc=f"realmusic {which}", disable=not progress):
@@ -287,8 +391,20 @@ def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_syst
             record["prompt"] = next(text for pid, _, text in prompts if pid == record["prompt_id"])
     _write_tables(out, records, [(pid, attrs, text) for pid, attrs, text in prompts])
     summary = _summary(out, which, records, problems, pool, recordings, source, started)
+    summary.update(_arrangement_summary(records, tune_list, source))
     (out / "sources.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _arrangement_summary(records, tune_list, source) -> dict:
+    arranged = [r for r in records if r["kind"] == "arrangement"]
+    used = {}
+    for r in arranged:
+        used.setdefault(r["source"]["style"], set()).add(r["source"]["variant"])
+    return {"arrangements": len(arranged), "tune_collections": list(source["tunes"]), "tunes_in_pool": len(tune_list),
+            "tunes_used": len({r["source"]["tune"] for r in arranged}),
+            "styles": {s: list(v) for s, v in source["variants"].items()},
+            "styles_used": {s: sorted(v) for s, v in sorted(used.items())}, "tune_licence": LICENCES["music21-tunes"]}
 
 
 _RENDERER: Renderer | None = None

@@ -101,6 +101,29 @@ def test_tiny_corpus_in_musiceval_layout(tmp_path):
     assert all(len(r["source"]["parts"]) == 1 for r in solo)
 
 
+def test_people_prompts_are_rated_on_what_they_assert(tmp_path):
+    from deramos.realmusic.attributes import asserted_ta, assertion_matches, check_assertion
+    from deramos.realmusic.corpus import build_corpus
+
+    build_corpus(tmp_path, "train", systems=2, clips_per_system=4, recording_share=0.0, pieces=8, seconds=4.0,
+                 seed=6, workers=1, progress=False, people_share=1.0)
+    records = [json.loads(line) for line in (tmp_path / "synth_meta.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+    for record in records:
+        asserts = check_assertion(record["prompt_asserts"])
+        heard = RealAttributes.from_dict(record["rendered_attributes"])
+        assert record["matches"] == assertion_matches(asserts, heard)
+        # raters' noise (sd 0.2 per clip, 0.35-0.6 per vote) around the latent TA of what is asserted
+        assert abs(record["ta"] - asserted_ta(record["matches"])) < 1.6
+        kinds = {"tempo" if k == "tempo_bpm" else k for k in asserts}
+        assert 1 <= len(kinds) <= 4          # people name a few kinds, never all five template kinds
+        texts = [text for text, _ in record["counterfactuals"]]
+        assert len(texts) == 8 and len(set(texts)) >= 6
+        assert sum(ta == 1.0 and not any(w in text.lower() for w in ("piano", "strings", "organ"))
+                   for text, ta in record["counterfactuals"]) >= 2     # the prompts about no music at all
+        assert all(1.0 <= ta <= 5.0 for _, ta in record["counterfactuals"])
+
+
 # A process that sees an install without music21 (whether or not this venv has it).
 NO_MUSIC21 = '''
 import sys

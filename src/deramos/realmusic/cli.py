@@ -24,13 +24,17 @@ APT_RENDERING = "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfon
 @click.option("--arrangement-share", default=0.4, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Share of clips that are folk tunes arranged in a style (pop, rock, electronic, jazz, folk, "
                    "chiptune) with chords, bass and drums; the rest after recordings are scores.")
+@click.option("--people-prompts", "people_share", default=0.0, show_default=True, type=click.FloatRange(0.0, 1.0),
+              help="Share of prompts written as people write them (1-4 kinds in many words and shapes, BPM, "
+                   "genres); the rest name all five template kinds. Above 0 the counterfactual prompts also mix "
+                   "partial prompts and prompts about things that are not music (TA 1).")
 @click.option("--pieces", default=80, show_default=True, type=click.IntRange(min=1), help="Scores drawn from the corpus.")
 @click.option("--seconds", default=8.0, show_default=True, type=click.FloatRange(min=4.0), help="Clip length.")
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Rendering processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def main(which, out_dir, systems, clips_per_system, recording_share, arrangement_share, pieces, seconds, seed, workers,
-         progress):
+def main(which, out_dir, systems, clips_per_system, recording_share, arrangement_share, people_share, pieces, seconds,
+         seed, workers, progress):
     """Render real music into a MOS corpus laid out like MusicEval.
 
     Scores from music21's corpus are rendered with fluidsynth through a General-MIDI soundfont
@@ -50,7 +54,8 @@ def main(which, out_dir, systems, clips_per_system, recording_share, arrangement
 
     try:
         summary = build_corpus(out_dir, which, systems, clips_per_system, recording_share, pieces, seconds,
-                               seed, workers, progress, arrangement_share=arrangement_share)
+                               seed, workers, progress, arrangement_share=arrangement_share,
+                               people_share=people_share)
     except (RenderError, ValueError) as error:
         raise click.ClickException(str(error)) from None
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())

@@ -34,11 +34,12 @@ import soundfile as sf
 from ..synth.corpus import (ARCHETYPES, RATERS_PER_CLIP, WAV_PREFIX, Rater, _draw_degradations,
                             _split_sizes, _votes, _write_tables, latent_mi)
 from ..synth.degrade import apply_degradations
-from .attributes import (ENSEMBLES, FAMILIES, PEAK, PROMPT_KINDS, VELOCITY, RealAttributes,
-                         attribute_matches, change_attribute, counterfactual, latent_ta, prompt_for,
-                         random_attributes)
+from . import phrasing
 from .arrange import (STYLES, Tune, arrange, heard_arrangement, jittered, random_arrangement_attributes,
                       tune_pool, write_midi)
+from .attributes import (ENSEMBLES, FAMILIES, PEAK, PROMPT_KINDS, TEMPLATE_KINDS, VELOCITY, RealAttributes,
+                         asserted_ta, assertion_matches, assertion_of, change_attribute, prompt_for,
+                         random_attributes)
 from .render import (SOUNDFONTS, Arrangement, RenderError, arranged_score, find_soundfont,
                      load_recording, normalise, render_midi, render_score, trim)
 
@@ -128,9 +129,19 @@ class ClipPlan:
     asked: RealAttributes | None     # None: a recording, prompted from what it is
     kind: str                        # "score" | "arrangement" | "recording"
     split: str
+    asserts: dict | None = None      # what the shared prompt asserts (None: a recording's own)
 
 
-def _arrangement_prompts(systems: int, clips_per_system: int, share: float, styles, seed: int):
+def make_prompt(attributes: RealAttributes, people_share: float, rng) -> tuple[str, dict]:
+    """(text, assertion): as people write prompts (phrasing.describe: 1-4 kinds, their words)
+    with probability `people_share`, else the five-kind template (prompt_for)."""
+    if rng.random() < people_share:
+        return phrasing.describe(attributes, rng)
+    return prompt_for(attributes, rng), assertion_of(attributes)
+
+
+def _arrangement_prompts(systems: int, clips_per_system: int, share: float, styles, seed: int,
+                         people_share: float = 0.0):
     """The prompts arrangement clips answer (P5001...), shared by about three systems each like
     the score prompts; their own generator, so score-only corpora are as before."""
     if share <= 0.0:
@@ -140,12 +151,12 @@ def _arrangement_prompts(systems: int, clips_per_system: int, share: float, styl
     prompts = []
     for number in range(1, count + 1):
         attrs = random_arrangement_attributes(rng, styles)
-        prompts.append((f"P{5000 + number}", attrs, prompt_for(attrs, rng)))
+        prompts.append((f"P{5000 + number}", attrs, *make_prompt(attrs, people_share, rng)))
     return prompts
 
 
 def plan_corpus(systems: int, clips_per_system: int, recording_share: float, seed: int, held_out: bool,
-                arrangement_share: float = 0.0, styles=tuple(STYLES)):
+                arrangement_share: float = 0.0, styles=tuple(STYLES), people_share: float = 0.0):
     rng = np.random.default_rng([seed, 0])
     system_ids = [f"S{i:03d}" for i in range(1, systems + 1)]
     profiles = dict(zip(system_ids, [ARCHETYPES[i % len(ARCHETYPES)] for i in rng.permutation(systems)]))
@@ -154,8 +165,8 @@ def plan_corpus(systems: int, clips_per_system: int, recording_share: float, see
     prompts = []
     for number in range(1, n_prompts + 1):
         attrs = random_attributes(rng)
-        prompts.append((f"P{number:03d}", attrs, prompt_for(attrs, rng)))
-    arranged = _arrangement_prompts(systems, clips_per_system, arrangement_share, styles, seed)
+        prompts.append((f"P{number:03d}", attrs, *make_prompt(attrs, people_share, rng)))
+    arranged = _arrangement_prompts(systems, clips_per_system, arrangement_share, styles, seed, people_share)
     arranged_next = 0
     order, cursor, plans = rng.permutation(n_prompts), 0, []
     sizes = _split_sizes([clips_per_system] * systems)
@@ -166,15 +177,18 @@ def plan_corpus(systems: int, clips_per_system: int, recording_share: float, see
         for k in range(clips_per_system):
             draw = rng.random()
             if draw < recording_share:
-                pid, asked, kind = f"P{900 + recording_number:04d}", None, "recording"
+                pid, asked, kind, asserts = f"P{900 + recording_number:04d}", None, "recording", None
                 recording_number += 1
             elif draw < recording_share + arrangement_share:
-                pid, asked, _ = arranged[arranged_next % len(arranged)]
+                pid, asked, _, asserts = arranged[arranged_next % len(arranged)]
                 arranged_next, kind = arranged_next + 1, "arrangement"
             else:
-                pid, asked, _ = prompts[order[(cursor + k) % n_prompts]]
+                pid, asked, _, asserts = prompts[order[(cursor + k) % n_prompts]]
                 kind = "score"
-            plans.append(ClipPlan(len(plans), f"{WAV_PREFIX}{sid}_{pid}.wav", sid, pid, asked, kind, labels[k]))
+            if kind == "recording":
+                asserts = None
+            plans.append(ClipPlan(len(plans), f"{WAV_PREFIX}{sid}_{pid}.wav", sid, pid, asked, kind, labels[k],
+                                  asserts))
         cursor += clips_per_system
     return profiles, plans, raters, prompts + arranged
 
@@ -196,6 +210,8 @@ class Renderer:
         low, high = ENSEMBLES[heard.ensemble][1]
         fits = [p for p in self.pool if p.mode == heard.mode and p.parts >= low] or \
                [p for p in self.pool if p.mode == heard.mode]
+        if not fits:
+            raise RenderError(f"no score in the pool of {len(self.pool)} is in {heard.mode} (draw more --pieces)")
         piece = fits[int(rng.integers(len(fits)))]
         count = int(rng.integers(min(low, piece.parts), min(high, piece.parts) + 1))
         parts = tuple(sorted({0, *rng.choice(piece.parts, size=count, replace=False).tolist()}))[:count]
@@ -294,13 +310,14 @@ def _tagger():
                                              patch_hop=PATCH_FRAMES)).eval()
 
 
-def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: int, wav_dir: Path) -> dict:
+def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: int, wav_dir: Path,
+                    people_share: float = 0.0) -> dict:
     rng = np.random.default_rng([seed, 1, plan.index])
     severities = _draw_degradations(profile, rng)
     if plan.kind == "score":
         asked = plan.asked
         heard = asked
-        for kind in PROMPT_KINDS:
+        for kind in TEMPLATE_KINDS:   # a score as written is classical, without drums
             if rng.random() < profile.mismatch_rate:
                 heard = change_attribute(heard, kind, rng)
         audio, source = renderer.score_audio(heard, severities.get("timing_jitter", 0.0), rng)
@@ -317,7 +334,9 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
         for kind in PROMPT_KINDS:
             if rng.random() < profile.mismatch_rate:
                 asked = change_attribute(asked, kind, rng)
-        prompt = prompt_for(asked, rng)
+        prompt, asserts = make_prompt(asked, people_share, rng)
+    if plan.kind != "recording":
+        asserts = plan.asserts or assertion_of(asked)
     # Out-of-tune playing cannot be rendered into a General-MIDI score: pitch wobble stands in.
     effects = dict(severities)
     if "detune" in effects:
@@ -326,9 +345,9 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
     sf.write(wav_dir / plan.wav, np.clip(np.rint(audio * 32767.0), -32768, 32767).astype(np.int16),
              SAMPLE_RATE, subtype="PCM_16")
 
-    matches = attribute_matches(asked, heard)
+    matches = assertion_matches(asserts, heard)
     mi_heard = float(np.clip(latent_mi(severities) + rng.normal(0.0, 0.2), 1.0, 5.0))
-    ta_heard = float(np.clip(latent_ta(matches) + rng.normal(0.0, 0.2), 1.0, 5.0))
+    ta_heard = float(np.clip(asserted_ta(matches) + rng.normal(0.0, 0.2), 1.0, 5.0))
     panel = [raters[i] for i in rng.choice(len(raters), size=RATERS_PER_CLIP, replace=False)]
     mi_votes = _votes(mi_heard, lambda r: r.mi_bias, panel, rng)
     ta_votes = _votes(ta_heard, lambda r: r.ta_bias, panel, rng)
@@ -339,11 +358,41 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
         "prompt_id": plan.prompt_id, "kind": plan.kind,
         "prompt_source": "demo_prompt_info" if plan.kind == "recording" else "prompt_info",
         "prompt": prompt, "seconds": round(len(audio) / SAMPLE_RATE, 3), "source": source,
-        "prompt_attributes": asked.to_dict(), "rendered_attributes": heard.to_dict(), "matches": matches,
+        "prompt_attributes": asked.to_dict(), "prompt_asserts": _jsonable(asserts),
+        "rendered_attributes": heard.to_dict(), "matches": matches,
         "degradations": severities, "mi_votes": mi_votes, "ta_votes": ta_votes,
         "mi": round(sum(mi_votes) / RATERS_PER_CLIP, 1), "ta": ta,
-        "counterfactuals": [list(counterfactual(asked, heard, ta, cf_rng)) for _ in range(COUNTERFACTUALS_PER_CLIP)],
+        "counterfactuals": counterfactuals(asked, heard, asserts, ta, cf_rng, people_share),
     }
+
+
+def _jsonable(asserts: dict) -> dict:
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in asserts.items()}
+
+
+def counterfactuals(asked: RealAttributes, heard: RealAttributes, own: dict, rated_ta: float, rng,
+                    people_share: float) -> list[list]:
+    """COUNTERFACTUALS_PER_CLIP [prompt, TA] pairs in random order. Template corpora
+    (people_share 0): template prompts with one or two kinds changed. Otherwise also partial
+    prompts as people write them (right or wrong, phrasing.counterfactual_pair) and prompts about
+    something that is not music at all, which the raters give 1."""
+    if people_share <= 0.0:
+        return [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(COUNTERFACTUALS_PER_CLIP)]
+    pairs = [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(2)]
+    pairs += [list(phrasing.counterfactual_pair(asked, heard, rated_ta, rng, own=own))
+              for _ in range(COUNTERFACTUALS_PER_CLIP - 4)]
+    pairs += [[phrasing.unrelated_prompt(rng), 1.0] for _ in range(2)]
+    return [pairs[i] for i in rng.permutation(len(pairs))]
+
+
+def _template_counterfactual(asked, heard, own, rated_ta, rng) -> tuple[str, float]:
+    """A template prompt with one or two kinds changed; the rated TA moves by the change in the
+    raters' latent TA from the clip's own prompt's assertion `own`."""
+    other = asked
+    for kind in rng.choice(TEMPLATE_KINDS, size=int(rng.integers(1, 3)), replace=False):
+        other = change_attribute(other, str(kind), rng)
+    shift = asserted_ta(assertion_matches(assertion_of(other), heard)) - asserted_ta(assertion_matches(own, heard))
+    return prompt_for(other, rng), round(float(np.clip(rated_ta + shift, 1.0, 5.0)), 3)
 
 
 # --------------------------------------------------------------------------- corpus
@@ -351,11 +400,14 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
 
 def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_system: int = 60,
                  recording_share: float = 0.25, pieces: int = 80, seconds: float = 8.0, seed: int = 0,
-                 workers: int = 1, progress: bool = True, arrangement_share: float = 0.0, tunes: int = 120) -> dict:
+                 workers: int = 1, progress: bool = True, arrangement_share: float = 0.0, tunes: int = 120,
+                 people_share: float = 0.0) -> dict:
     """Write a real-music MOS corpus (`which`: train or heldout) to `out_dir`; return a summary.
 
     Of the clips, `recording_share` are recordings, `arrangement_share` arranged tunes (of
-    `tunes` parsed), the rest scores."""
+    `tunes` parsed), the rest scores. Of the prompts, `people_share` are written as people write
+    them (realmusic/phrasing.py: 1-4 kinds), the rest name all five template kinds; with
+    people_share > 0 the counterfactual prompts are mixed too (corpus.counterfactuals)."""
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -380,16 +432,16 @@ def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_syst
     renderer = Renderer(pool, recordings, [find_soundfont(name) for name in source["soundfonts"]], seconds,
                         tune_list, source["variants"])
     profiles, plans, raters, prompts = plan_corpus(systems, clips_per_system, recording_share, seed, which == "heldout",
-                                                   arrangement_share, tuple(source["variants"]))
-    jobs = [(plan, profiles[plan.system], raters, seed, str(wav_dir)) for plan in plans]
+                                                   arrangement_share, tuple(source["variants"]), people_share)
+    jobs = [(plan, profiles[plan.system], raters, seed, str(wav_dir), people_share) for plan in plans]
     records = []
     for result in tqdm(_run(jobs, renderer, workers), total=len(jobs), desc=f"realmusic {which}", disable=not progress):
         (records if isinstance(result, dict) else problems).append(result)
     records.sort(key=lambda r: r["wav"])
     for record in records:
         if record["prompt"] is None:
-            record["prompt"] = next(text for pid, _, text in prompts if pid == record["prompt_id"])
-    _write_tables(out, records, [(pid, attrs, text) for pid, attrs, text in prompts])
+            record["prompt"] = next(text for pid, _, text, _ in prompts if pid == record["prompt_id"])
+    _write_tables(out, records, [(pid, attrs, text) for pid, attrs, text, _ in prompts])
     summary = _summary(out, which, records, problems, pool, recordings, source, started)
     summary.update(_arrangement_summary(records, tune_list, source))
     (out / "sources.json").write_text(json.dumps(summary, indent=1))
@@ -419,9 +471,9 @@ def _init_worker(renderer: Renderer) -> None:
 
 
 def _one(job):
-    plan, profile, raters, seed, wav_dir = job
+    plan, profile, raters, seed, wav_dir, people_share = job
     try:
-        return synthesize_clip(plan, profile, raters, _RENDERER, seed, Path(wav_dir))
+        return synthesize_clip(plan, profile, raters, _RENDERER, seed, Path(wav_dir), people_share)
     except RenderError as error:
         return f"{plan.wav}: {error}"
 

@@ -6,10 +6,11 @@
 Both come from the clean clips (no degradation) of `deramos-realmusic --set heldout`: composers,
 a soundfont and recordings that no training set sees.
 
-- examples/ (`make demo`): the first three clean recordings and the first three clean
-  renderings of distinct instrument families, in list order (a rule, not a pick by score);
-  16 kHz PCM16 WAV; prompts.jsonl gives each a prompt describing what was really rendered or
-  recorded and a mismatching one (instrument, tempo and mood changed).
+- examples/ (`make demo`): the first two clean recordings, the first two clean renderings of
+  distinct instrument families and the first two clean arrangements of distinct styles, in list
+  order (a rule, not a pick by score); 16 kHz PCM16 WAV; prompts.jsonl gives each a prompt
+  describing what was really rendered or recorded and a mismatching one (instrument, tempo and
+  mood changed), both from the template; the demo's prompts are then rewritten by hand.
 - the check set (tests/test_default_model.py): every clean clip as 16 kHz FLAC; clips.jsonl
   keeps each clip's rendered attributes, so a test can draw as many prompt pairs as it needs.
 """
@@ -26,7 +27,7 @@ from deramos.musiceval import read_split
 from deramos.realmusic.attributes import RealAttributes, mismatched, prompt_for
 
 MISMATCH_KINDS = ("instrument", "tempo", "mood")
-EXAMPLES_PER_KIND = 3
+EXAMPLES_PER_KIND = 2
 
 
 def clean_rows(data: Path) -> list[dict]:
@@ -47,35 +48,52 @@ def clean_rows(data: Path) -> list[dict]:
     return rows
 
 
+def kind_of(record: dict) -> str:
+    src = record["source"]
+    return "recording" if "recording" in src else "arrangement" if "tune" in src else "rendering"
+
+
 def source_of(record: dict, sources: dict) -> dict:
     src = record["source"]
+    font = sources.get("soundfonts", {}).get(src.get("soundfont"), {})
+    if "tune" in src:
+        return {"kind": "arrangement", "tune": src["tune"], "style": src["style"], "variant": src["variant"],
+                "soundfont": src.get("soundfont"),
+                "licence": f"tune: {sources.get('tune_licence', '?')}; soundfont ({font.get('package', '?')}): "
+                           f"{font.get('licence', '?')}"}
     if "recording" in src:
         packages = sources.get("recording_packages", {})
         package = next((p for p in packages if p.split("-")[0] in src["recording"]), "?")
         return {"kind": "recording", "file": Path(src["recording"]).name, "offset_s": src.get("offset"),
                 "package": package, "licence": packages.get(package, "?")}
-    font = sources.get("soundfonts", {}).get(src.get("soundfont"), {})
     return {"kind": "rendering", "piece": "/".join(Path(src["piece"]).parts[-2:]), "soundfont": src.get("soundfont"),
             "licence": f"score: {sources.get('score_licence', '?')}; soundfont ({font.get('package', '?')}): "
                        f"{font.get('licence', '?')}"}
 
 
 def pick_examples(rows: list[dict]) -> list[dict]:
-    recordings = [r for r in rows if "recording" in r["record"]["source"]][:EXAMPLES_PER_KIND]
-    renderings, families = [], set()
+    recordings = [r for r in rows if kind_of(r["record"]) == "recording"][:EXAMPLES_PER_KIND]
+    return recordings + _distinct(rows, "rendering", "instrument") + _distinct(rows, "arrangement", "genre")
+
+
+def _distinct(rows: list[dict], kind: str, attribute: str) -> list[dict]:
+    """The first EXAMPLES_PER_KIND clips of `kind` that differ in `attribute`."""
+    picked, seen = [], set()
     for r in rows:
-        if "recording" not in r["record"]["source"] and r["instrument"] not in families:
-            families.add(r["instrument"])
-            renderings.append(r)
-    return recordings + renderings[:EXAMPLES_PER_KIND]
+        value = r["record"]["rendered_attributes"].get(attribute)
+        if kind_of(r["record"]) == kind and value not in seen:
+            seen.add(value)
+            picked.append(r)
+    return picked[:EXAMPLES_PER_KIND]
 
 
 def write(rows: list[dict], out: Path, index: str, fmt: str, sources: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     lines = []
     for r in rows:
-        kind = "recording" if "recording" in r["record"]["source"] else "rendering"
-        name = f"{kind}_{r['instrument']}_{r['clip'].path.stem.split('-')[-1]}.{fmt.lower()}"
+        kind = kind_of(r["record"])
+        label = r["record"]["rendered_attributes"]["genre"] if kind == "arrangement" else r["instrument"]
+        name = f"{kind}_{label}_{r['clip'].path.stem.split('-')[-1]}.{fmt.lower()}"
         audio, rate = sf.read(r["clip"].path, dtype="int16")
         sf.write(out / name, audio, rate, format=fmt, subtype="PCM_16")
         lines.append(json.dumps({"path": name, "prompt": r["prompt"], "mismatched_prompt": r["mismatched_prompt"],

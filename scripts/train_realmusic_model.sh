@@ -22,6 +22,12 @@ REAL_REPEAT=${REAL_REPEAT:-1}
 # the recordings); 150 x 240 gives 1200 clips of ~320 pieces and recordings (runs A-C).
 REAL_CLIPS_PER_SYSTEM=${REAL_CLIPS_PER_SYSTEM:-150}
 REAL_PIECES=${REAL_PIECES:-240}
+# Issue 19: 40 % of the real clips are folk tunes arranged in six styles (drums, bass, chords),
+# 25 % recordings (game soundtracks of several genres), the rest scores; 70 % of the training
+# prompts are written as people write them (realmusic/phrasing.py), with not-music counterfactuals.
+ARRANGEMENTS=${ARRANGEMENTS:-0.4}
+PEOPLE_PROMPTS=${PEOPLE_PROMPTS:-0.7}
+HELDOUT_CLIPS_PER_SYSTEM=${HELDOUT_CLIPS_PER_SYSTEM:-25}
 EPOCHS=${EPOCHS:-30}
 LR=${LR:-1e-3}
 COUNTERFACTUALS=${COUNTERFACTUALS:-8}
@@ -47,8 +53,11 @@ stage() {   # stage NAME COMMAND...: run it and log its wall time
 real_corpora() {
     rm -rf "$WORK/real-train" "$WORK/real-heldout"
     "$BIN/deramos-realmusic" --set train --out "$WORK/real-train" --clips-per-system "$REAL_CLIPS_PER_SYSTEM" \
-        --pieces "$REAL_PIECES" --no-progress
-    "$BIN/deramos-realmusic" --set heldout --out "$WORK/real-heldout" --clips-per-system 20 --pieces 40 --no-progress
+        --pieces "$REAL_PIECES" --arrangement-share "$ARRANGEMENTS" --people-prompts "$PEOPLE_PROMPTS" --no-progress
+    # held-out prompts stay the five-kind template (the table comparable with earlier models); the
+    # hand-written free-form prompts (tests/data/freeform) are paired with these clips separately
+    "$BIN/deramos-realmusic" --set heldout --out "$WORK/real-heldout" --clips-per-system "$HELDOUT_CLIPS_PER_SYSTEM" \
+        --pieces 40 --arrangement-share "$ARRANGEMENTS" --no-progress
 }
 synthetic_corpora() {
     rm -rf "$WORK/synth" "$WORK/heldout"
@@ -68,7 +77,7 @@ train() {
 }
 real_heldout() {
     "$PY" scripts/realmusic_report.py --data "$WORK/real-heldout" --model "default=$WORK/run/$SELECTION" \
-        --cache-dir "$WORK/cache" --json "$WORK/realmusic-heldout.json" --markdown "$WORK/realmusic-heldout.md"
+        --freeform tests/data/freeform --cache-dir "$WORK/cache" --json "$WORK/realmusic-heldout.json" --markdown "$WORK/realmusic-heldout.md"
 }
 synthetic_heldout() {
     "$BIN/deramos-eval" --data "$WORK/heldout" --checkpoint "$WORK/run/$SELECTION" \

@@ -23,8 +23,9 @@ from __future__ import annotations
 import json
 import math
 import os
-import time
 import tempfile
+import time
+import zlib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -40,6 +41,7 @@ from .arrange import (STYLES, Tune, arrange, heard_arrangement, jittered, random
 from .attributes import (ENSEMBLES, FAMILIES, PEAK, PROMPT_KINDS, TEMPLATE_KINDS, VELOCITY, RealAttributes,
                          asserted_ta, assertion_matches, assertion_of, change_attribute, prompt_for,
                          random_attributes)
+from .freeform import held_out_texts, normalised
 from .render import (SOUNDFONTS, Arrangement, RenderError, arranged_score, find_soundfont,
                      load_recording, normalise, render_midi, render_score, trim)
 
@@ -134,10 +136,25 @@ class ClipPlan:
 
 def make_prompt(attributes: RealAttributes, people_share: float, rng) -> tuple[str, dict]:
     """(text, assertion): as people write prompts (phrasing.describe: 1-4 kinds, their words)
-    with probability `people_share`, else the five-kind template (prompt_for)."""
+    with probability `people_share`, else the five-kind template (prompt_for). Never one of the
+    free-form evaluation's prompts (see unused_by_evaluation)."""
     if rng.random() < people_share:
-        return phrasing.describe(attributes, rng)
+        return unused_by_evaluation(phrasing.describe(attributes, rng), lambda r: phrasing.describe(attributes, r))
     return prompt_for(attributes, rng), assertion_of(attributes)
+
+
+def unused_by_evaluation(drawn, redraw):
+    """`drawn` (a text, or a (text, ...) tuple), unless the free-form evaluation uses that text:
+    then `redraw(rng)` with an rng seeded by the text, until it does not. The corpus's own rng
+    is untouched, so the rest of the corpus (and its audio) stays as it was."""
+    text = lambda d: d if isinstance(d, str) else d[0]   # noqa: E731
+    avoid = held_out_texts()
+    rng = np.random.default_rng(zlib.crc32(text(drawn).encode()))
+    for _ in range(100):
+        if normalised(text(drawn)) not in avoid:
+            return drawn
+        drawn = redraw(rng)
+    raise RuntimeError(f"no prompt outside the free-form set after 100 draws (last {text(drawn)!r})")
 
 
 def _arrangement_prompts(systems: int, clips_per_system: int, share: float, styles, seed: int,
@@ -379,9 +396,11 @@ def counterfactuals(asked: RealAttributes, heard: RealAttributes, own: dict, rat
     if people_share <= 0.0:
         return [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(COUNTERFACTUALS_PER_CLIP)]
     pairs = [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(2)]
-    pairs += [list(phrasing.counterfactual_pair(asked, heard, rated_ta, rng, own=own))
-              for _ in range(COUNTERFACTUALS_PER_CLIP - 4)]
-    pairs += [[phrasing.unrelated_prompt(rng), 1.0] for _ in range(2)]
+    for _ in range(COUNTERFACTUALS_PER_CLIP - 4):
+        pair = phrasing.counterfactual_pair(asked, heard, rated_ta, rng, own=own)
+        pairs.append(list(unused_by_evaluation(pair, lambda r: phrasing.counterfactual_pair(asked, heard, rated_ta, r,
+                                                                                         own=own))))
+    pairs += [[unused_by_evaluation(phrasing.unrelated_prompt(rng), phrasing.unrelated_prompt), 1.0] for _ in range(2)]
     return [pairs[i] for i in rng.permutation(len(pairs))]
 
 

@@ -16,7 +16,9 @@ unrelated prompt). `freeform_metrics` turns the model's TA for those pairs into:
 """
 from __future__ import annotations
 
+import functools
 import json
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +64,21 @@ def load_prompt_set(folder: Path = PROMPT_SET_DIR) -> tuple[list[Prompt], list[P
     described = read("prompts.jsonl", lambda r: Prompt(r["id"], r["text"], check_assertion(r["asserts"])))
     unrelated = read("unrelated.jsonl", lambda r: Prompt(r["id"], r["text"], {}, r["category"]))
     return described, unrelated
+
+
+def normalised(text: str) -> str:
+    """Lower case, letters, digits and single spaces: how two prompts are compared."""
+    return " ".join(re.sub(r"[^a-z0-9 ]", " ", text.lower()).split())
+
+
+@functools.lru_cache(maxsize=1)
+def held_out_texts(folder: Path = PROMPT_SET_DIR) -> frozenset[str]:
+    """Every prompt of the free-form set, normalised, for training to avoid; empty where the set
+    is not there (an installed package: no corpus is built from it)."""
+    if not (Path(folder) / "prompts.jsonl").is_file():
+        return frozenset()
+    described, unrelated = load_prompt_set(folder)
+    return frozenset(normalised(p.text) for p in [*described, *unrelated])
 
 
 def _kinds(asserts: dict) -> set[str]:

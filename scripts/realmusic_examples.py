@@ -87,9 +87,34 @@ def _distinct(rows: list[dict], kind: str, attribute: str) -> list[dict]:
     return picked[:EXAMPLES_PER_KIND]
 
 
+SOURCES_HEADER = """# Where these clips come from
+
+Cut by `scripts/realmusic_examples.py` from the clean clips of the real-music held-out corpus
+(`deramos-realmusic --set heldout --clips-per-system 25 --pieces 40 --arrangement-share 0.4`):
+scores, tunes and recordings that no training set of the default model saw. Renderings: music21
+corpus scores (public-domain works; music21 is BSD-3-Clause) through fluidsynth with the TimGM6mb
+soundfont (Debian timgm6mb-soundfont, GPL-2). Arrangements: traditional tunes from music21's
+essenFolksong, nottingham-dataset, airdsAirs and miscFolk collections arranged in a style
+(realmusic/arrange.py: melody, chords, bass, drums) and rendered the same way. Recordings:
+excerpts of Debian game-soundtrack packages, under their licences below (the full texts are in
+each package's /usr/share/doc/<package>/copyright).
+
+| file | source | licence |
+|---|---|---|
+"""
+
+
+def describe_source(source: dict) -> str:
+    if source["kind"] == "recording":
+        return f"{source['package']}: {source['file']} from {source['offset_s']} s"
+    if source["kind"] == "arrangement":
+        return f"{source['tune']} as {source['style']} (variant {source['variant']}; {source['soundfont']})"
+    return f"{source['piece']} ({source['soundfont']})"
+
+
 def write(rows: list[dict], out: Path, index: str, fmt: str, sources: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
-    lines = []
+    lines, table = [], []
     for r in rows:
         kind = kind_of(r["record"])
         label = r["record"]["rendered_attributes"]["genre"] if kind == "arrangement" else r["instrument"]
@@ -99,7 +124,10 @@ def write(rows: list[dict], out: Path, index: str, fmt: str, sources: dict) -> N
         lines.append(json.dumps({"path": name, "prompt": r["prompt"], "mismatched_prompt": r["mismatched_prompt"],
                                  "attributes": r["record"]["rendered_attributes"],
                                  "source": source_of(r["record"], sources)}))
+        source = source_of(r["record"], sources)
+        table.append(f"| {name} | {describe_source(source)} | {source['licence']} |")
     (out / index).write_text("\n".join(lines) + "\n")
+    (out / "SOURCES.md").write_text(SOURCES_HEADER + "\n".join(table) + "\n")
 
 
 def main() -> None:

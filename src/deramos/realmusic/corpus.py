@@ -47,6 +47,9 @@ from .render import (SOUNDFONTS, Arrangement, RenderError, arranged_score, find_
 
 SAMPLE_RATE = 16000
 COUNTERFACTUALS_PER_CLIP = 8
+# The counterfactual prompts of a corpus with people's prompts: template ones teach which
+# attribute is wrong, people's ones their words, one not-music prompt that TA falls to 1.
+CF_MIX = {"template": 4, "people": 3, "unrelated": 1}
 RECORDING_DIRS = {
     "wesnoth-1.16-music": "/usr/share/games/wesnoth/1.16/data/core/music",
     "hyperrogue-music": "/usr/share/hyperrogue/music",
@@ -143,6 +146,13 @@ def make_prompt(attributes: RealAttributes, people_share: float, rng) -> tuple[s
     return prompt_for(attributes, rng), assertion_of(attributes)
 
 
+def word_stream(rng, people_share: float, key: list[int]):
+    """The rng a prompt's words are drawn from. With people's prompts a stream of its own, so the
+    plan and the audio do not depend on them (corpora differing in --people-prompts hold the same
+    clips); template-only corpora draw from `rng` as they always did (the same corpora as before)."""
+    return rng if people_share <= 0.0 else np.random.default_rng(key)
+
+
 def unused_by_evaluation(drawn, redraw):
     """`drawn` (a text, or a (text, ...) tuple), unless the free-form evaluation uses that text:
     then `redraw(rng)` with an rng seeded by the text, until it does not. The corpus's own rng
@@ -164,11 +174,12 @@ def _arrangement_prompts(systems: int, clips_per_system: int, share: float, styl
     if share <= 0.0:
         return []
     rng = np.random.default_rng([seed, 4])
+    words = word_stream(rng, people_share, [seed, 6])
     count = max(clips_per_system, math.ceil(systems * clips_per_system * share / 3))
     prompts = []
     for number in range(1, count + 1):
         attrs = random_arrangement_attributes(rng, styles)
-        prompts.append((f"P{5000 + number}", attrs, *make_prompt(attrs, people_share, rng)))
+        prompts.append((f"P{5000 + number}", attrs, *make_prompt(attrs, people_share, words)))
     return prompts
 
 
@@ -179,10 +190,11 @@ def plan_corpus(systems: int, clips_per_system: int, recording_share: float, see
     profiles = dict(zip(system_ids, [ARCHETYPES[i % len(ARCHETYPES)] for i in rng.permutation(systems)]))
     raters = [Rater(float(rng.normal(0, 0.3)), float(rng.normal(0, 0.3)), float(rng.uniform(0.35, 0.6))) for _ in range(8)]
     n_prompts = max(clips_per_system, math.ceil(systems * clips_per_system / 3))   # distinct within a system
+    words = word_stream(rng, people_share, [seed, 8])
     prompts = []
     for number in range(1, n_prompts + 1):
         attrs = random_attributes(rng)
-        prompts.append((f"P{number:03d}", attrs, *make_prompt(attrs, people_share, rng)))
+        prompts.append((f"P{number:03d}", attrs, *make_prompt(attrs, people_share, words)))
     arranged = _arrangement_prompts(systems, clips_per_system, arrangement_share, styles, seed, people_share)
     arranged_next = 0
     order, cursor, plans = rng.permutation(n_prompts), 0, []
@@ -351,7 +363,7 @@ def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: i
         for kind in PROMPT_KINDS:
             if rng.random() < profile.mismatch_rate:
                 asked = change_attribute(asked, kind, rng)
-        prompt, asserts = make_prompt(asked, people_share, rng)
+        prompt, asserts = make_prompt(asked, people_share, word_stream(rng, people_share, [seed, 7, plan.index]))
     if plan.kind != "recording":
         asserts = plan.asserts or assertion_of(asked)
     # Out-of-tune playing cannot be rendered into a General-MIDI score: pitch wobble stands in.
@@ -390,17 +402,19 @@ def _jsonable(asserts: dict) -> dict:
 def counterfactuals(asked: RealAttributes, heard: RealAttributes, own: dict, rated_ta: float, rng,
                     people_share: float) -> list[list]:
     """COUNTERFACTUALS_PER_CLIP [prompt, TA] pairs in random order. Template corpora
-    (people_share 0): template prompts with one or two kinds changed. Otherwise also partial
-    prompts as people write them (right or wrong, phrasing.counterfactual_pair) and prompts about
-    something that is not music at all, which the raters give 1."""
+    (people_share 0): template prompts with one or two kinds changed. Otherwise CF_MIX of them:
+    template ones, partial prompts as people write them (right or wrong,
+    phrasing.counterfactual_pair) and prompts about something that is not music at all, which
+    the raters give 1."""
     if people_share <= 0.0:
         return [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(COUNTERFACTUALS_PER_CLIP)]
-    pairs = [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(2)]
-    for _ in range(COUNTERFACTUALS_PER_CLIP - 4):
+    pairs = [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(CF_MIX["template"])]
+    for _ in range(CF_MIX["people"]):
         pair = phrasing.counterfactual_pair(asked, heard, rated_ta, rng, own=own)
         pairs.append(list(unused_by_evaluation(pair, lambda r: phrasing.counterfactual_pair(asked, heard, rated_ta, r,
                                                                                          own=own))))
-    pairs += [[unused_by_evaluation(phrasing.unrelated_prompt(rng), phrasing.unrelated_prompt), 1.0] for _ in range(2)]
+    pairs += [[unused_by_evaluation(phrasing.unrelated_prompt(rng), phrasing.unrelated_prompt), 1.0]
+              for _ in range(CF_MIX["unrelated"])]
     return [pairs[i] for i in rng.permutation(len(pairs))]
 
 

@@ -499,3 +499,25 @@ def test_frozen_encoder_feature_cache(tiny_corpus, tmp_path, monkeypatch, caplog
     assert epochs_of(run) == [1, 2, 3]
     assert counts == [len(list(cache.rglob("*.safetensors")))] and counts[0] == sum(map(len, by_identity.values()))
     assert set(load_file(str(victim))) == {"value"}   # rewritten as a valid entry
+
+
+def test_init_heads_copies_every_tensor_that_fits(export_run):
+    import torch
+
+    from deramos.checkpoint import load_checkpoint
+    from deramos.config import preset
+    from deramos.model import DeRAMOS
+    from deramos.train import start_from_heads
+
+    trained = load_checkpoint(export_run).state_dict()
+    same = DeRAMOS(preset("tiny"), seed=11)
+    assert start_from_heads(same, str(export_run)) == []
+    for name, value in same.state_dict().items():
+        if name.startswith("heads."):
+            torch.testing.assert_close(value, trained[name], atol=0, rtol=0)
+    wider = preset("tiny")
+    wider.heads.ta_mlp = (24, 8)      # TA's MLP of another shape stays as initialised
+    other = DeRAMOS(wider, seed=11)
+    left = start_from_heads(other, str(export_run))
+    assert left and all(name.startswith("heads.ta.mlp.") for name in left)
+    torch.testing.assert_close(other.state_dict()["heads.mi.pool.score.weight"], trained["heads.mi.pool.score.weight"])

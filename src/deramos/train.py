@@ -76,6 +76,7 @@ class TrainArgs:
     # give; each step pairs every clip with one of them as well as with its own prompt.
     counterfactual_prompts: int = 0
     init_audio_encoder: str | None = None   # a deramos-pretrain output: start from its encoder
+    init_heads: str | None = None           # a deramos-train checkpoint: start from its heads (fine-tuning)
     freeze_audio_encoder: bool = False      # train the heads only (the paper's recipe with MuQ)
     audio_encoder_lr_scale: float = 1.0     # a trainable audio encoder learns at lr * this
     ta_grounding: int | None = None         # TA tag grounding width; None: the preset's (0 = off)
@@ -141,6 +142,11 @@ def build_model(args: TrainArgs) -> DeRAMOS:
     except (OSError, ValueError) as err:   # an encoder directory that is not one
         named = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else one_line(err)
         raise TrainingError(f"{named} (building the {args.preset} model)") from None
+    if args.init_heads:
+        try:
+            start_from_heads(model, args.init_heads)
+        except (FileNotFoundError, ValueError) as err:
+            raise TrainingError(f"--init-heads: {one_line(err)}") from None
     if args.init_audio_encoder:
         from .pretrain import load_pretrained_encoder
 
@@ -149,6 +155,21 @@ def build_model(args: TrainArgs) -> DeRAMOS:
         except (FileNotFoundError, ValueError) as err:
             raise TrainingError(f"--init-audio-encoder: {err}") from None
     return model
+
+
+def start_from_heads(model: DeRAMOS, checkpoint: str) -> list[str]:
+    """Copy the heads of a trained checkpoint into `model`, every tensor whose name and shape agree
+    (a grounded model started from an ungrounded one keeps its new grounding layer and the TA
+    MLP's first layer as initialised); returns the names left as they were."""
+    from .checkpoint import read_tensors, resolve_checkpoint
+
+    state = read_tensors(resolve_checkpoint(checkpoint, "best_combined") / "model.safetensors")
+    own = model.state_dict()
+    taken = {k: v for k, v in state.items() if k.startswith("heads.") and k in own and own[k].shape == v.shape}
+    if not taken:
+        raise ValueError(f"{checkpoint}: no heads tensor fits this model")
+    model.load_state_dict(taken, strict=False)
+    return sorted(k for k in own if k.startswith("heads.") and k not in taken)
 
 
 def epoch_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
@@ -497,6 +518,8 @@ def _default(name: str, **option):
 @click.option("--text-encoder", type=click.Path(exists=True, file_okay=False), help="Hugging Face encoder directory (with its tokenizer).")
 @click.option("--init-audio-encoder", type=click.Path(exists=True),
               help="Start the audio encoder from a deramos-pretrain output (from-scratch presets).")
+@click.option("--init-heads", type=click.Path(exists=True),
+              help="Start the heads from a trained checkpoint (fine-tuning; tensors whose shape differs stay new).")
 @click.option("--freeze-audio-encoder", is_flag=True,
               help="Keep the audio encoder fixed and train the heads only (e.g. after --init-audio-encoder).")
 @_default("audio_encoder_lr_scale",

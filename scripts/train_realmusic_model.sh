@@ -23,10 +23,10 @@ REAL_REPEAT=${REAL_REPEAT:-1}
 REAL_CLIPS_PER_SYSTEM=${REAL_CLIPS_PER_SYSTEM:-150}
 REAL_PIECES=${REAL_PIECES:-240}
 # Issue 19: 40 % of the real clips are folk tunes arranged in six styles (drums, bass, chords),
-# 25 % recordings (game soundtracks of several genres), the rest scores; 70 % of the training
+# 25 % recordings (game soundtracks of several genres), the rest scores; half the training
 # prompts are written as people write them (realmusic/phrasing.py), with not-music counterfactuals.
 ARRANGEMENTS=${ARRANGEMENTS:-0.4}
-PEOPLE_PROMPTS=${PEOPLE_PROMPTS:-0.7}
+PEOPLE_PROMPTS=${PEOPLE_PROMPTS:-0.5}
 HELDOUT_CLIPS_PER_SYSTEM=${HELDOUT_CLIPS_PER_SYSTEM:-25}
 EPOCHS=${EPOCHS:-30}
 LR=${LR:-1e-3}

@@ -14,7 +14,9 @@ from deramos.musicnn import LABELS
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return DeRAMOS(preset("musicnn"), seed=3).eval()
+    cfg = preset("musicnn")
+    cfg.heads.ta_grounding = 64      # deramos-train --ta-grounding 64 (off in the preset)
+    return DeRAMOS(cfg, seed=3).eval()
 
 
 def test_tag_index_points_at_both_taggrams(model):

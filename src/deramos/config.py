@@ -188,7 +188,7 @@ def musicnn() -> ModelConfig:
             patch_hop=94,
         ),
         text=base.text,
-        heads=HeadsConfig(mi_mlp=(128, 64), ta_dim=128, ta_mlp=(64, 32), mi_dropout=0.2, ta_grounding=64),
+        heads=HeadsConfig(mi_mlp=(128, 64), ta_dim=128, ta_mlp=(64, 32), mi_dropout=0.2),
     )
 
 

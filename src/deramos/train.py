@@ -527,7 +527,8 @@ def _default(name: str, **option):
 @_default("window_policy", type=click.Choice(WINDOW_POLICIES))
 @click.option("--ta-grounding", type=click.IntRange(min=0), metavar="WIDTH",
               help="TA tag grounding: the prompt's similarity to each musicnn tag beside the audio's tag "
-                   "probabilities, WIDTH wide in TA's MLP (0 = off; default: the preset's, 64 for musicnn).")
+                   "probabilities, WIDTH wide in TA's MLP (musicnn preset only; 0 = off, the preset's default: "
+                   "64 was measured against 0 in docs/realmusic.md and did not win).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")

@@ -80,7 +80,7 @@ def test_ablation_report_matches_its_runs(tmp_path):
             mean, std = summary["table"][heldout][loss]["utterance TA SRCC"]
             assert mean == pytest.approx(np.mean(values)) and std == pytest.approx(np.std(values))
         assert f"## Held-out set `{heldout}`" in text
-    assert summary["table"]["real"]["dera"]["runs"] == 2 and summary["table"]["real"]["dera"]["clips"] == 33
+    assert summary["table"]["real"]["dera"]["runs"] == 2 and summary["table"]["real"]["dera"]["clips"] == 48
     assert "AUC" in summary["table"]["real"]["dera"] and "AUC" not in summary["table"]["synthetic"]["dera"]
     # the bootstrap's point estimate: seed-averaged scores, SRCC against the labels (scipy as the oracle)
     averaged = {loss: {k: np.mean([runs[f"{loss}-seed{s}"]["heldout"]["real"]["predictions"][k] for s in (1, 2)], axis=0)

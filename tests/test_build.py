@@ -206,10 +206,10 @@ def test_shipped_real_clips_travel_with_the_bundle_and_calibrate_int8(fp32_bundl
     shipped = tmp_path / "shipped"
     done = _run([sys.executable, "-c", code, str(fp32_bundle), "--ship-calib", str(REAL_CLIPS), "--out", str(shipped)])
     assert done.returncode == 0, done.stderr
-    assert f"shipping 33 calibration clips from {REAL_CLIPS} in calibration/clips/" in done.stderr
+    assert f"shipping 48 calibration clips from {REAL_CLIPS} in calibration/clips/" in done.stderr
     files = load_bundle(shipped).manifest["files"]
     listed = {n for n in files if n.startswith("calibration/clips/")}
-    assert len(listed) == 33 + 2 and {"calibration/clips/clips.jsonl", "calibration/clips/SOURCES.md"} <= listed
+    assert len(listed) == 48 + 2 and {"calibration/clips/clips.jsonl", "calibration/clips/SOURCES.md"} <= listed
     for name in listed:
         assert files[name] == hashlib.sha256((shipped / name).read_bytes()).hexdigest()
     rows = [json.loads(line) for line in (shipped / "calibration/clips/clips.jsonl").read_text().splitlines()]

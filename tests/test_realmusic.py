@@ -101,6 +101,7 @@ def test_tiny_corpus_in_musiceval_layout(tmp_path):
     assert all(len(r["source"]["parts"]) == 1 for r in solo)
 
 
+@pytest.mark.skipif(not _renderable(), reason="needs fluidsynth, fluid-soundfont-gm and music21 (make realmusic)")
 def test_people_prompts_are_rated_on_what_they_assert(tmp_path):
     from deramos.realmusic.attributes import asserted_ta, assertion_matches, check_assertion
     from deramos.realmusic.corpus import CF_MIX, build_corpus
@@ -165,6 +166,7 @@ def test_without_music21_it_says_what_to_install_in_one_line(tmp_path, fluidsynt
     assert not out.exists()
 
 
+@pytest.mark.skipif(not _renderable(), reason="needs fluidsynth, fluid-soundfont-gm and music21 (make realmusic)")
 def test_the_share_of_people_prompts_leaves_the_audio_alone(tmp_path):
     """Prompt words have their own random stream once people's prompts are on: corpora that
     differ only in --people-prompts hold the same clips (and share a feature cache)."""

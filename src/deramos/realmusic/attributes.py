@@ -232,10 +232,13 @@ def prompt_for(attributes: RealAttributes, rng: np.random.Generator | None = Non
 
 
 def counterfactual(asked: RealAttributes, heard: RealAttributes, rated_ta: float,
-                   rng: np.random.Generator) -> tuple[str, float]:
-    """Another prompt, one or two kinds changed, and the TA the raters would give it."""
+                   rng: np.random.Generator, own: dict | None = None) -> tuple[str, float]:
+    """Another template prompt, one or two kinds changed, and the TA the raters would give it:
+    the rated TA moved by the change in latent TA from the assertion `own` of the prompt the clip
+    was rated on (default: the template prompt of `asked`)."""
+    own = assertion_of(asked) if own is None else own
     other = asked
     for kind in rng.choice(TEMPLATE_KINDS, size=int(rng.integers(1, 3)), replace=False):
         other = change_attribute(other, str(kind), rng)
-    shift = latent_ta(attribute_matches(other, heard)) - latent_ta(attribute_matches(asked, heard))
+    shift = asserted_ta(assertion_matches(assertion_of(other), heard)) - asserted_ta(assertion_matches(own, heard))
     return prompt_for(other, rng), round(float(np.clip(rated_ta + shift, 1.0, 5.0)), 3)

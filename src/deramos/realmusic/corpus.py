@@ -39,7 +39,7 @@ from . import phrasing
 from .arrange import (STYLES, Tune, arrange, heard_arrangement, jittered, random_arrangement_attributes,
                       tune_pool, write_midi)
 from .attributes import (ENSEMBLES, FAMILIES, PEAK, PROMPT_KINDS, TEMPLATE_KINDS, VELOCITY, RealAttributes,
-                         asserted_ta, assertion_matches, assertion_of, change_attribute, prompt_for,
+                         asserted_ta, assertion_matches, assertion_of, change_attribute, counterfactual, prompt_for,
                          random_attributes)
 from .freeform import held_out_texts, normalised
 from .render import (SOUNDFONTS, Arrangement, RenderError, arranged_score, find_soundfont,
@@ -407,8 +407,8 @@ def counterfactuals(asked: RealAttributes, heard: RealAttributes, own: dict, rat
     phrasing.counterfactual_pair) and prompts about something that is not music at all, which
     the raters give 1."""
     if people_share <= 0.0:
-        return [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(COUNTERFACTUALS_PER_CLIP)]
-    pairs = [list(_template_counterfactual(asked, heard, own, rated_ta, rng)) for _ in range(CF_MIX["template"])]
+        return [list(counterfactual(asked, heard, rated_ta, rng, own)) for _ in range(COUNTERFACTUALS_PER_CLIP)]
+    pairs = [list(counterfactual(asked, heard, rated_ta, rng, own)) for _ in range(CF_MIX["template"])]
     for _ in range(CF_MIX["people"]):
         pair = phrasing.counterfactual_pair(asked, heard, rated_ta, rng, own=own)
         pairs.append(list(unused_by_evaluation(pair, lambda r: phrasing.counterfactual_pair(asked, heard, rated_ta, r,
@@ -416,16 +416,6 @@ def counterfactuals(asked: RealAttributes, heard: RealAttributes, own: dict, rat
     pairs += [[unused_by_evaluation(phrasing.unrelated_prompt(rng), phrasing.unrelated_prompt), 1.0]
               for _ in range(CF_MIX["unrelated"])]
     return [pairs[i] for i in rng.permutation(len(pairs))]
-
-
-def _template_counterfactual(asked, heard, own, rated_ta, rng) -> tuple[str, float]:
-    """A template prompt with one or two kinds changed; the rated TA moves by the change in the
-    raters' latent TA from the clip's own prompt's assertion `own`."""
-    other = asked
-    for kind in rng.choice(TEMPLATE_KINDS, size=int(rng.integers(1, 3)), replace=False):
-        other = change_attribute(other, str(kind), rng)
-    shift = asserted_ta(assertion_matches(assertion_of(other), heard)) - asserted_ta(assertion_matches(own, heard))
-    return prompt_for(other, rng), round(float(np.clip(rated_ta + shift, 1.0, 5.0)), 3)
 
 
 # --------------------------------------------------------------------------- corpus

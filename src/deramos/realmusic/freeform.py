@@ -19,6 +19,7 @@ from __future__ import annotations
 import functools
 import json
 import re
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -184,6 +185,8 @@ def evaluate_freeform(model, data: Path, prompt_set: Path = PROMPT_SET_DIR, cach
     described, unrelated = load_prompt_set(prompt_set)
     pairs = draw_pairs(heard, described, unrelated, np.random.default_rng(seed))
     waves = [load_audio(c.path, model.cfg.audio.sample_rate) for c in clips]
-    featurizer = Featurizer(model, cache_dir=cache_dir)   # frozen encoders: each clip encoded once
-    _, ta = predict(featurizer, [waves[p.clip] for p in pairs], [p.prompt.text for p in pairs])
+    # each clip is paired with ~16 prompts: without a cache its frozen encoding would run 16 times
+    with tempfile.TemporaryDirectory() as scratch:
+        featurizer = Featurizer(model, cache_dir=cache_dir or scratch)
+        _, ta = predict(featurizer, [waves[p.clip] for p in pairs], [p.prompt.text for p in pairs])
     return freeform_metrics(pairs, ta)

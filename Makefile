@@ -89,18 +89,18 @@ small-model: $(VENV)/.installed
 # DeRA-MOS and point-wise without the TA contrast term (the control in docs/ablation.md, added by hand).
 ablation: $(VENV)/.realmusic
 	BIN=$(VENV)/bin WORK=build/ablation/corpora CORPORA_ONLY=1 bash scripts/train_realmusic_model.sh
-	$(PY) -m deramos.ablation --preset musicnn --data build/ablation/corpora/merged \
+	$(PY) -m deramos.training.ablation --preset musicnn --data build/ablation/corpora/merged \
 		--heldout real=build/ablation/corpora/real-heldout --heldout synthetic=build/ablation/corpora/heldout \
 		--epochs 30 --batch-size 24 --lr 1e-3 --counterfactual-prompts 8 --contrast-weight 1 \
 		--out build/ablation --report docs/ablation.md
-	$(PY) -m deramos.ablation --preset musicnn --data build/ablation/corpora/merged \
+	$(PY) -m deramos.training.ablation --preset musicnn --data build/ablation/corpora/merged \
 		--heldout real=build/ablation/corpora/real-heldout --heldout synthetic=build/ablation/corpora/heldout \
 		--epochs 30 --batch-size 24 --lr 1e-3 --counterfactual-prompts 8 --contrast-weight 0 --losses dera,pointwise \
 		--cache-dir build/ablation/cache --out build/ablation-nocontrast --report build/ablation-nocontrast/ablation.md
 
 # The earlier ablation: the `small` preset on a synthetic corpus, its encoder pre-trained here.
 ablation-small: $(VENV)/.installed
-	$(PY) -m deramos.ablation --out build/ablation-small --report docs/ablation-small.md
+	$(PY) -m deramos.training.ablation --out build/ablation-small --report docs/ablation-small.md
 
 bench: $(VENV)/.installed
 	$(VENV)/bin/deramos-bench --preset paper --batch-sizes 4 --clip-seconds 30 --seconds 30 --json build/bench-paper.json

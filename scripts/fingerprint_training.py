@@ -19,9 +19,9 @@ from pathlib import Path
 
 import torch
 
-from deramos.pretrain import PretrainArgs, pretrain
-from deramos.synth import generate_corpus
-from deramos.train import TrainArgs, run_training
+from deramos.data.synth import generate_corpus
+from deramos.training.pretrain import PretrainArgs, pretrain
+from deramos.training.train import TrainArgs, run_training
 
 
 def digest(data: bytes) -> str:

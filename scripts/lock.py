@@ -20,8 +20,13 @@ import urllib.request
 from pathlib import Path
 
 # pip's own copy of `packaging`: the interpreter running this script needs nothing installed
-from pip._vendor.packaging.utils import (InvalidSdistFilename, InvalidWheelFilename, canonicalize_name,
-                                         parse_sdist_filename, parse_wheel_filename)
+from pip._vendor.packaging.utils import (
+    InvalidSdistFilename,
+    InvalidWheelFilename,
+    canonicalize_name,
+    parse_sdist_filename,
+    parse_wheel_filename,
+)
 from pip._vendor.packaging.version import InvalidVersion, Version
 
 INDEX = "https://pypi.org/simple"

@@ -29,8 +29,16 @@ RECORDINGS = (("/usr/share/games/wesnoth/1.16/data/core/music/battle.ogg", 15.0)
 def make_clips(out: Path) -> list[Path]:
     from music21 import corpus
 
-    from deramos.realmusic.render import (Arrangement, RenderError, arranged_score, find_soundfont,
-                                          load_recording, normalise, render_score, trim)
+    from deramos.data.realmusic.render import (
+        Arrangement,
+        RenderError,
+        arranged_score,
+        find_soundfont,
+        load_recording,
+        normalise,
+        render_score,
+        trim,
+    )
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
@@ -59,8 +67,8 @@ def _write(path: Path, audio: np.ndarray) -> Path:
 
 
 def compare(reference: Path, report: Path | None) -> int:
-    from deramos.config import AudioEncoderConfig
-    from deramos.musicnn import PATCH_FRAMES, MusicnnEncoder
+    from deramos.model.config import AudioEncoderConfig
+    from deramos.model.musicnn import PATCH_FRAMES, MusicnnEncoder
 
     rows = []
     encoders = {}

@@ -20,10 +20,10 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from deramos.config import AudioEncoderConfig
+from deramos.model.config import AudioEncoderConfig
+from deramos.model.musicnn import FEATURES, MODELS, MusicnnEncoder
+from deramos.model.tempo_tonality import WIDTHS as EXTRA_WIDTHS
 from deramos.runtime.metrics import spearman
-from deramos.musicnn import FEATURES, MODELS, MusicnnEncoder
-from deramos.tempo_tonality import WIDTHS as EXTRA_WIDTHS
 
 KINDS = ("instrument", "ensemble", "tempo", "mood", "dynamics")
 CANDIDATES = {
@@ -96,7 +96,7 @@ def probe(x: np.ndarray, records: list[dict], folds: np.ndarray) -> dict:
 
 
 def _kind_value(attributes: dict, kind: str) -> str:
-    from deramos.realmusic.attributes import RealAttributes
+    from deramos.data.realmusic.attributes import RealAttributes
 
     return RealAttributes.from_dict(attributes).kind_value(kind)
 

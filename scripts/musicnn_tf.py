@@ -58,7 +58,7 @@ def read_checkpoint(model: str) -> dict[str, np.ndarray]:
 
 
 def torch_layout(tensors: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """TF names and layouts -> the port's state dict (deramos/musicnn.py)."""
+    """TF names and layouts -> the port's state dict (deramos/model/musicnn.py)."""
     out = {}
     for tf_name, ours in FRONT_END.items():        # [kh, kw, in, out] -> [out, in, kh, kw]
         out[f"{ours}.conv.weight"] = tensors[f"{tf_name}/kernel"].transpose(3, 2, 0, 1)

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from deramos.musiceval import read_split
-from deramos.realmusic.attributes import RealAttributes, mismatched, prompt_for
+from deramos.data.musiceval import read_split
+from deramos.data.realmusic.attributes import RealAttributes, mismatched, prompt_for
 
 MISMATCH_KINDS = ("instrument", "tempo", "mood")
 EXAMPLES_PER_KIND = 2

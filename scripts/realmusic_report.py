@@ -17,9 +17,9 @@ import json
 import sys
 from pathlib import Path
 
-from deramos.checkpoint import load_checkpoint
-from deramos.realmusic import freeform
-from deramos.realmusic.report import evaluate_model, markdown
+from deramos.data.realmusic import freeform
+from deramos.model.checkpoint import load_checkpoint
+from deramos.training.realmusic_report import evaluate_model, markdown
 
 
 def main(argv=None) -> int:

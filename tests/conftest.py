@@ -23,7 +23,7 @@ def torch_single_thread():
 def tiny_corpus(tmp_path_factory):
     """A small synthetic MusicEval-layout corpus (48 clips, 4 systems, 2-3 s) for training and
     evaluation tests. Treat it as read-only: copy it before changing anything."""
-    from deramos.synth import generate_corpus
+    from deramos.data.synth import generate_corpus
 
     root = tmp_path_factory.mktemp("tiny_corpus") / "data"
     generate_corpus(root, clips=48, systems=4, seed=3, min_seconds=2.0, max_seconds=3.0, progress=False)
@@ -49,8 +49,8 @@ def runtime_model():
     """The tiny DeRA-MOS model (seeded, eval mode) behind `runtime_bundle`; do not modify it."""
     import torch
 
-    from deramos.config import preset
-    from deramos.model import DeRAMOS
+    from deramos.model.config import preset
+    from deramos.model.network import DeRAMOS
 
     torch.manual_seed(1234)
     return _spread_scores(DeRAMOS(preset("tiny"))).eval()
@@ -59,9 +59,9 @@ def runtime_model():
 @pytest.fixture(scope="session")
 def runtime_bundle(runtime_model, tmp_path_factory):
     """An exported bundle (fp32 + fp16) of `runtime_model`. Read-only: copy it to tamper with it."""
-    from deramos.export.api import ExportOptions, export_bundle
-
     import torch
+
+    from deramos.export.api import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("runtime") / "bundle"
     threads = torch.get_num_threads()
@@ -118,7 +118,7 @@ class _Said(list):
 def export_corpus(tmp_path_factory):
     """The synthetic corpus the export tests' model is trained on (48 clips, 4 systems, 2-3 s).
     Read-only (it is also the MusicEval-layout calibration source)."""
-    from deramos.synth import generate_corpus
+    from deramos.data.synth import generate_corpus
 
     root = tmp_path_factory.mktemp("export_corpus") / "data"
     generate_corpus(root, clips=48, systems=4, seed=0, min_seconds=2, max_seconds=3, progress=False)
@@ -129,7 +129,7 @@ def export_corpus(tmp_path_factory):
 def export_run(export_corpus, tmp_path_factory):
     """A deramos-train run of the tiny preset (3 epochs): its scores spread out, unlike a
     random-init model's, so ranking checks (SRCC) mean something."""
-    from deramos.train import TrainArgs, run_training
+    from deramos.training.train import TrainArgs, run_training
 
     base = tmp_path_factory.mktemp("export_run")
     with _one_torch_thread():
@@ -142,7 +142,7 @@ def export_model(export_run):
     """The trained tiny model (eval mode, torch.stft front-end), its scores spread out
     (`_spread_scores`): three epochs on 48 clips leave them within ~0.002 of each other, where
     any rounding reorders clips and a ranking check measures noise. Do not modify it."""
-    from deramos.checkpoint import load_checkpoint
+    from deramos.model.checkpoint import load_checkpoint
 
     return _spread_scores(load_checkpoint(export_run))
 

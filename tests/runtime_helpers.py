@@ -11,8 +11,8 @@ WINDOW_SECONDS = 6.0
 
 def music(seconds: float, seed: int, rate: int = RATE) -> np.ndarray:
     """A rendered music clip (float32 mono) and nothing random beyond the seed."""
+    from deramos.data.synth.music import SAMPLE_RATE, random_attributes, render_clip
     from deramos.runtime.audio import resample
-    from deramos.synth.music import SAMPLE_RATE, random_attributes, render_clip
 
     rng = np.random.default_rng(seed)
     clip = render_clip(random_attributes(rng), rng, SAMPLE_RATE, seconds).astype(np.float32)

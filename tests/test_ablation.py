@@ -14,9 +14,9 @@ from click.testing import CliRunner
 from safetensors.torch import load_file
 from scipy import stats
 
-from deramos.ablation import main
-from deramos.synth.corpus import latent_mi
-from deramos.synth.degrade import add_noise, hard_clip, low_pass
+from deramos.data.synth.corpus import latent_mi
+from deramos.data.synth.degrade import add_noise, hard_clip, low_pass
+from deramos.training.ablation import main
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -13,8 +13,8 @@ from safetensors.torch import load_file, save_file
 from transformers import Wav2Vec2ConformerConfig
 from transformers.models.wav2vec2_conformer.modeling_wav2vec2_conformer import Wav2Vec2ConformerEncoder
 
-from deramos.audio_encoder import AudioEncoder, Conformer, load_muq_encoder, muq_state_dict
-from deramos.config import AudioEncoderConfig, preset
+from deramos.model.audio_encoder import AudioEncoder, Conformer, load_muq_encoder, muq_state_dict
+from deramos.model.config import AudioEncoderConfig, preset
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -391,7 +391,7 @@ DAMAGE = {
 
 @pytest.mark.parametrize("case", sorted(DAMAGE))
 def test_a_damaged_muq_directory_names_the_file(tmp_path, case):
-    from deramos.checkpoint import CheckpointError
+    from deramos.model.weights import CheckpointError
 
     name, damage, cause = DAMAGE[case]
     write_muq_dir(tmp_path / "muq")
@@ -406,7 +406,7 @@ def test_a_damaged_muq_directory_names_the_file(tmp_path, case):
 def test_deramos_train_with_a_damaged_audio_encoder_is_one_line(tmp_path, case):
     from click.testing import CliRunner
 
-    from deramos.train import main
+    from deramos.training.train import main
 
     name, damage, cause = DAMAGE[case]
     write_muq_dir(tmp_path / "muq")

@@ -352,6 +352,7 @@ def test_a_tightened_tolerance_takes_the_margin_off_every_allowance():
 
 def test_search_margin_out_of_range_is_refused_before_anything_is_built(tmp_path):
     from click.testing import CliRunner
+
     from deramos.build.cli import main
 
     result = CliRunner().invoke(main, [str(tmp_path), "--int8", "--int8-search", "--int8-search-margin", "1"])

@@ -10,8 +10,17 @@ from pathlib import Path
 import pytest
 
 from deramos.export.validate import TOLERANCES
-from deramos.runtime.bundle import (FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, Bundle, BundleError, check_graph_io,
-                                    load_bundle, verify_files)
+from deramos.runtime.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH_IO,
+    GRAPHS,
+    Bundle,
+    BundleError,
+    check_graph_io,
+    load_bundle,
+    verify_files,
+)
 
 # What each graph declares: name -> (dtype, shape); ints are fixed sizes of the tiny preset.
 EXPECTED_IO = {

@@ -9,15 +9,15 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deramos.calibration import quantize as q
-from deramos.calibration.dataset import held_out_set, load_calibration_set
 from deramos.build.onnxio import save_onnx
 from deramos.build.stage import BuildOptions, build_bundle
-from deramos.export.api import ExportOptions
-from deramos.runtime.compare import TOLERANCES
+from deramos.calibration import quantize as q
+from deramos.calibration.dataset import held_out_set, load_calibration_set
 from deramos.calibration.samples import batches
-from deramos.runtime.metrics import spearman
+from deramos.export.api import ExportOptions
 from deramos.runtime.bundle import GRAPHS, load_bundle, sha256_file
+from deramos.runtime.compare import TOLERANCES
+from deramos.runtime.metrics import spearman
 from deramos.runtime.text import PromptTokenizer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")

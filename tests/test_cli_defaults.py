@@ -9,15 +9,18 @@ import re
 import click
 import pytest
 
-from deramos.checkpoint import CHECKPOINT_KINDS
-from deramos.config import PRESETS
-from deramos.data import WINDOW_POLICIES
-from deramos.evaluate import evaluate_checkpoint, main as eval_main
-from deramos.losses import LOSS_KINDS, LossConfig
-from deramos.pretrain import PRETRAINABLE, PretrainArgs, main as pretrain_main
-from deramos.synth import generate_corpus
-from deramos.synth.cli import main as synth_main
-from deramos.train import DEFAULT_LR, TrainArgs, main as train_main
+from deramos.data.clips import WINDOW_POLICIES
+from deramos.data.synth import generate_corpus
+from deramos.data.synth.cli import main as synth_main
+from deramos.model.checkpoint import CHECKPOINT_KINDS
+from deramos.model.config import PRESETS
+from deramos.training.evaluate import evaluate_checkpoint
+from deramos.training.evaluate import main as eval_main
+from deramos.training.losses import LOSS_KINDS, LossConfig
+from deramos.training.pretrain import PRETRAINABLE, PretrainArgs
+from deramos.training.pretrain import main as pretrain_main
+from deramos.training.train import DEFAULT_LR, TrainArgs
+from deramos.training.train import main as train_main
 
 
 def field_defaults(cls) -> dict:

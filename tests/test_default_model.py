@@ -54,8 +54,8 @@ def featurizer(tmp_path_factory):
     import os
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    from deramos.checkpoint import load_checkpoint
-    from deramos.features import Featurizer
+    from deramos.model.checkpoint import load_checkpoint
+    from deramos.training.features import Featurizer
 
     # the frozen encoders' outputs are cached by content: each clip is encoded once for all draws
     return Featurizer(load_checkpoint(MODEL_DIR), cache_dir=tmp_path_factory.mktemp("features"))
@@ -64,7 +64,7 @@ def featurizer(tmp_path_factory):
 def _prompt_pairs(rows: list[dict], rng) -> tuple[list[str], list[str]]:
     """Per clip, a prompt naming what it really is and one with 2-3 attributes wrong (as
     scripts/realmusic_report.py draws them)."""
-    from deramos.realmusic.attributes import RealAttributes, mismatched, prompt_for
+    from deramos.data.realmusic.attributes import RealAttributes, mismatched, prompt_for
 
     matched, wrong = [], []
     for row in rows:
@@ -76,8 +76,8 @@ def _prompt_pairs(rows: list[dict], rng) -> tuple[list[str], list[str]]:
 
 
 def test_it_hears_real_music_it_never_saw(featurizer):
-    from deramos.features import predict
     from deramos.runtime.audio import load_audio
+    from deramos.training.features import predict
 
     rows = [json.loads(line) for line in (CHECK_SET / "clips.jsonl").read_text().splitlines()]
     assert len(rows) == 48
@@ -98,8 +98,8 @@ def test_it_hears_real_music_it_never_saw(featurizer):
 
 
 def test_examples_score_in_range_and_mi_ignores_the_prompt(featurizer):
-    from deramos.features import predict
     from deramos.runtime.audio import load_audio
+    from deramos.training.features import predict
 
     rows = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
     waves = [load_audio(REPO / "examples" / r["path"], 16000) for r in rows]
@@ -114,10 +114,10 @@ def test_examples_score_in_range_and_mi_ignores_the_prompt(featurizer):
 def test_freeform_prompts_on_the_check_set(featurizer):
     """The hand-written prompts (tests/data/freeform) paired with the check set's clips: prompts
     about no music get a low TA, and TA ranks the pairs with what the raters would say."""
-    from deramos.features import predict
-    from deramos.realmusic.attributes import RealAttributes
-    from deramos.realmusic.freeform import draw_pairs, freeform_metrics, load_prompt_set
+    from deramos.data.realmusic.attributes import RealAttributes
+    from deramos.data.realmusic.freeform import draw_pairs, freeform_metrics, load_prompt_set
     from deramos.runtime.audio import load_audio
+    from deramos.training.features import predict
 
     rows = [json.loads(line) for line in (CHECK_SET / "clips.jsonl").read_text().splitlines()]
     waves = [load_audio(CHECK_SET / r["path"], 16000) for r in rows]
@@ -134,9 +134,9 @@ def test_freeform_prompts_on_the_check_set(featurizer):
 def test_examples_own_prompt_beats_prompts_about_no_music(featurizer):
     """Issue 19's table: under the previous default "rain on a window" scored above the clips'
     own instruments. Every example's own (hand-written) prompt must clear both by a margin."""
-    from deramos.features import predict
-    from deramos.realmusic.attributes import RealAttributes, assertion_matches, check_assertion
+    from deramos.data.realmusic.attributes import RealAttributes, assertion_matches, check_assertion
     from deramos.runtime.audio import load_audio
+    from deramos.training.features import predict
 
     rows = [json.loads(line) for line in (REPO / "examples" / "prompts.jsonl").read_text().splitlines()]
     assert len(rows) == 6

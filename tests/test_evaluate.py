@@ -10,10 +10,10 @@ import pytest
 from click.testing import CliRunner
 from scipy.stats import spearmanr
 
-from deramos.evaluate import evaluate_checkpoint, main
-from deramos.musiceval import read_answer, read_split, read_system_mos
-from deramos.reporting import EvaluationError
-from deramos.train import TrainArgs, run_training
+from deramos.data.musiceval import read_answer, read_split, read_system_mos
+from deramos.runtime.errors import EvaluationError
+from deramos.training.evaluate import evaluate_checkpoint, main
+from deramos.training.train import TrainArgs, run_training
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

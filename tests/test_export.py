@@ -19,13 +19,13 @@ import pytest
 import torch
 
 from deramos.build import onnxio
+from deramos.calibration.samples import sample_set
 from deramos.export import validate as export_validate
 from deramos.export.api import ExportFailed, ExportOptions, export_bundle
 from deramos.export.graphs import example_inputs
-from deramos.calibration.samples import sample_set
-from deramos.frontend import dft_basis
-from deramos.runtime.metrics import spearman
+from deramos.model.frontend import dft_basis
 from deramos.runtime.bundle import GRAPHS, load_bundle
+from deramos.runtime.metrics import spearman
 from deramos.runtime.text import PromptTokenizer
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -580,8 +580,8 @@ def test_a_text_vocabulary_smaller_than_1000_exports(tmp_path, torch_single_thre
     """The tracing inputs once used ids up to 1000 whatever the vocabulary (IndexError)."""
     import onnxruntime as ort
 
-    from deramos.config import preset
-    from deramos.model import DeRAMOS
+    from deramos.model.config import preset
+    from deramos.model.network import DeRAMOS
 
     cfg = preset("tiny")
     cfg.text.vocab_size = 300
@@ -607,8 +607,8 @@ def test_fewer_calibration_clips_than_asked_for_is_said(tmp_path, torch_single_t
     """--calib-clips 16 on a folder of 3 clips: the export says it calibrated on 3."""
     import soundfile as sf
 
+    from deramos.data.synth.music import SAMPLE_RATE, random_attributes, render_clip
     from deramos.runtime.audio import resample
-    from deramos.synth.music import SAMPLE_RATE, random_attributes, render_clip
 
     folder = tmp_path / "calib"
     folder.mkdir()

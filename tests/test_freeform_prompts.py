@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from deramos.realmusic.attributes import check_assertion
+from deramos.data.realmusic.attributes import check_assertion
 
 DATA = Path(__file__).parent / "data" / "freeform"
 

@@ -8,7 +8,7 @@ import pytest
 import scipy.signal
 import torch
 
-from deramos.frontend import MelFrontEnd, frame_count, mel_filterbank
+from deramos.model.frontend import MelFrontEnd, frame_count, mel_filterbank
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

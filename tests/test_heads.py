@@ -8,8 +8,8 @@ import math
 import pytest
 import torch
 
-from deramos.config import preset
-from deramos.heads import Heads
+from deramos.model.config import preset
+from deramos.model.heads import Heads
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -264,7 +264,7 @@ def test_ta_cross_attention_matches_torch_multihead_attention():
 
 
 def test_sinusoidal_positions_by_hand():
-    from deramos.heads import sinusoidal_positions
+    from deramos.model.heads import sinusoidal_positions
 
     table = sinusoidal_positions(6, 8, "cpu", torch.float32)
     assert table.shape == (6, 8)

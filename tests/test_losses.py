@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from deramos.losses import (
+from deramos.training.losses import (
     LOSS_KINDS,
     LossConfig,
     alignment,

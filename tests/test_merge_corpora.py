@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from deramos.musiceval import read_split, read_system_mos
-from deramos.synth.corpus import generate_corpus
-from deramos.synth.counterfactual import load_counterfactuals
+from deramos.data.musiceval import read_split, read_system_mos
+from deramos.data.synth.corpus import generate_corpus
+from deramos.data.synth.counterfactual import load_counterfactuals
 
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "merge_corpora.py"
 spec = importlib.util.spec_from_file_location("merge_corpora", SCRIPT)

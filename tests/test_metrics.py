@@ -9,6 +9,7 @@ import pytest
 from scipy import stats
 
 from deramos.runtime.metrics import (
+    _count_inversions,
     evaluate,
     format_table,
     kendall_tau,
@@ -18,7 +19,6 @@ from deramos.runtime.metrics import (
     spearman,
     system_scores,
 )
-from deramos.runtime.metrics import _count_inversions
 
 SIZES = [2, 3, 7, 100, 1000]
 SEEDS = [0, 1, 2, 3]

@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from deramos.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
-from deramos.config import preset
-from deramos.data import FeatureCache, content_key
-from deramos.features import Featurizer, min_tail_samples, predict
-from deramos.model import DeRAMOS
+from deramos.model.checkpoint import FORMAT_VERSION, load_checkpoint, save_checkpoint
+from deramos.model.config import min_tail_samples, preset
+from deramos.model.network import DeRAMOS
+from deramos.model.text_encoder import tokenizer_file
 from deramos.runtime.text import PromptTokenizer
-from deramos.text_encoder import tokenizer_file
+from deramos.training.feature_cache import FeatureCache, content_key
+from deramos.training.features import Featurizer, predict
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -390,8 +390,8 @@ def test_predict_long_clip_is_length_weighted_mean_of_windows(tmp_path):
 
 def write_tiny_muq_dir(directory: Path, seed: int = 0) -> Path:
     """A minimal directory in the official MuQ layout for a tiny encoder."""
-    from deramos.audio_encoder import AudioEncoder
-    from deramos.config import AudioEncoderConfig
+    from deramos.model.audio_encoder import AudioEncoder
+    from deramos.model.config import AudioEncoderConfig
 
     torch.manual_seed(seed)
     encoder = AudioEncoder(AudioEncoderConfig(
@@ -454,7 +454,7 @@ def test_fine_tuned_source_encoder_is_saved(tmp_path, part):
 def test_checkpoint_with_local_text_encoder_without_tokenizer_json(tmp_path):
     from transformers import BertConfig, BertModel
 
-    from deramos.text_encoder import resolve_source
+    from deramos.model.text_encoder import resolve_source
 
     text_dir = tmp_path / "bert"
     torch.manual_seed(0)

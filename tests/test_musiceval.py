@@ -1,4 +1,4 @@
-"""Tests for deramos.musiceval on a small MusicEval layout built by hand."""
+"""Tests for deramos.data.musiceval on a small MusicEval layout built by hand."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deramos.musiceval import (
+from deramos.data.musiceval import (
     Clip,
     parse_wav_name,
     read_answer,

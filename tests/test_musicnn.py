@@ -15,8 +15,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from deramos.config import AudioEncoderConfig
-from deramos.musicnn import (
+from deramos.model.config import AudioEncoderConfig
+from deramos.model.musicnn import (
     LABELS,
     MODELS,
     PATCH_FRAMES,

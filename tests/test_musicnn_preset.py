@@ -10,10 +10,10 @@ import pytest
 import soundfile as sf
 import torch
 
-from deramos.checkpoint import load_checkpoint, save_checkpoint
-from deramos.config import MUSICNN_SOURCE, ModelConfig, preset
-from deramos.features import Featurizer, predict
-from deramos.model import DeRAMOS
+from deramos.model.checkpoint import load_checkpoint, save_checkpoint
+from deramos.model.config import MUSICNN_SOURCE, ModelConfig, preset
+from deramos.model.network import DeRAMOS
+from deramos.training.features import Featurizer, predict
 
 DATA = Path(__file__).parent / "data" / "musicnn"
 PROMPTS = ("A string quartet playing a slow, sad classical piece.", "Fast loud rock with drums.")

@@ -3,10 +3,10 @@ import numpy as np
 import pytest
 import torch
 
-from deramos.config import preset
-from deramos.features import Featurizer
-from deramos.losses import LossConfig, total_loss
-from deramos.model import DeRAMOS
+from deramos.model.config import preset
+from deramos.model.network import DeRAMOS
+from deramos.training.features import Featurizer
+from deramos.training.losses import LossConfig, total_loss
 
 
 @pytest.mark.slow

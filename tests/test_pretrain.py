@@ -12,12 +12,14 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-from deramos.audio_encoder import AudioEncoder
-from deramos.config import preset
-from deramos.synth import FAMILIES
-from deramos.pretrain import CLASSES, PRETRAINABLE, PretrainArgs, attribute_labels, main as pretrain_main, pretrain
-from deramos.reporting import TrainingError
-from deramos.train import TrainArgs, main as train_main, run_training
+from deramos.data.synth import FAMILIES
+from deramos.model.audio_encoder import AudioEncoder
+from deramos.model.config import preset
+from deramos.runtime.errors import TrainingError
+from deramos.training.pretrain import CLASSES, PRETRAINABLE, PretrainArgs, attribute_labels, pretrain
+from deramos.training.pretrain import main as pretrain_main
+from deramos.training.train import TrainArgs, run_training
+from deramos.training.train import main as train_main
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

@@ -11,12 +11,22 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from deramos.musiceval import read_split
-from deramos.realmusic.attributes import (ENSEMBLES, FAMILIES, PROMPT_KINDS, RealAttributes, attribute_matches,
-                                          change_attribute, counterfactual, latent_ta, mismatched, prompt_for)
-from deramos.realmusic.render import SOUNDFONT_DIRS, RenderError, find_soundfont
-from deramos.synth.counterfactual import load_counterfactuals
-from deramos.synth.music import VOCABULARY
+from deramos.data.musiceval import read_split
+from deramos.data.realmusic.attributes import (
+    ENSEMBLES,
+    FAMILIES,
+    PROMPT_KINDS,
+    RealAttributes,
+    attribute_matches,
+    change_attribute,
+    counterfactual,
+    latent_ta,
+    mismatched,
+    prompt_for,
+)
+from deramos.data.realmusic.render import SOUNDFONT_DIRS, RenderError, find_soundfont
+from deramos.data.synth.counterfactual import load_counterfactuals
+from deramos.data.synth.music import VOCABULARY
 
 ASKED = RealAttributes(instrument="strings", ensemble="solo", tempo_bpm=70.0, mode="minor", dynamics="soft")
 
@@ -78,7 +88,7 @@ def _renderable() -> bool:
 @pytest.mark.slow
 @pytest.mark.skipif(not _renderable(), reason="needs fluidsynth, fluid-soundfont-gm and music21 (make realmusic)")
 def test_tiny_corpus_in_musiceval_layout(tmp_path):
-    from deramos.realmusic.corpus import build_corpus
+    from deramos.data.realmusic.corpus import build_corpus
 
     summary = build_corpus(tmp_path, "train", systems=2, clips_per_system=3, recording_share=0.0, pieces=3,
                            seconds=4.0, seed=5, workers=1, progress=False)
@@ -103,8 +113,8 @@ def test_tiny_corpus_in_musiceval_layout(tmp_path):
 
 @pytest.mark.skipif(not _renderable(), reason="needs fluidsynth, fluid-soundfont-gm and music21 (make realmusic)")
 def test_people_prompts_are_rated_on_what_they_assert(tmp_path):
-    from deramos.realmusic.attributes import asserted_ta, assertion_matches, check_assertion
-    from deramos.realmusic.corpus import CF_MIX, build_corpus
+    from deramos.data.realmusic.attributes import asserted_ta, assertion_matches, check_assertion
+    from deramos.data.realmusic.corpus import CF_MIX, build_corpus
 
     build_corpus(tmp_path, "train", systems=2, clips_per_system=4, recording_share=0.0, pieces=8, seconds=4.0,
                  seed=6, workers=1, progress=False, people_share=1.0)
@@ -170,7 +180,7 @@ def test_without_music21_it_says_what_to_install_in_one_line(tmp_path, fluidsynt
 def test_the_share_of_people_prompts_leaves_the_audio_alone(tmp_path):
     """Prompt words have their own random stream once people's prompts are on: corpora that
     differ only in --people-prompts hold the same clips (and share a feature cache)."""
-    from deramos.realmusic.corpus import build_corpus
+    from deramos.data.realmusic.corpus import build_corpus
 
     def build(share):
         out = tmp_path / str(share)

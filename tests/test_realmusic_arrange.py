@@ -10,11 +10,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from deramos.realmusic.arrange import (DRUM_CHANNEL, STYLES, Song, Track, Tune, arrange, midi_bytes,
-                                       random_arrangement_attributes, write_midi)
-from deramos.realmusic.attributes import FAMILIES, GENRES, RealAttributes
-from deramos.realmusic.corpus import SOURCES
-from deramos.realmusic.render import SOUNDFONT_DIRS
+from deramos.data.realmusic.arrange import (
+    DRUM_CHANNEL,
+    STYLES,
+    Song,
+    Track,
+    Tune,
+    arrange,
+    midi_bytes,
+    random_arrangement_attributes,
+    write_midi,
+)
+from deramos.data.realmusic.attributes import FAMILIES, GENRES, RealAttributes
+from deramos.data.realmusic.corpus import SOURCES
+from deramos.data.realmusic.render import SOUNDFONT_DIRS
 
 pytest.importorskip("music21")
 
@@ -96,7 +105,7 @@ def _low_share(audio: np.ndarray, rate: int = 16000) -> float:
 
 @pytest.mark.skipif(not _renderable(), reason="needs fluidsynth and fluid-soundfont-gm (apt-get install fluidsynth fluid-soundfont-gm)")
 def test_rendered_bass_puts_energy_in_the_low_band(tmp_path):
-    from deramos.realmusic.render import find_soundfont, render_midi
+    from deramos.data.realmusic.render import find_soundfont, render_midi
 
     heard = RealAttributes(instrument="flute", ensemble="small", tempo_bpm=100.0, genre="folk", drums="no drums",
                            others=("bass",))
@@ -119,7 +128,7 @@ def test_train_and_heldout_sources_are_disjoint():
 
 @pytest.mark.skipif(not _renderable(), reason="needs fluidsynth and fluid-soundfont-gm (apt-get install fluidsynth fluid-soundfont-gm)")
 def test_tiny_arrangement_corpus(tmp_path):
-    from deramos.realmusic.corpus import build_corpus
+    from deramos.data.realmusic.corpus import build_corpus
 
     summary = build_corpus(tmp_path, "train", systems=2, clips_per_system=3, recording_share=0.0, pieces=1,
                            seconds=4.0, seed=2, workers=1, progress=False, arrangement_share=1.0, tunes=12)

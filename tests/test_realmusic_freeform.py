@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from scipy.stats import spearmanr
 
-from deramos.realmusic.attributes import RealAttributes, asserted_ta, assertion_matches, check_assertion
-from deramos.realmusic.freeform import Prompt, draw_pairs, freeform_metrics
-from deramos.realmusic.report import mi_by_degradation, reward_replay
+from deramos.data.realmusic.attributes import RealAttributes, asserted_ta, assertion_matches, check_assertion
+from deramos.data.realmusic.freeform import Prompt, draw_pairs, freeform_metrics
+from deramos.training.realmusic_report import mi_by_degradation, reward_replay
 
 CLIPS = [RealAttributes(instrument="piano", tempo_bpm=70.0, mode="minor", dynamics="soft"),
          RealAttributes(instrument="electric_guitar", tempo_bpm=140.0, mode="major", genre="rock", drums="drums",
@@ -89,11 +89,11 @@ def test_mi_by_degradation_uses_the_family_alone():
 
 
 def test_training_prompts_never_use_the_evaluation_texts():
-    from deramos.realmusic import phrasing
-    from deramos.realmusic.arrange import STYLES, random_arrangement_attributes
-    from deramos.realmusic.attributes import random_attributes
-    from deramos.realmusic.corpus import counterfactuals, make_prompt, unused_by_evaluation
-    from deramos.realmusic.freeform import held_out_texts, load_prompt_set, normalised
+    from deramos.data.realmusic import phrasing
+    from deramos.data.realmusic.arrange import STYLES, random_arrangement_attributes
+    from deramos.data.realmusic.attributes import random_attributes
+    from deramos.data.realmusic.corpus import counterfactuals, make_prompt, unused_by_evaluation
+    from deramos.data.realmusic.freeform import held_out_texts, load_prompt_set, normalised
 
     avoid = held_out_texts()
     described, unrelated = load_prompt_set()

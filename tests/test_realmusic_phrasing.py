@@ -1,4 +1,4 @@
-"""deramos.realmusic.phrasing: people-style prompts, their assertions, counterfactual pairs and
+"""deramos.data.realmusic.phrasing: people-style prompts, their assertions, counterfactual pairs and
 prompts about things that are not music. Prompts are parsed back with the module's own tables:
 the text must say exactly what the assertion says."""
 from __future__ import annotations
@@ -10,13 +10,31 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from deramos.realmusic import phrasing
-from deramos.realmusic.attributes import (DRUMS, FAMILIES, GENRES, TEMPLATE_KINDS, RealAttributes, asserted_ta,
-                                          assertion_matches, assertion_of, check_assertion, prompt_for,
-                                          random_attributes)
-from deramos.realmusic.phrasing import (KIND_COUNT_WEIGHTS, SHAPES, SYNONYMS, compose, counterfactual_pair,
-                                        describe, unrelated_prompt, wrong_description)
-from deramos.synth.music import TEMPO_BANDS, tempo_word
+from deramos.data.realmusic import phrasing
+from deramos.data.realmusic.attributes import (
+    DRUMS,
+    FAMILIES,
+    GENRES,
+    TEMPLATE_KINDS,
+    RealAttributes,
+    asserted_ta,
+    assertion_matches,
+    assertion_of,
+    check_assertion,
+    prompt_for,
+    random_attributes,
+)
+from deramos.data.realmusic.phrasing import (
+    KIND_COUNT_WEIGHTS,
+    SHAPES,
+    SYNONYMS,
+    compose,
+    counterfactual_pair,
+    describe,
+    unrelated_prompt,
+    wrong_description,
+)
+from deramos.data.synth.music import TEMPO_BANDS, tempo_word
 
 N = 5000
 # Every phrase of every table, longest first, so "synth bass" is read before "synth".

@@ -1,4 +1,4 @@
-"""The real-music report's statistics (deramos.realmusic.report) against scipy: the matched/mismatched AUC is the
+"""The real-music report's statistics (deramos.training.realmusic_report) against scipy: the matched/mismatched AUC is the
 Mann-Whitney U over all pairs, the paired win rate's interval is the Wilson score interval."""
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from deramos.realmusic import report as realmusic_report
+from deramos.training import realmusic_report as realmusic_report
 
 
 def test_auc_is_mann_whitney_u_over_all_pairs():

@@ -10,8 +10,13 @@ from runtime_helpers import music, run_cli, write_wav
 from deramos.runtime import BackendUnavailable, BundleError, Scorer
 from deramos.runtime.backends import OrtBackend, no_engine_message, select_backend
 from deramos.runtime.bundle import load_bundle
-from deramos.runtime.engines import (DeviceDescription, find_engine_set, mismatch_reason, normalise_capability,
-                                     same_tensorrt_version)
+from deramos.runtime.engines import (
+    DeviceDescription,
+    find_engine_set,
+    mismatch_reason,
+    normalise_capability,
+    same_tensorrt_version,
+)
 
 ORIN = DeviceDescription("Orin", "8.7", "10.3.0")
 H100 = {"gpu_name": "NVIDIA H100 80GB HBM3", "compute_capability": "9.0", "tensorrt_version": "10.3.0",
@@ -145,9 +150,8 @@ def test_missing_precision_names_what_the_bundle_has(runtime_bundle, clip):
 
 
 def test_graph_io_is_checked_against_the_manifest(runtime_bundle, tmp_path):
-    import shutil
-
     import hashlib
+    import shutil
 
     copy = shutil.copytree(runtime_bundle, tmp_path / "bundle")
     shutil.copyfile(copy / "audio_encoder.onnx", copy / "heads.onnx")    # another graph, hash updated

@@ -14,6 +14,7 @@ from runtime_helpers import RATE, music, run_cli, write_wav
 
 from deramos.runtime import BundleError, Scorer
 from deramos.runtime import default as default_module
+from deramos.runtime import paths as paths_module
 
 PROMPT = "calm solo piano"
 
@@ -21,7 +22,7 @@ PROMPT = "calm solo piano"
 @pytest.fixture(scope="module")
 def checkpoint(runtime_model, tmp_path_factory):
     """The runtime test model saved as a checkpoint: it stands in for deramos/default_model/."""
-    from deramos.checkpoint import save_checkpoint
+    from deramos.model.checkpoint import save_checkpoint
 
     return save_checkpoint(runtime_model, tmp_path_factory.mktemp("default") / "default_model")
 
@@ -168,6 +169,6 @@ def test_a_scratch_folder_of_a_live_export_is_kept(default_env):
     old = default_env / f"default-abd.tmp-{os.getpid()}"
     for folder in (live, dead, old):
         folder.mkdir()
-    os.utime(old, (time.time() - default_module.STALE_SCRATCH_SECONDS - 60,) * 2)   # a reused pid
-    assert sorted(default_module.remove_stale_scratch(default_env)) == sorted([dead, old])
+    os.utime(old, (time.time() - paths_module.STALE_SCRATCH_SECONDS - 60,) * 2)   # a reused pid
+    assert sorted(paths_module.remove_stale_scratch(default_env)) == sorted([dead, old])
     assert sorted(p.name for p in default_env.iterdir()) == [live.name]

@@ -1,4 +1,4 @@
-"""The runtime computes what the PyTorch reference scorer computes (deramos.features.predict)."""
+"""The runtime computes what the PyTorch reference scorer computes (deramos.training.features.predict)."""
 from __future__ import annotations
 
 import numpy as np
@@ -15,7 +15,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 def clips_and_reference(runtime_model):
     """52 rendered clips (40 of 1-6 s, 12 of 8-15 s, i.e. 2-3 windows) with mixed prompts
     (several clips share a prompt), and the reference scores for them."""
-    from deramos.features import Featurizer, predict
+    from deramos.training.features import Featurizer, predict
 
     samples = sample_set(40, RATE, WINDOW_SECONDS, seed=11)
     waves, prompts = list(samples.waves), list(samples.prompts)

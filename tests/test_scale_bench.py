@@ -45,9 +45,9 @@ def test_a_loopback_cluster_of_two_raylets(runtime_bundle, runtime_scorer, tmp_p
     scored as the Scorer scores them."""
     import psutil
     import ray
+    from runtime_helpers import music, write_wav
 
     from deramos.scale import LoopbackCluster, Row, ScoringOptions, score_rows
-    from runtime_helpers import music, write_wav
 
     clips = [write_wav(tmp_path / f"{i}.wav", music(2.0, seed=300 + i)) for i in range(8)]
     before = _address_file()

@@ -20,11 +20,10 @@ import tempfile
 import termios
 import threading
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
-
+import tomllib
 from runtime_helpers import music, write_wav
 
 ray = pytest.importorskip("ray", reason="needs deramos[ray] (make test installs it)")

@@ -9,7 +9,6 @@ import os
 import signal
 
 import pytest
-
 from runtime_helpers import error_lines, music, run_cli, write_wav
 
 ray = pytest.importorskip("ray", reason="needs deramos[ray] (make test installs it)")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-
 from runtime_helpers import RATE, music, write_wav
 
 httpclient = pytest.importorskip("tritonclient.http", reason="needs deramos[triton-client]")

@@ -1,4 +1,4 @@
-"""Tests for deramos.synth: the MusicEval-shaped synthetic corpus."""
+"""Tests for deramos.data.synth: the MusicEval-shaped synthetic corpus."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import pytest
 import soundfile as sf
 from click.testing import CliRunner
 
-from deramos.synth import (
+from deramos.data.synth import (
     FAMILIES,
     PROMPT_KINDS,
     VOCABULARY,
@@ -25,9 +25,9 @@ from deramos.synth import (
     prompt_for,
     render_clip,
 )
-from deramos.synth.cli import main as cli_main
-from deramos.synth.degrade import EFFECTS
-from deramos.synth.music import PEAK_LEVEL
+from deramos.data.synth.cli import main as cli_main
+from deramos.data.synth.degrade import EFFECTS
+from deramos.data.synth.music import PEAK_LEVEL
 
 WAV_NAME = re.compile(r"^audiomos2025-track1-(S\d{3})_(P\d{3})\.wav$")
 SPLITS = ("train", "dev", "test")
@@ -351,8 +351,8 @@ def test_too_few_clips_per_system_is_refused(tmp_path):
 
 
 def test_counterfactual_changes_one_or_two_kinds_and_moves_ta_by_their_weight():
-    from deramos.synth.corpus import TA_WEIGHTS
-    from deramos.synth.counterfactual import counterfactual
+    from deramos.data.synth.corpus import TA_WEIGHTS
+    from deramos.data.synth.counterfactual import counterfactual
 
     asked = ClipAttributes(instrument="flute", tempo_bpm=70.0, mode="minor", genre="waltz", dynamics="soft")
     rng = np.random.default_rng(5)
@@ -370,7 +370,7 @@ def test_counterfactual_changes_one_or_two_kinds_and_moves_ta_by_their_weight():
 
 
 def test_counterfactual_can_raise_ta_when_it_asks_for_what_was_rendered():
-    from deramos.synth.counterfactual import counterfactual
+    from deramos.data.synth.counterfactual import counterfactual
 
     asked = ClipAttributes(instrument="flute", genre="waltz")
     heard = ClipAttributes(instrument="organ", genre="waltz")      # the system got the instrument wrong
@@ -381,7 +381,7 @@ def test_counterfactual_can_raise_ta_when_it_asks_for_what_was_rendered():
 
 
 def test_load_counterfactuals_covers_every_clip_deterministically(corpus):
-    from deramos.synth.counterfactual import load_counterfactuals
+    from deramos.data.synth.counterfactual import load_counterfactuals
 
     root, _ = corpus
     table = load_counterfactuals(root, 3, seed=7)
@@ -395,7 +395,7 @@ def test_load_counterfactuals_covers_every_clip_deterministically(corpus):
 
 
 def test_load_counterfactuals_needs_a_synthetic_corpus(tmp_path):
-    from deramos.synth.counterfactual import load_counterfactuals
+    from deramos.data.synth.counterfactual import load_counterfactuals
 
     with pytest.raises(FileNotFoundError, match=r"synth_meta.jsonl: not found; counterfactual prompts need a corpus made by deramos-synth"):
         load_counterfactuals(tmp_path, 2, seed=0)

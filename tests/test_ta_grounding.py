@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from deramos.config import preset
-from deramos.model import DeRAMOS
-from deramos.musicnn import LABELS
+from deramos.model.config import preset
+from deramos.model.musicnn import LABELS
+from deramos.model.network import DeRAMOS
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Tempo and tonality features (deramos/tempo_tonality.py): they find the beat and the mode of
+"""Tempo and tonality features (deramos/model/tempo_tonality.py): they find the beat and the mode of
 known signals, ignore transposition and batching, and export to ONNX with the encoder."""
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import pytest
 import soundfile as sf
 import torch
 
-from deramos.config import preset
-from deramos.musicnn import LogMel, MusicnnEncoder
-from deramos.tempo_tonality import RHYTHM_BIN_EDGES, WIDTHS, TempoTonality
+from deramos.model.config import preset
+from deramos.model.musicnn import LogMel, MusicnnEncoder
+from deramos.model.tempo_tonality import RHYTHM_BIN_EDGES, WIDTHS, TempoTonality
 
 SR = 16000
 FPS = SR / 256

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from deramos.runtime import engine_build as trt_export
-from deramos.runtime.engine_build import Profiles, TensorRTUnavailable, _shapes, available, build_engines, device_tag
 from deramos.runtime.bundle import GRAPH_IO, GRAPHS, load_bundle
+from deramos.runtime.engine_build import Profiles, TensorRTUnavailable, _shapes, available, build_engines, device_tag
 
 HAVE_TENSORRT = importlib.util.find_spec("tensorrt") is not None
 

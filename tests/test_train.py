@@ -21,11 +21,11 @@ import torch
 from click.testing import CliRunner
 from safetensors.torch import load_file
 
-import deramos.config as config_mod
-import deramos.train as train_mod
-from deramos.checkpoint import load_checkpoint
-from deramos.reporting import TrainingError
-from deramos.train import TrainArgs, main, run_training
+import deramos.model.config as config_mod
+import deramos.training.train as train_mod
+from deramos.model.checkpoint import load_checkpoint
+from deramos.runtime.errors import TrainingError
+from deramos.training.train import TrainArgs, main, run_training
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -198,7 +198,7 @@ def test_rerun_of_a_finished_run_adds_nothing(cli_run, tiny_corpus, cache_dir, t
 def test_sigkill_mid_epoch_then_resume(tiny_corpus, cache_dir, tmp_path):
     run = tmp_path / "killed"
     log_file = tmp_path / "train.log"
-    cmd = [sys.executable, "-m", "deramos.train", "--data", str(tiny_corpus), "--preset", "tiny",
+    cmd = [sys.executable, "-m", "deramos.training.train", "--data", str(tiny_corpus), "--preset", "tiny",
            "--epochs", "60", "--out", str(run), "--cache-dir", str(cache_dir), "--no-progress"]
     with open(log_file, "wb") as log:
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=subprocess_env(), cwd=tmp_path)
@@ -286,7 +286,7 @@ def test_crash_between_train_state_and_metrics_line(cli_run, tiny_corpus, cache_
 def test_torchrun_two_processes(tiny_corpus, tmp_path):
     run = tmp_path / "ddp"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "deramos.train", "--data", str(tiny_corpus), "--preset", "tiny", "--epochs", "1",
+           "-m", "deramos.training.train", "--data", str(tiny_corpus), "--preset", "tiny", "--epochs", "1",
            "--max-steps-per-epoch", "2", "--out", str(run), "--no-progress",
            "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, env=subprocess_env(), cwd=tmp_path)
@@ -303,7 +303,7 @@ def test_torchrun_two_processes(tiny_corpus, tmp_path):
 def test_torchrun_last_batch_smaller_than_world(tiny_corpus, tmp_path):
     n_train = len((tiny_corpus / "sets" / "train_mos_list.txt").read_text().split())
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
-           "-m", "deramos.train", "--data", str(tiny_corpus), "--preset", "tiny", "--epochs", "1",
+           "-m", "deramos.training.train", "--data", str(tiny_corpus), "--preset", "tiny", "--epochs", "1",
            "--batch-size", str(n_train - 1), "--out", str(tmp_path / "ddp"), "--no-progress",
            "--cache-dir", str(tmp_path / "cache")]
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env(),
@@ -504,10 +504,10 @@ def test_frozen_encoder_feature_cache(tiny_corpus, tmp_path, monkeypatch, caplog
 def test_init_heads_copies_every_tensor_that_fits(export_run):
     import torch
 
-    from deramos.checkpoint import load_checkpoint
-    from deramos.config import preset
-    from deramos.model import DeRAMOS
-    from deramos.train import start_from_heads
+    from deramos.model.checkpoint import load_checkpoint
+    from deramos.model.config import preset
+    from deramos.model.network import DeRAMOS
+    from deramos.training.train import start_from_heads
 
     trained = load_checkpoint(export_run).state_dict()
     same = DeRAMOS(preset("tiny"), seed=11)

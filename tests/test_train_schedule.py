@@ -5,7 +5,8 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from deramos.train import learning_rate, pick_counterfactuals
+from deramos.training.schedule import learning_rate
+from deramos.training.train import pick_counterfactuals
 
 
 def test_warmup_is_linear_then_cosine_decays_to_ten_percent():

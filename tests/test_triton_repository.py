@@ -8,7 +8,6 @@ from __future__ import annotations
 import numpy as np
 import onnxruntime as ort
 import pytest
-
 from runtime_helpers import RATE, music
 
 pytest.importorskip("tritonclient.grpc", reason="needs deramos[triton-client]")

@@ -33,15 +33,15 @@ def _run(command: str, module: str) -> None:
 
 
 def train() -> None:
-    _run("deramos-train", "deramos.train")
+    _run("deramos-train", "deramos.training.train")
 
 
 def pretrain() -> None:
-    _run("deramos-pretrain", "deramos.pretrain")
+    _run("deramos-pretrain", "deramos.training.pretrain")
 
 
 def evaluate() -> None:
-    _run("deramos-eval", "deramos.evaluate")
+    _run("deramos-eval", "deramos.training.evaluate")
 
 
 def export() -> None:

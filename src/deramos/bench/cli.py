@@ -21,7 +21,7 @@ from pathlib import Path
 import click
 import numpy as np
 
-from ..config import PRESETS
+from ..model.config import PRESETS
 
 CPU_ROWS = [("torch-eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8")]
 GPU_ROWS = [("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnxruntime-tensorrt", "fp16"), ("onnxruntime-cuda", "fp32"),
@@ -30,10 +30,10 @@ GPU_ROWS = [("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnxruntime-tensorrt",
 
 def make_inputs(bundle, clips: int, seconds: float, path: Path, seed: int = 0) -> None:
     """`clips` rendered music clips of `seconds` each and their prompts, tokenised."""
+    from ..data.synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
     from ..runtime.audio import resample
     from ..runtime.contract import seconds_to_samples
     from ..runtime.text import PromptTokenizer
-    from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 
     rng = np.random.default_rng(seed)
     waves, prompts = [], []

@@ -23,8 +23,8 @@ import numpy as np
 def write_clips(root: Path, clips: int, seconds: float, rate: int, seed: int = 0) -> list[tuple[str, str]]:
     import soundfile as sf
 
+    from ..data.synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
     from ..runtime.audio import resample
-    from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 
     rng = np.random.default_rng(seed)
     pairs = []

@@ -93,8 +93,8 @@ def run_level(url: str, payloads: list[tuple[bytes, str]], concurrency: int, req
 
 def clip_payloads(count: int, seconds: float, rate: int, seed: int = 0) -> list[tuple[bytes, str]]:
     """`count` rendered music clips as WAV bytes, each with its prompt."""
+    from ..data.synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
     from ..runtime.audio import resample
-    from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 
     rng = np.random.default_rng(seed)
     payloads = []

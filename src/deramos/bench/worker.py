@@ -40,11 +40,11 @@ def _time_loop(step, seconds: float, min_repeats: int = 3) -> list[float]:
 def torch_step(spec, inputs):
     import torch
 
-    from deramos.checkpoint import load_checkpoint
-    from deramos.model import DeRAMOS
+    from deramos.model.checkpoint import load_checkpoint
+    from deramos.model.network import DeRAMOS
 
     torch.set_num_threads(spec["threads"])
-    from deramos.config import ModelConfig
+    from deramos.model.config import ModelConfig
 
     # Speed does not depend on the weights: the bundle's architecture with random weights will do.
     model = load_checkpoint(spec["checkpoint"]) if spec.get("checkpoint") else \

@@ -17,8 +17,17 @@ import numpy as np
 
 from ..calibration.dataset import ClipSet, load_calibration_set
 from ..calibration.drift import MIN_CLIPS, drift_set, measure_drift
-from ..calibration.quantize import (EXCLUDED_NODE_PREFIXES, QUANTIZED_GRAPHS, QUANTIZED_OPS, check_int8_options,
-                                    int8_ranges, op_flops, quantize, quantized_share, ranges_path)
+from ..calibration.quantize import (
+    EXCLUDED_NODE_PREFIXES,
+    QUANTIZED_GRAPHS,
+    QUANTIZED_OPS,
+    check_int8_options,
+    int8_ranges,
+    op_flops,
+    quantize,
+    quantized_share,
+    ranges_path,
+)
 from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verify_files, write_manifest
 from ..runtime.compare import Comparison
 from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
@@ -240,8 +249,8 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
 def _calibration_clips(bundle: Bundle, options: BuildOptions, say) -> ClipSet:
     window = float(bundle.manifest["window_seconds"])
     if options.calib == "probes":
-        from ..runtime.probes import load_probes
         from ..runtime.audio import load_audio
+        from ..runtime.probes import load_probes
 
         probes = load_probes(bundle)
         files, prompts = probes.files[:options.calib_clips], probes.prompts[:options.calib_clips]

@@ -5,7 +5,7 @@
 - a JSONL file of {"path": ..., "prompt": ...} lines,
 - a folder of audio files plus `prompts.txt` (`file<TAB>prompt` lines, or one prompt per line
   used in turn for the sorted files),
-- nothing: rendered synthetic music (deramos.synth) with matching and mismatching prompts.
+- nothing: rendered synthetic music (deramos.data.synth) with matching and mismatching prompts.
 """
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def held_out_set(spec: str | None, sample_rate: int, window_seconds: float, limi
 
 
 def _rendered_corpus(sample_rate: int, window_seconds: float, limit: int, seed: int) -> ClipSet:
-    from ..synth import generate_corpus
+    from ..data.synth import generate_corpus
 
     with tempfile.TemporaryDirectory() as tmp:
         systems = max(2, min(8, limit // 3))   # the synthesiser renders >= 3 clips per system
@@ -87,7 +87,7 @@ def _crop(wave: np.ndarray, window_seconds: float, sample_rate: int) -> np.ndarr
 
 
 def _from_musiceval(root: Path, splits, sample_rate, window_seconds, limit, seed, source=None) -> ClipSet:
-    from ..musiceval import read_split
+    from ..data.musiceval import read_split
 
     clips = []
     for split in ([splits] if isinstance(splits, str) else splits):

@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from ..data.synth.degrade import apply_degradations
+from ..data.synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 from ..runtime.audio import resample
 from ..runtime.contract import seconds_to_samples
-from ..synth.degrade import apply_degradations
-from ..synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 
 DEGRADATIONS = ("noise", "clipping", "lowpass", "dropouts", "codec")
 

@@ -13,8 +13,17 @@ from typing import Callable
 from ..calibration.quantize import QUANTIZED_GRAPHS
 from ..calibration.samples import sample_set
 from ..runtime.backends import OrtBackend
-from ..runtime.bundle import (FORMAT, FORMAT_VERSION, GRAPH_IO, GRAPHS, Bundle, graph_file_name, load_bundle,
-                              sha256_file, write_manifest)
+from ..runtime.bundle import (
+    FORMAT,
+    FORMAT_VERSION,
+    GRAPH_IO,
+    GRAPHS,
+    Bundle,
+    graph_file_name,
+    load_bundle,
+    sha256_file,
+    write_manifest,
+)
 from ..runtime.probes import record_probes, write_probe_clips
 from ..runtime.scorer import Scorer
 from ..runtime.targets import default_int8_target
@@ -126,7 +135,7 @@ def _export_fp32(model, out: Path, options: ExportOptions, files: dict) -> None:
 
 
 def _copy_tokenizer(model, out: Path) -> Path:
-    from ..text_encoder import tokenizer_file
+    from ..model.text_encoder import tokenizer_file
 
     source = getattr(model, "checkpoint_dir", None)
     src = Path(source) / "tokenizer.json" if source and (Path(source) / "tokenizer.json").is_file() \
@@ -157,7 +166,7 @@ def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict,
     import torch
 
     from .. import __version__
-    from ..features import min_tail_samples
+    from ..model.config import min_tail_samples
 
     cfg = model.cfg
     graphs = {}

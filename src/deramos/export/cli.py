@@ -11,7 +11,7 @@ from pathlib import Path
 import click
 
 from ..calibration.quantize import METHODS, QUANTIZABLE_GRAPHS
-from ..config import PRESETS
+from ..model.config import PRESETS
 from ..runtime.paths import default_checkpoint_dir
 from ..runtime.targets import INT8_TARGETS, default_int8_target
 from .api import ExportOptions
@@ -21,11 +21,11 @@ DEFAULTS = ExportOptions()
 
 def _load_model(checkpoint: str | None, preset_name: str | None):
     if preset_name:
-        from ..config import preset
-        from ..model import DeRAMOS
+        from ..model.config import preset
+        from ..model.network import DeRAMOS
 
         return DeRAMOS(preset(preset_name)).eval(), f"preset {preset_name} (random weights)"
-    from ..checkpoint import load_checkpoint
+    from ..model.checkpoint import load_checkpoint
 
     source = checkpoint or default_checkpoint_dir()
     if source is None or not Path(source).exists():

@@ -18,10 +18,10 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..runtime.metrics import spearman
-from ..runtime.audio import pad_waves
-from ..runtime.text import PromptTokenizer
 from ..calibration.samples import SampleSet, batches
+from ..runtime.audio import pad_waves
+from ..runtime.metrics import spearman
+from ..runtime.text import PromptTokenizer
 
 TOLERANCES = {
     "fp32": {"score_abs": 1e-3, "encoder_cosine": 0.9999},

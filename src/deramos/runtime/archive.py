@@ -34,7 +34,7 @@ from typing import Callable
 
 from .bundle import BundleError, load_bundle, parse_manifest, relative_path_problem
 from .hashmemo import HashMemo
-from .paths import cache_home
+from .paths import cache_home, remove_stale_scratch
 
 SUFFIXES = (".tar", ".tar.gz", ".tgz")
 TOP = "deramos-bundle"          # the one folder inside an archive (what `tar xf model.tar` makes)
@@ -130,7 +130,7 @@ def unpacked_bundle(archive: str | os.PathLike, say: Callable[[str], None] | Non
             shutil.rmtree(target, ignore_errors=True)
     elif target.exists():              # not an unpacked bundle (a rename is all or nothing): not ours to keep
         shutil.rmtree(target, ignore_errors=True)
-    _remove_stale_scratch(target.parent)
+    remove_stale_scratch(target.parent)
     target.parent.mkdir(parents=True, exist_ok=True)
     scratch = target.with_name(f"{target.name}.tmp-{os.getpid()}")
     shutil.rmtree(scratch, ignore_errors=True)
@@ -259,12 +259,6 @@ def _write_member(tar: tarfile.TarFile, member: tarfile.TarInfo, path: Path, exp
         raise refuse(f"{member.name} ends early (truncated archive)")
     if digest.hexdigest() != expected:
         raise refuse(f"{member.name}: sha256 does not match its manifest.json (archive modified or corrupt)")
-
-
-def _remove_stale_scratch(folder: Path) -> None:
-    from .default import remove_stale_scratch
-
-    remove_stale_scratch(folder)
 
 
 def bundle_folder(path: str | os.PathLike, say: Callable[[str], None] | None = None) -> Path:

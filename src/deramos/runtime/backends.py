@@ -33,18 +33,17 @@ import os
 import posixpath
 import tempfile
 import threading
-from contextlib import contextmanager
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from . import paths
-
-from .bundle import GRAPH_IO, GRAPHS, PRECISIONS, Bundle, BundleError, check_graph_io, load_bundle
 from .audio import pad_waves
+from .bundle import GRAPH_IO, GRAPHS, PRECISIONS, Bundle, BundleError, check_graph_io, load_bundle
 from .cuda import CudaError, DeviceArray, DeviceBuffers, cuda_runtime, device_batch
 from .engines import TRT_DIR, DeviceDescription, find_engine_set
 from .errors import one_line as _one_line

@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Callable
 
 from . import paths
-from .errors import TORCH_THEN_EXPORT_EXTRA
-
+from .paths import remove_stale_scratch
 from .bundle import FORMAT_VERSION, BundleError
+from .errors import TORCH_THEN_EXPORT_EXTRA
 
 ENV_BUNDLE = "DERAMOS_BUNDLE"
 ENV_CHECKPOINT = "DERAMOS_DEFAULT_CHECKPOINT"
@@ -32,9 +32,6 @@ HOW_TO_GET_ONE = ("export one with `deramos-export --out DIR` and pass --bundle 
                   f"or, to export the default model on first use, {TORCH_THEN_EXPORT_EXTRA}; "
                   "or export on a machine with torch (`deramos-export --out model.tar`) and copy the archive "
                   "here (`deramos-run --bundle model.tar`)")
-# A scratch folder whose pid is alive is taken for a running export unless it is this old
-# (then the pid was reused); one whose pid is gone is removed at once.
-STALE_SCRATCH_SECONDS = 6 * 3600
 
 # Options of the first-use export (deramos-export, run as `python -m deramos.export.cli`).
 EXPORT_FLAGS = ("--fp16", "--validate-clips", "16")
@@ -79,32 +76,6 @@ def export_available() -> bool:
         return all(importlib.util.find_spec(name) is not None for name in ("torch", "onnx", "deramos.export"))
     except (ImportError, ValueError):   # a broken or blocked install
         return False
-
-
-def remove_stale_scratch(folder: Path, max_age: float = STALE_SCRATCH_SECONDS) -> list[Path]:
-    """Delete `<bundle>.tmp-<pid>` folders left by exports that were killed: their process is
-    gone, or (a reused pid) they have not changed for `max_age` seconds."""
-    removed = []
-    for scratch in folder.glob("*.tmp-*") if folder.is_dir() else ():
-        pid = scratch.name.rsplit(".tmp-", 1)[1]
-        try:
-            age = time.time() - scratch.stat().st_mtime
-        except OSError:
-            continue
-        if not (pid.isdigit() and _alive(int(pid))) or age > max_age:
-            shutil.rmtree(scratch, ignore_errors=True)
-            removed.append(scratch)
-    return removed
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:   # someone else's process
-        return True
-    return True
 
 
 def run_tied_to_this_process(command: list[str]) -> subprocess.CompletedProcess:

@@ -222,3 +222,16 @@ def _system_reference(
     if missing:
         raise ValueError(f"no system-level truth for {', '.join(missing)}")
     return {system: float(system_truth[system][aspect]) for system in predicted}
+
+
+def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95 % Wilson score interval of a proportion."""
+    p = successes / n
+    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
+
+
+def auc(positive: np.ndarray, negative: np.ndarray) -> float:
+    """P(positive > negative) over all pairs, ties counted half (Mann-Whitney)."""
+    diff = positive[:, None] - negative[None, :]
+    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)

@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import shutil
+import time
 from pathlib import Path
 
 # The deramos package folder (the default checkpoint ships in it). Asked of the import system,
@@ -25,3 +27,34 @@ def default_checkpoint_dir() -> Path | None:
 
 def cache_home() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "deramos"
+
+
+# A scratch folder whose pid is alive is taken for a running export unless it is this old
+# (then the pid was reused); one whose pid is gone is removed at once.
+STALE_SCRATCH_SECONDS = 6 * 3600
+
+
+def remove_stale_scratch(folder: Path, max_age: float = STALE_SCRATCH_SECONDS) -> list[Path]:
+    """Delete `<bundle>.tmp-<pid>` folders left by exports that were killed: their process is
+    gone, or (a reused pid) they have not changed for `max_age` seconds."""
+    removed = []
+    for scratch in folder.glob("*.tmp-*") if folder.is_dir() else ():
+        pid = scratch.name.rsplit(".tmp-", 1)[1]
+        try:
+            age = time.time() - scratch.stat().st_mtime
+        except OSError:
+            continue
+        if not (pid.isdigit() and _alive(int(pid))) or age > max_age:
+            shutil.rmtree(scratch, ignore_errors=True)
+            removed.append(scratch)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:   # someone else's process
+        return True
+    return True

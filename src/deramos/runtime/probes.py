@@ -23,7 +23,7 @@ import numpy as np
 
 from .bundle import MISSING, SCORE_LIMITS, Bundle, BundleError, _json_type, relative_path_problem
 from .compare import TOLERANCES, Comparison, compare_scores
-from .scorer import NON_FINITE_SCORE
+from .errors import NON_FINITE_SCORE
 
 PROBE_DIR = "probes"
 PROBE_INDEX = f"{PROBE_DIR}/probes.json"

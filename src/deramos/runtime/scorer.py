@@ -5,7 +5,7 @@
     scorer.score_batch(waves, "calm solo piano", sample_rate=32000)
     scorer.select(waves, "calm solo piano", sample_rate=32000, k=2)   # reward filter
 
-It computes exactly what the PyTorch reference scorer (deramos.features.predict) computes:
+It computes exactly what the PyTorch reference scorer (deramos.training.features.predict) computes:
 clips longer than the window are cut by `split_windows` and their window scores averaged,
 weighted by window length; each prompt is encoded alone and its tokens zero-padded per batch;
 windows are sorted by length so a batch wastes little padding.
@@ -33,9 +33,10 @@ from .audio import AudioError, load_audio, prepare_waveform
 from .backends import Backend, BackendReport, select_backend
 from .bundle import Bundle, load_bundle
 from .cuda import DeviceArray, device_array_of, is_cuda_array
+from .errors import NON_FINITE_SCORE
+from .errors import one_line as _one_line
 from .text import PromptError, PromptTokenizer
 from .windows import split_windows, weighted_mean
-from .errors import one_line as _one_line
 
 MIN_SECONDS = 0.1           # shorter clips carry too little music to judge
 PROMPT_CACHE_SIZE = 256
@@ -45,7 +46,6 @@ DECODE_BUDGET = 1 << 30
 CPU_AUDIO_BATCH = 2         # windows per audio-encoder run on a host backend (Scorer.audio_batch)
 # An item's error when the graphs return NaN or inf for it. Its input is not to blame: audio
 # with non-finite samples never reaches the graphs (runtime/audio.py refuses it).
-NON_FINITE_SCORE = "the graph produced a non-finite score (NaN or inf)"
 
 
 class SelfCheckFailed(RuntimeError):

@@ -9,8 +9,17 @@ The command line is `deramos-run --jsonl clips.jsonl --ray [auto|local|ADDRESS] 
 `connect` / `start_local` reach a cluster (a local one listens on 127.0.0.1 only); `LoopbackCluster`
 runs several raylets on one machine. Ray itself is imported only when a function here runs.
 """
-from .batch import (PoolShape, Row, RunSummary, ScorerActor, ScoringOptions, measure_actor_memory, pool_shape,
-                    score_dataset, score_rows)
+from .batch import (
+           PoolShape,
+           Row,
+           RunSummary,
+           ScorerActor,
+           ScoringOptions,
+           measure_actor_memory,
+           pool_shape,
+           score_dataset,
+           score_rows,
+)
 from .cluster import ClusterError, Connection, LoopbackCluster, connect, start_local
 
 __all__ = ["ClusterError", "Connection", "LoopbackCluster", "PoolShape", "Row", "RunSummary", "ScorerActor",

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 from ..runtime import rows as shared
-from ..runtime.paths import cache_home
 from ..runtime.errors import one_line
+from ..runtime.paths import cache_home
 
 MEMORY_MARGIN = 1.25      # the request is the measured peak times this (longer clips decode into more)
 MEMORY_QUANTUM = 64 << 20
@@ -336,9 +336,8 @@ def score_rows(rows: Iterable[Row], out: str | os.PathLike, options: ScoringOpti
 def _outcomes(items: list[dict], options: ScoringOptions, shape: PoolShape, rows_per_task: int,
               actor) -> Iterator[tuple[int, str]]:
     """(row, outcome text) in input order, from the actor pool."""
-    import ray
-
     import pyarrow as pa
+    import ray
 
     # One block of exactly rows_per_task rows per task. An actor's results come back when its
     # task ends, and Ray Data merges blocks smaller than a batch into one task: from_items' own

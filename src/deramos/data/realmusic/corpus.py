@@ -32,18 +32,58 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..synth.corpus import (ARCHETYPES, RATERS_PER_CLIP, WAV_PREFIX, Rater, _draw_degradations,
-                            _split_sizes, _votes, _write_tables, latent_mi)
+from ..synth.corpus import (
+    ARCHETYPES,
+    RATERS_PER_CLIP,
+    WAV_PREFIX,
+    Rater,
+    _draw_degradations,
+    _split_sizes,
+    _votes,
+    _write_tables,
+    latent_mi,
+)
 from ..synth.degrade import apply_degradations
 from . import phrasing
-from .arrange import (STYLES, Tune, arrange, heard_arrangement, jittered, random_arrangement_attributes,
-                      tune_pool, write_midi)
-from .attributes import (ENSEMBLES, FAMILIES, PEAK, PROMPT_KINDS, TEMPLATE_KINDS, VELOCITY, RealAttributes,
-                         asserted_ta, assertion_matches, assertion_of, change_attribute, counterfactual, prompt_for,
-                         random_attributes)
+from .arrange import (
+    STYLES,
+    Tune,
+    arrange,
+    heard_arrangement,
+    jittered,
+    random_arrangement_attributes,
+    tune_pool,
+    write_midi,
+)
+from .attributes import (
+    ENSEMBLES,
+    FAMILIES,
+    PEAK,
+    PROMPT_KINDS,
+    TEMPLATE_KINDS,
+    VELOCITY,
+    RealAttributes,
+    asserted_ta,
+    assertion_matches,
+    assertion_of,
+    change_attribute,
+    counterfactual,
+    prompt_for,
+    random_attributes,
+)
 from .freeform import held_out_texts, normalised
-from .render import (SOUNDFONTS, Arrangement, RenderError, arranged_score, find_soundfont,
-                     load_recording, normalise, render_midi, render_score, trim)
+from .render import (
+    SOUNDFONTS,
+    Arrangement,
+    RenderError,
+    arranged_score,
+    find_soundfont,
+    load_recording,
+    normalise,
+    render_midi,
+    render_score,
+    trim,
+)
 
 SAMPLE_RATE = 16000
 COUNTERFACTUALS_PER_CLIP = 8
@@ -285,7 +325,7 @@ class Renderer:
         """What musicnn's tags say the recording is (families without a tag are never chosen)."""
         import torch
 
-        from ..musicnn import LABELS
+        from ...model.musicnn import LABELS
 
         if self._tagger is None:
             self._tagger = _tagger()
@@ -331,8 +371,8 @@ def tag_genres(mtt: dict, msd: dict) -> dict:
 
 
 def _tagger():
-    from ..config import AudioEncoderConfig
-    from ..musicnn import PATCH_FRAMES, MusicnnEncoder
+    from ...model.config import AudioEncoderConfig
+    from ...model.musicnn import PATCH_FRAMES, MusicnnEncoder
 
     return MusicnnEncoder(AudioEncoderConfig(arch="musicnn", sample_rate=SAMPLE_RATE, hop_length=256,
                                              backbones=("MTT_musicnn", "MSD_musicnn"), features=("taggram",),

@@ -2,7 +2,7 @@
 
 Every family takes a continuous severity in [0, 1]; 0 leaves the audio untouched and
 1 is about as bad as that artefact gets. Two families, ``detune`` and
-``timing_jitter``, are rendered into the notes by :func:`deramos.synth.music.render_clip`;
+``timing_jitter``, are rendered into the notes by :func:`deramos.data.synth.music.render_clip`;
 the others are applied to finished audio by :func:`apply_degradations`.
 """
 

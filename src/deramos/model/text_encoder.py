@@ -41,7 +41,7 @@ def tokenizer_file(cfg: TextEncoderConfig, work_dir: Path | None = None) -> Path
         return candidate
     from transformers import AutoTokenizer
 
-    from .runtime.paths import cache_home
+    from ..runtime.paths import cache_home
 
     # Converted once into the user cache: the model directory may be read-only.
     fast = AutoTokenizer.from_pretrained(str(source), use_fast=True)

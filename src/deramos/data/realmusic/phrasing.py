@@ -21,8 +21,19 @@ from typing import NamedTuple
 import numpy as np
 
 from ..synth.music import TEMPO_BANDS
-from .attributes import (DRUMS, DYNAMICS, ENSEMBLES, FAMILIES, GENRES, MODES, RealAttributes, asserted_ta,
-                         assertion_matches, assertion_of, check_assertion)
+from .attributes import (
+    DRUMS,
+    DYNAMICS,
+    ENSEMBLES,
+    FAMILIES,
+    GENRES,
+    MODES,
+    RealAttributes,
+    asserted_ta,
+    assertion_matches,
+    assertion_of,
+    check_assertion,
+)
 
 # --------------------------------------------------------------------------- vocabulary
 

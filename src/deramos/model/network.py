@@ -57,7 +57,7 @@ class DeRAMOS(nn.Module):
     @torch.no_grad()
     def embed_texts(self, texts: list[str]) -> torch.Tensor:
         """[N, Dt]: each text through the text encoder, mean-pooled over its tokens."""
-        from .runtime.text import PromptTokenizer
+        from ..runtime.text import PromptTokenizer
         from .text_encoder import tokenizer_file
 
         ids, mask = PromptTokenizer(tokenizer_file(self.cfg.text), self.cfg.text.max_tokens).encode(texts)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import click
 
-from ..cli_common import defaults_of
-from ..reporting import one_line
+from ...runtime.cli_common import defaults_of
+from ...runtime.errors import one_line
 from .corpus import generate_corpus
 
 DEFAULTS = defaults_of(generate_corpus)

@@ -8,13 +8,13 @@ import sys
 import click
 import numpy as np
 
-from .checkpoint import CHECKPOINT_KINDS, load_checkpoint
-from .cli_common import defaults_of, errors_as_messages, show_progress
-from .data import load_examples
+from ..data.clips import load_examples
+from ..data.musiceval import read_system_mos, write_answer
+from ..model.checkpoint import CHECKPOINT_KINDS, load_checkpoint
+from ..runtime.cli_common import defaults_of, errors_as_messages, show_progress
+from ..runtime.errors import EvaluationError, one_line
+from ..runtime.metrics import evaluate, format_table
 from .features import Featurizer, predict
-from .runtime.metrics import evaluate, format_table
-from .musiceval import read_system_mos, write_answer
-from .reporting import EvaluationError, one_line
 
 
 def evaluate_checkpoint(data: str, checkpoint: str, split: str = "test", *, kind: str = "best_combined",

@@ -18,9 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .checkpoint import read_json_file, read_tensors
 from .config import AudioEncoderConfig
 from .frontend import MelFrontEnd, subsampled_frames
+from .weights import read_json_file, read_tensors
 
 NEG_INF = -1e4  # additive mask value; finite so that FP16 graphs and all-masked rows stay NaN-free
 

@@ -5,7 +5,7 @@ mismatched prompt AUC (each clip scored with a prompt describing what it really 
 one that gets 2-3 kinds wrong), and the paired rate of clips whose own prompt wins, with its
 95 % Wilson interval; the same with one kind wrong at a time; mean MI of clean clips and of
 heavily degraded ones (latent MI <= 2); |dMI| between PCM16 and PCM24 / float WAV and MP3 /
-Ogg Vorbis of the same clip. Used by scripts/realmusic_report.py and deramos.ablation.
+Ogg Vorbis of the same clip. Used by scripts/realmusic_report.py and deramos.training.ablation.
 """
 from __future__ import annotations
 
@@ -16,31 +16,19 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from ..features import Featurizer, predict
-from ..musiceval import read_split, read_system_mos
+from ..data.musiceval import read_split, read_system_mos
+from ..data.realmusic.attributes import PROMPT_KINDS, RealAttributes, change_attribute, mismatched, prompt_for
+from ..data.realmusic.freeform import PROMPT_SET_DIR, draw_pairs, freeform_metrics, load_prompt_set
+from ..data.synth.corpus import latent_mi
 from ..runtime.audio import load_audio, resample
-from ..runtime.metrics import evaluate
-from ..synth.corpus import latent_mi
-from .attributes import PROMPT_KINDS, RealAttributes, change_attribute, mismatched, prompt_for
+from ..runtime.metrics import auc, evaluate, wilson
+from .features import Featurizer, predict
 
 # name -> (container, subtype, sample rate (None: the model's), libsndfile options). Lossy files are
 # written at 44.1 kHz as music is distributed: MP3 at a constant 192 kbps, Vorbis at ~190 kbps.
 FORMATS = {"PCM_24": ("WAV", "PCM_24", None, {}), "FLOAT": ("WAV", "FLOAT", None, {}),
            "MP3": ("MP3", None, 44100, {"bitrate_mode": "CONSTANT", "compression_level": 0.4}),
            "OGG": ("OGG", "VORBIS", 44100, {"compression_level": 0.05})}
-
-
-def wilson(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
-    """95 % Wilson score interval of a proportion."""
-    p = successes / n
-    centre, half = p + z * z / (2 * n), z * np.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
-    return (centre - half) / (1 + z * z / n), (centre + half) / (1 + z * z / n)
-
-
-def auc(positive: np.ndarray, negative: np.ndarray) -> float:
-    """P(positive > negative) over all pairs, ties counted half (Mann-Whitney)."""
-    diff = positive[:, None] - negative[None, :]
-    return float(((diff > 0).sum() + 0.5 * (diff == 0).sum()) / diff.size)
 
 
 def read_records(data: Path) -> dict:
@@ -189,3 +177,19 @@ def markdown(results: dict) -> str:
         one = r["paired_wins_one_kind_wrong"]
         lines.append(f"| {name} | " + " | ".join(f"{one[k]['rate']:.2f}" for k in PROMPT_KINDS) + " |")
     return "\n".join(lines) + "\n"
+
+
+def evaluate_freeform(model, data: Path, prompt_set: Path = PROMPT_SET_DIR, cache_dir: Path | None = None,
+                      seed: int = 0) -> dict:
+    """The free-form numbers for one model on a deramos-realmusic held-out set (its test list)."""
+    records = read_records(data)
+    clips = read_split(data, "test").clips
+    heard = [RealAttributes.from_dict(records[c.path.name]["rendered_attributes"]) for c in clips]
+    described, unrelated = load_prompt_set(prompt_set)
+    pairs = draw_pairs(heard, described, unrelated, np.random.default_rng(seed))
+    waves = [load_audio(c.path, model.cfg.audio.sample_rate) for c in clips]
+    # each clip is paired with ~16 prompts: without a cache its frozen encoding would run 16 times
+    with tempfile.TemporaryDirectory() as scratch:
+        featurizer = Featurizer(model, cache_dir=cache_dir or scratch)
+        _, ta = predict(featurizer, [waves[p.clip] for p in pairs], [p.prompt.text for p in pairs])
+    return freeform_metrics(pairs, ta)

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 import click
 
-from .reporting import DeramosError, one_line, progress_log
+from .errors import DeramosError, one_line, progress_log
 
 
 @contextmanager

@@ -36,7 +36,7 @@ PATCH_FRAMES = 187
 TIMBRAL_FRAMES = 7      # the timbral filters' extent in time (both of them)
 BN_EPS = 1e-3   # tf.compat.v1.layers.batch_normalization's default
 MODELS = ("MTT_musicnn", "MSD_musicnn")
-WEIGHTS_DIR = Path(__file__).parent / "musicnn_weights"
+WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "musicnn_weights"
 # Written by `make musicnn-weights`; checked before the weights are used.
 WEIGHTS_SHA256 = {
     "MTT_musicnn": "472ea6898ae1b3ed67b8f67d987f3ab86046aeb0229abdfa83cf5e923d0a2f58",
@@ -103,7 +103,7 @@ class LogMel(nn.Module):
 
     Each clip is zero-padded at its own end (samples past its length are zeroed), so it gives
     the same frames alone or in a batch. `use_dft_conv` and `float64` mean what they mean in
-    deramos/frontend.py: the exportable STFT, and the float64 reference for validation."""
+    deramos/model/frontend.py: the exportable STFT, and the float64 reference for validation."""
 
     def __init__(self):
         super().__init__()
@@ -286,7 +286,7 @@ class MusicnnEncoder(nn.Module):
 
     One frame per 187-frame patch, patches starting every `cfg.patch_hop` mel frames; a patch
     is real when it starts inside the clip. D is the chosen features of every backbone, in
-    order, then the chosen tempo/tonality features of the patch (deramos/tempo_tonality.py)."""
+    order, then the chosen tempo/tonality features of the patch (deramos/model/tempo_tonality.py)."""
 
     def __init__(self, cfg: AudioEncoderConfig):
         super().__init__()

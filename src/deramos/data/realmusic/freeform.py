@@ -19,17 +19,16 @@ from __future__ import annotations
 import functools
 import json
 import re
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from scipy.stats import spearmanr
 
+from ...runtime.metrics import auc, wilson
 from .attributes import PROMPT_KINDS, RealAttributes, asserted_ta, assertion_matches, check_assertion
-from .report import auc, wilson
 
-PROMPT_SET_DIR = Path(__file__).resolve().parents[3] / "tests" / "data" / "freeform"
+PROMPT_SET_DIR = Path(__file__).resolve().parents[4] / "tests" / "data" / "freeform"
 UNRELATED_TA_LIMIT = 2.0
 
 
@@ -170,23 +169,3 @@ def markdown(results: dict) -> str:
             f"{one[k]['rate']:.2f} ({one[k]['pairs']})" if one[k]["pairs"] else "—" for k in PROMPT_KINDS) + " |")
     return "\n".join(lines) + "\n"
 
-
-def evaluate_freeform(model, data: Path, prompt_set: Path = PROMPT_SET_DIR, cache_dir: Path | None = None,
-                      seed: int = 0) -> dict:
-    """The free-form numbers for one model on a deramos-realmusic held-out set (its test list)."""
-    from ..features import Featurizer, predict
-    from ..musiceval import read_split
-    from ..runtime.audio import load_audio
-    from .report import read_records
-
-    records = read_records(data)
-    clips = read_split(data, "test").clips
-    heard = [RealAttributes.from_dict(records[c.path.name]["rendered_attributes"]) for c in clips]
-    described, unrelated = load_prompt_set(prompt_set)
-    pairs = draw_pairs(heard, described, unrelated, np.random.default_rng(seed))
-    waves = [load_audio(c.path, model.cfg.audio.sample_rate) for c in clips]
-    # each clip is paired with ~16 prompts: without a cache its frozen encoding would run 16 times
-    with tempfile.TemporaryDirectory() as scratch:
-        featurizer = Featurizer(model, cache_dir=cache_dir or scratch)
-        _, ta = predict(featurizer, [waves[p.clip] for p in pairs], [p.prompt.text for p in pairs])
-    return freeform_metrics(pairs, ta)

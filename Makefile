@@ -128,8 +128,8 @@ $(VENV)/.realmusic: $(VENV)/.installed
 
 # Real-music training set and a held-out set from disjoint sources (audio generated, not committed).
 realmusic: $(VENV)/.realmusic
-	$(VENV)/bin/deramos-realmusic --set train --out build/realmusic/train --no-progress
-	$(VENV)/bin/deramos-realmusic --set heldout --out build/realmusic/heldout --clips-per-system 25 --pieces 40 --no-progress
+	$(VENV)/bin/deramos-realmusic corpus --set train --out build/realmusic/train --no-progress
+	$(VENV)/bin/deramos-realmusic corpus --set heldout --out build/realmusic/heldout --clips-per-system 25 --pieces 40 --no-progress
 
 # The same recipe as default-model, without installing the result (INSTALL=1 installs it).
 realmusic-model: $(VENV)/.realmusic

@@ -3,7 +3,7 @@
     python scripts/realmusic_examples.py --data build/realmusic/heldout \\
         --examples examples --check-set tests/data/realmusic_clean
 
-Both come from the clean clips (no degradation) of `deramos-realmusic --set heldout`: composers,
+Both come from the clean clips (no degradation) of `deramos-realmusic corpus --set heldout`: composers,
 a soundfont and recordings that no training set sees.
 
 - examples/ (`make demo`): the first two clean recordings, the first two clean renderings of
@@ -90,7 +90,7 @@ def _distinct(rows: list[dict], kind: str, attribute: str) -> list[dict]:
 SOURCES_HEADER = """# Where these clips come from
 
 Cut by `scripts/realmusic_examples.py` from the clean clips of the real-music held-out corpus
-(`deramos-realmusic --set heldout --clips-per-system 25 --pieces 40 --arrangement-share 0.4`):
+(`deramos-realmusic corpus --set heldout --clips-per-system 25 --pieces 40 --arrangement-share 0.4`):
 scores, tunes and recordings that no training set of the default model saw. Renderings: music21
 corpus scores (public-domain works; music21 is BSD-3-Clause) through fluidsynth with the TimGM6mb
 soundfont (Debian timgm6mb-soundfont, GPL-2). Arrangements: traditional tunes from music21's
@@ -132,7 +132,7 @@ def write(rows: list[dict], out: Path, index: str, fmt: str, sources: dict) -> N
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", type=Path, required=True, help="deramos-realmusic --set heldout output")
+    parser.add_argument("--data", type=Path, required=True, help="deramos-realmusic corpus --set heldout output")
     parser.add_argument("--examples", type=Path, help="write the demo examples here")
     parser.add_argument("--check-set", type=Path, help="write every clean clip here (FLAC)")
     args = parser.parse_args()

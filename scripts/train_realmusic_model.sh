@@ -1,14 +1,15 @@
 #!/usr/bin/env bash
 # `make default-model` (INSTALL=1) and `make realmusic-model`: the embedded default model (issue 10), the `musicnn`
 # preset (frozen musicnn MTT + MSD backbones and frozen MiniLM, both inside the packages; only
-# the DeRA-MOS heads are trained) on real music (deramos-realmusic: music21 scores through
+# the DeRA-MOS heads are trained) on real music (deramos-realmusic corpus: music21 scores through
 # fluidsynth and Debian game-soundtrack recordings) together with a synthetic corpus.
 # 1. corpora: the real-music training and held-out sets, a synthetic corpus, the synthetic
 #    held-out corpus (another seed: a different corpus, not just another split);
-# 2. one training directory: the real training clips listed REAL_REPEAT times, the synthetic
+# 2. one training directory (deramos-realmusic merge): the real training clips listed REAL_REPEAT times, the synthetic
 #    ones SYNTH_REPEAT times, the dev list both corpora's dev clips (SYNTH_DEV of the synthetic ones);
 # 3. DeRA-MOS training of the heads with counterfactual prompts (encoder outputs cached);
-# 4. held-out evaluations: the real-music report and deramos-eval on the synthetic held-out set.
+# 4. held-out evaluations: the real-music report (deramos-realmusic report) and deramos-eval on the
+#    synthetic held-out set.
 # Deterministic for its seeds on a CPU. Each stage's wall time goes to $WORK/stages.tsv.
 set -euo pipefail
 BIN=${BIN:-.venv/bin}
@@ -52,11 +53,11 @@ stage() {   # stage NAME COMMAND...: run it and log its wall time
 
 real_corpora() {
     rm -rf "$WORK/real-train" "$WORK/real-heldout"
-    "$BIN/deramos-realmusic" --set train --out "$WORK/real-train" --clips-per-system "$REAL_CLIPS_PER_SYSTEM" \
+    "$BIN/deramos-realmusic" corpus --set train --out "$WORK/real-train" --clips-per-system "$REAL_CLIPS_PER_SYSTEM" \
         --pieces "$REAL_PIECES" --arrangement-share "$ARRANGEMENTS" --people-prompts "$PEOPLE_PROMPTS" --no-progress
     # held-out prompts stay the five-kind template (the table comparable with earlier models); the
     # hand-written free-form prompts (tests/data/freeform) are paired with these clips separately
-    "$BIN/deramos-realmusic" --set heldout --out "$WORK/real-heldout" --clips-per-system "$HELDOUT_CLIPS_PER_SYSTEM" \
+    "$BIN/deramos-realmusic" corpus --set heldout --out "$WORK/real-heldout" --clips-per-system "$HELDOUT_CLIPS_PER_SYSTEM" \
         --pieces 40 --arrangement-share "$ARRANGEMENTS" --no-progress
 }
 synthetic_corpora() {
@@ -67,7 +68,7 @@ synthetic_corpora() {
 }
 merge() {
     rm -rf "$WORK/merged"
-    "$PY" scripts/merge_corpora.py --out "$WORK/merged" --corpus "$WORK/real-train:repeat=$REAL_REPEAT" \
+    "$BIN/deramos-realmusic" merge --out "$WORK/merged" --corpus "$WORK/real-train:repeat=$REAL_REPEAT" \
         --corpus "$WORK/synth:repeat=$SYNTH_REPEAT:dev=$SYNTH_DEV"
 }
 train() {
@@ -76,7 +77,7 @@ train() {
         --out "$WORK/run" --cache-dir "$WORK/cache" --no-progress
 }
 real_heldout() {
-    "$PY" scripts/realmusic_report.py --data "$WORK/real-heldout" --model "default=$WORK/run/$SELECTION" \
+    "$BIN/deramos-realmusic" report --data "$WORK/real-heldout" --model "default=$WORK/run/$SELECTION" \
         --freeform tests/data/freeform --cache-dir "$WORK/cache" --json "$WORK/realmusic-heldout.json" --markdown "$WORK/realmusic-heldout.md"
 }
 synthetic_heldout() {

@@ -63,7 +63,7 @@ def featurizer(tmp_path_factory):
 
 def _prompt_pairs(rows: list[dict], rng) -> tuple[list[str], list[str]]:
     """Per clip, a prompt naming what it really is and one with 2-3 attributes wrong (as
-    scripts/realmusic_report.py draws them)."""
+    the real-music report, deramos-realmusic report, draws them)."""
     from deramos.data.realmusic.attributes import RealAttributes, mismatched, prompt_for
 
     matched, wrong = [], []

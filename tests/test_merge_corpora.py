@@ -1,20 +1,16 @@
-"""scripts/merge_corpora.py: several MusicEval-layout corpora as one training directory."""
+"""deramos-realmusic merge (deramos.data.merge): several MusicEval-layout corpora as one training directory."""
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
+from click.testing import CliRunner
 
+from deramos.data import merge as merge_corpora
 from deramos.data.musiceval import read_split, read_system_mos
 from deramos.data.synth.corpus import generate_corpus
 from deramos.data.synth.counterfactual import load_counterfactuals
-
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "merge_corpora.py"
-spec = importlib.util.spec_from_file_location("merge_corpora", SCRIPT)
-merge_corpora = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(merge_corpora)
+from deramos.training.realmusic_cli import main as realmusic
 
 
 @pytest.fixture(scope="module")
@@ -61,5 +57,25 @@ def test_bad_option_and_non_empty_output_are_errors(corpora, tmp_path):
     (tmp_path / "x" / "file").write_text("")
     with pytest.raises(merge_corpora.MergeError, match="not empty"):
         merge_corpora.merge([(corpora[0], {"repeat": 1, "dev": -1})], tmp_path / "x")
-    assert merge_corpora.main(["--out", str(tmp_path / "y"), "--corpus", str(corpora[0]), "--corpus", str(corpora[0])]) == 0
-    assert json.loads((tmp_path / "y" / "merged.json").read_text())[1]["clips"]["train"] == len(read_split(corpora[0], "train").clips)
+    done = CliRunner().invoke(realmusic, ["merge", "--out", str(tmp_path / "y"), "--corpus", str(corpora[0]),
+                                          "--corpus", str(corpora[0])])
+    assert done.exit_code == 0, done.output
+    merged = json.loads((tmp_path / "y" / "merged.json").read_text())
+    assert merged[1]["clips"]["train"] == len(read_split(corpora[0], "train").clips)
+    assert json.loads(done.stdout)["corpora"] == merged
+
+
+@pytest.mark.parametrize("corpus, message", [
+    ("{a}:twice=2", "'{a}:twice=2': options are repeat=K and dev=N (got 'twice=2')"),
+    ("{a}:repeat=0", "'{a}:repeat=0': repeat must be at least 1"),
+    ("{out}", "{out}: not a MusicEval-layout corpus (no prompt_info.txt)"),
+])
+def test_the_merge_command_says_what_is_wrong_in_one_line(corpora, tmp_path, corpus, message):
+    out = tmp_path / "merged"
+    names = {"a": corpora[0], "out": tmp_path / "nothing"}
+    (tmp_path / "nothing").mkdir()
+    done = CliRunner().invoke(realmusic, ["merge", "--out", str(out), "--corpus", corpus.format(**names)])
+    assert done.exit_code != 0 and done.stdout == ""
+    (line,) = done.stderr.splitlines()
+    assert line.lower() == "error: " + message.format(**names).lower()
+    assert not (out / "merged.json").exists()

@@ -166,7 +166,7 @@ def test_without_music21_it_says_what_to_install_in_one_line(tmp_path, fluidsynt
         (tools / "fluidsynth").chmod(0o755)
     env = dict(os.environ, PYTHONPATH=str(site), PATH=str(tools))
     out = tmp_path / "corpus"
-    done = subprocess.run([str(Path(sys.executable).parent / "deramos-realmusic"), "--out", str(out)],
+    done = subprocess.run([str(Path(sys.executable).parent / "deramos-realmusic"), "corpus", "--out", str(out)],
                           capture_output=True, text=True, env=env, timeout=120)
     assert done.returncode == 2 and done.stdout == ""
     pip = "music21 (pip install 'deramos[realmusic]')"

@@ -1,4 +1,4 @@
-"""The commands that need the PyTorch side (deramos-train, -pretrain, -eval, -export)
+"""The commands that need the PyTorch side (deramos-train, -pretrain, -eval, -export, -realmusic)
 start here, so that a runtime-only install (`pip install deramos`: no torch) answers with one
 line saying what to install, instead of a ModuleNotFoundError traceback. Nothing heavy is
 imported at module level: deramos.runtime reads the hint below too.
@@ -46,3 +46,7 @@ def evaluate() -> None:
 
 def export() -> None:
     _run("deramos-export", "deramos.export.cli")
+
+
+def realmusic() -> None:
+    _run("deramos-realmusic", "deramos.training.realmusic_cli")

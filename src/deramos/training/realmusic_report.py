@@ -1,11 +1,11 @@
-"""The real-music held-out report (deramos-realmusic --set heldout): what a model hears on real music.
+"""The real-music held-out report (deramos-realmusic corpus --set heldout): what a model hears on real music.
 
 Per model: utterance and system SRCC for MI and TA (the clips' own prompts); matched vs
 mismatched prompt AUC (each clip scored with a prompt describing what it really is and with
 one that gets 2-3 kinds wrong), and the paired rate of clips whose own prompt wins, with its
 95 % Wilson interval; the same with one kind wrong at a time; mean MI of clean clips and of
 heavily degraded ones (latent MI <= 2); |dMI| between PCM16 and PCM24 / float WAV and MP3 /
-Ogg Vorbis of the same clip. Used by scripts/realmusic_report.py and deramos.training.ablation.
+Ogg Vorbis of the same clip. Used by `deramos-realmusic report` and deramos.training.ablation.
 """
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""``deramos-realmusic``: write a real-music MOS corpus in the MusicEval layout."""
+"""``deramos-realmusic corpus``: write a real-music MOS corpus in the MusicEval layout (the group
+with the `merge` and `report` steps is deramos.training.realmusic_cli)."""
 from __future__ import annotations
 
 import importlib.util
@@ -33,7 +34,7 @@ APT_RENDERING = "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfon
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Rendering processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def main(which, out_dir, systems, clips_per_system, recording_share, arrangement_share, people_share, pieces, seconds,
+def corpus(which, out_dir, systems, clips_per_system, recording_share, arrangement_share, people_share, pieces, seconds,
          seed, workers, progress):
     """Render real music into a MOS corpus laid out like MusicEval.
 
@@ -80,6 +81,3 @@ def missing_tools() -> str | None:
         return None
     return f"deramos-realmusic needs {' and '.join(needs)}; nothing was written"
 
-
-if __name__ == "__main__":
-    main(prog_name="deramos-realmusic")

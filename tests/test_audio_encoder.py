@@ -414,7 +414,7 @@ def test_deramos_train_with_a_damaged_audio_encoder_is_one_line(tmp_path, case):
     (tmp_path / "data").mkdir()
     result = CliRunner().invoke(main, ["--data", str(tmp_path / "data"), "--out", str(tmp_path / "run"),
                                        "--preset", "tiny", "--audio-encoder", str(tmp_path / "muq")])
-    assert result.exit_code == 1
-    assert result.output.startswith(f"Error: {tmp_path / 'muq' / name}: {cause}")
+    assert result.exit_code == 2
+    assert result.output.startswith(f"error: {tmp_path / 'muq' / name}: {cause}")
     assert result.output.count("\n") == 1 and "Traceback" not in result.output
     assert not (tmp_path / "run").exists()

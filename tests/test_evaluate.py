@@ -138,9 +138,9 @@ def test_nonexistent_checkpoint_is_a_usage_error(tiny_corpus):
 
 def test_directory_without_checkpoint_is_a_clean_error(tiny_corpus, tmp_path):
     result = deramos_eval(["--data", str(tiny_corpus), "--checkpoint", str(tmp_path), "--split", "test"])
-    assert result.exit_code != 0
+    assert result.exit_code == 2
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert "no checkpoint" in result.output
+    assert result.output.startswith(f"error: {tmp_path}: no checkpoint here") and result.output.count("\n") == 1
     with pytest.raises(EvaluationError, match=r"^\S+: no checkpoint here \(expected model.safetensors, "
                                               r"or a run directory with best_combined/best_mi_sys/best_loss/last\)$"):
         evaluate_checkpoint(str(tiny_corpus), str(tmp_path), progress=False)
@@ -151,6 +151,6 @@ def test_unknown_split_is_a_clean_error(tiny_corpus, run_dir):
         evaluate_checkpoint(str(tiny_corpus), str(run_dir), "nosuch", progress=False)
     assert str(raised.value) == f"set list not found: {tiny_corpus / 'sets' / 'nosuch_mos_list.txt'}"
     result = deramos_eval(["--data", str(tiny_corpus), "--checkpoint", str(run_dir), "--split", "nosuch"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.output == f"Error: {raised.value}\n"
+    assert result.output == f"error: {raised.value}\n"

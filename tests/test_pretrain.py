@@ -100,9 +100,9 @@ def test_an_encoder_of_another_preset_is_refused(pretrained, tiny_corpus, tmp_pa
     result = CliRunner().invoke(train_main, ["--data", str(tiny_corpus), "--preset", "small", "--epochs", "1",
                                              "--out", str(tmp_path / "run"), "--init-audio-encoder", str(pretrained),
                                              "--no-progress"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
-    assert "Error: --init-audio-encoder:" in result.output and "an encoder of another configuration" in result.output
+    assert result.output.startswith("error: --init-audio-encoder:") and "an encoder of another configuration" in result.output
 
 
 def test_a_truncated_pretrained_encoder_is_one_line(pretrained, tiny_corpus, tmp_path):
@@ -113,8 +113,8 @@ def test_a_truncated_pretrained_encoder_is_one_line(pretrained, tiny_corpus, tmp
     result = CliRunner().invoke(train_main, ["--data", str(tiny_corpus), "--preset", "tiny", "--epochs", "1",
                                              "--out", str(tmp_path / "run"), "--init-audio-encoder", str(damaged),
                                              "--no-progress"])
-    assert result.exit_code == 1 and "Traceback" not in result.output and len(result.output.splitlines()) == 1
-    assert result.output.startswith(f"Error: --init-audio-encoder: {weights}: not a readable safetensors file (truncated")
+    assert result.exit_code == 2 and "Traceback" not in result.output and len(result.output.splitlines()) == 1
+    assert result.output.startswith(f"error: --init-audio-encoder: {weights}: not a readable safetensors file (truncated")
 
 
 def test_pretrain_needs_a_synthetic_corpus(tiny_corpus, tmp_path):
@@ -126,8 +126,8 @@ def test_pretrain_needs_a_synthetic_corpus(tiny_corpus, tmp_path):
     assert str(raised.value) == f"{data / 'synth_meta.jsonl'}: not found; pre-training needs a corpus made by deramos-synth"
     result = CliRunner().invoke(pretrain_main, ["--data", str(data), "--out", str(tmp_path / "pre"), "--preset", "tiny",
                                                 "--no-progress"])
-    assert result.exit_code == 1
-    assert result.output == f"Error: {raised.value}\n"
+    assert result.exit_code == 2
+    assert result.output == f"error: {raised.value}\n"
     assert not (tmp_path / "pre" / "audio_encoder.safetensors").exists()
     assert not (tmp_path / "lib").exists()
 

@@ -340,7 +340,7 @@ def test_too_few_clips_per_system_is_refused(tmp_path):
     out = tmp_path / "cli"
     result = CliRunner().invoke(cli_main, ["--out", str(out), "--clips", "24"])      # 10 systems by default
     assert result.exit_code == 2
-    assert result.output.splitlines()[-1] == ("Error: Invalid value for --clips: 24 is too few for 10 systems: "
+    assert result.output.splitlines()[-1] == ("error: Invalid value for --clips: 24 is too few for 10 systems: "
                                               "the minimum is 30 (3 per system); give more clips or fewer --systems")
     assert not out.exists()                                      # nothing written before the check
     help_text = " ".join(CliRunner().invoke(cli_main, ["--help"]).output.split())

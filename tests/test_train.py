@@ -384,9 +384,9 @@ def test_counterfactual_prompts_need_a_synthetic_corpus(tiny_corpus, tmp_path):
         run_training(targs(data, tmp_path / "lib", tmp_path / "cache", epochs=1, counterfactual_prompts=2))
     result = cli(["--data", str(data), "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "run"),
                   "--cache-dir", str(tmp_path / "cache"), "--counterfactual-prompts", "2", "--no-progress"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert len(result.output.splitlines()) == 1 and "Traceback" not in result.output
-    assert "Error: --counterfactual-prompts:" in result.output
+    assert result.output.startswith("error: --counterfactual-prompts:")
     assert "synth_meta.jsonl: not found; counterfactual prompts need a corpus made by deramos-synth" in result.output
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
@@ -439,9 +439,9 @@ def test_missing_dev_list_is_a_clean_error(tiny_corpus, tmp_path):
     assert str(raised.value) == f"set list not found: {data / 'sets' / 'dev_mos_list.txt'}"
     result = cli(["--data", str(data), "--preset", "tiny", "--epochs", "1", "--out", str(tmp_path / "run"),
                   "--cache-dir", str(tmp_path / "cache"), "--no-progress"])
-    assert result.exit_code == 1
+    assert result.exit_code == 2
     assert isinstance(result.exception, SystemExit), repr(result.exception)
-    assert result.output == f"Error: {raised.value}\n"
+    assert result.output == f"error: {raised.value}\n"
     assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
@@ -453,8 +453,8 @@ def test_an_encoder_directory_without_a_model_is_a_clean_error(tiny_corpus, tmp_
             run_training(targs(tiny_corpus, tmp_path / "lib", tmp_path / "cache", **{option: str(empty)}))
         result = cli(["--data", str(tiny_corpus), "--preset", "tiny", "--out", str(tmp_path / "run"),
                       f"--{option.replace('_', '-')}", str(empty), "--no-progress"])
-        assert result.exit_code == 1 and isinstance(result.exception, SystemExit), repr(result.exception)
-        assert result.output.startswith(f"Error: {empty}") and "(building the tiny model)" in result.output
+        assert result.exit_code == 2 and isinstance(result.exception, SystemExit), repr(result.exception)
+        assert result.output.startswith(f"error: {empty}") and "(building the tiny model)" in result.output
         assert result.output.count("\n") == 1
     assert not (tmp_path / "run").exists() and not (tmp_path / "lib").exists()
 

@@ -1,35 +1,24 @@
 """The commands that need the PyTorch side (deramos-train, -pretrain, -eval, -export, -realmusic)
 start here, so that a runtime-only install (`pip install deramos`: no torch) answers with one
 line saying what to install, instead of a ModuleNotFoundError traceback. Nothing heavy is
-imported at module level: deramos.runtime reads the hint below too.
+imported at module level. The line is runtime/cli_common.py's, so that a command that meets
+the missing module only once it runs (a lazy import) says the same.
 """
 from __future__ import annotations
 
 import importlib
-import sys
 
-from .runtime.errors import TORCH_THEN_EXPORT_EXTRA
-
-# Top-level modules of the train/export extras; a missing one means the extra is not installed.
-EXTRA_MODULES = {"torch", "torchaudio", "transformers", "safetensors", "scipy", "onnx", "onnxscript", "psutil"}
-
-
-def missing_extra_message(command: str, module: str) -> str:
-    return (f"{command} needs {module}, which this install does not have (a runtime-only install scores "
-            f"clips with deramos-run and an exported bundle); to train, evaluate or export: "
-            f"{TORCH_THEN_EXPORT_EXTRA}")
+from .runtime.cli_common import fail, missing_extra, missing_extra_message
 
 
 def _run(command: str, module: str) -> None:
     try:
         main = importlib.import_module(module).main
-        main(prog_name=command)
     except ModuleNotFoundError as error:
-        top = (error.name or "").split(".")[0]
-        if top not in EXTRA_MODULES:
+        if not missing_extra(error):
             raise
-        print(f"error: {missing_extra_message(command, top)}", file=sys.stderr)
-        sys.exit(2)
+        fail(missing_extra_message(command, missing_extra(error)))
+    main(prog_name=command)
 
 
 def train() -> None:

@@ -19,6 +19,8 @@ from pathlib import Path
 import click
 import numpy as np
 
+from ..runtime.cli_common import Command
+
 
 def write_clips(root: Path, clips: int, seconds: float, rate: int, seed: int = 0) -> list[tuple[str, str]]:
     import soundfile as sf
@@ -66,7 +68,7 @@ def ray_run(bundle: str, pairs, cpus: int, out: Path) -> tuple[float, float, lis
     return startup, seconds, scores
 
 
-@click.command(help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--bundle", type=click.Path(), help="Bundle (default: $DERAMOS_BUNDLE, else the default model).")
 @click.option("--clips", type=click.IntRange(min=1), default=300, show_default=True)
 @click.option("--clip-seconds", type=click.FloatRange(min=0.5), default=10.0, show_default=True)

@@ -31,6 +31,8 @@ from pathlib import Path
 
 import click
 
+from ..runtime.cli_common import Command
+
 
 @dataclass
 class RayMeasure:
@@ -175,7 +177,7 @@ def _ray(bundle: str, pairs, nodes: int, cpus: int, scratch: Path, local_scores:
                       1000 * per_row, scores == local_scores)
 
 
-@click.command(help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--bundle", type=click.Path(), help="Bundle (default: $DERAMOS_BUNDLE, else the default model).")
 @click.option("--clips", type=click.IntRange(min=1), default=120, show_default=True)
 @click.option("--clip-seconds", type=click.FloatRange(min=0.5), default=4.0, show_default=True)

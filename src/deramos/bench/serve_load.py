@@ -18,6 +18,8 @@ from dataclasses import asdict, dataclass
 import click
 import numpy as np
 
+from ..runtime.cli_common import Command
+
 MODEL = "deramos"
 
 
@@ -105,7 +107,7 @@ def clip_payloads(count: int, seconds: float, rate: int, seed: int = 0) -> list[
     return payloads
 
 
-@click.command(help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, help=__doc__, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--url", default="127.0.0.1:8001", show_default=True, help="The server's gRPC address.")
 @click.option("--concurrency", default="1,4,16", show_default=True, help="Comma-separated client thread counts.")
 @click.option("--requests", "requests", type=click.IntRange(min=1), default=200, show_default=True,

@@ -10,6 +10,7 @@ from pathlib import Path
 import click
 
 from ..calibration.quantize import METHODS, QUANTIZABLE_GRAPHS, check_int8_options
+from ..runtime.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, say_error, stderr_line
 from ..runtime.targets import INT8_TARGETS, cpu_kind, default_int8_target
 from .stage import BuildOptions
 
@@ -17,7 +18,7 @@ DEFAULTS = {f.name: f.default for f in fields(BuildOptions) if not callable(f.de
 TARGET_HELP = "; ".join(f"{name}: {means}" for name, (_, means) in INT8_TARGETS.items())
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path())
 @click.option("--fp16", is_flag=True, help="Add FP16 graphs (the mel front-end stays FP32).")
 @click.option("--int8", is_flag=True, help="Add INT8 QDQ graphs, calibrated.")
@@ -94,7 +95,7 @@ def main(bundle, fp16, int8, int8_target, calib, calib_method, calib_clips, int8
     from_archive = Path(bundle).is_file()
     if from_archive and building and not (out or archive):
         raise click.UsageError(f"{bundle} is an archive, never built in place: give --out DIR and/or --archive FILE")
-    say = lambda text: click.echo(text, err=True)  # noqa: E731
+    say = stderr_line
     options = BuildOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, calib_clips=calib_clips,
                            check_clips=check_clips, int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
                            int8_target=int8_target, recalibrate=recalibrate, int8_search=int8_search,
@@ -138,14 +139,14 @@ def _build(source: Path, in_place: bool, options: BuildOptions, out: Path | None
         elif building and not in_place:          # the result is an archive only: built in a scratch copy
             scratch = Path(tempfile.mkdtemp(prefix=f".{Path(archive).name}.", dir=_parent(archive)))
             root = Path(shutil.copytree(source, scratch / "deramos-bundle"))
-        code = 0
+        code = EXIT_OK
         if building:
             if options.int8:
                 say(f"this CPU: {cpu_kind()}; INT8 target: {options.int8_target}")
             result = build_bundle(root, options, say)
             for precision, check in result.checks.items():
                 say(f"{precision}: {'PASS' if check.passed else 'FAIL (left out of the bundle)'}")
-            code = 1 if result.failed else 0
+            code = EXIT_FAILED if result.failed else EXIT_OK
         if archive:
             written = write_archive(root, archive)
             say(f"archive written: {written} ({written.stat().st_size / 1e6:.1f} MB); on the machine that serves: "
@@ -153,8 +154,8 @@ def _build(source: Path, in_place: bool, options: BuildOptions, out: Path | None
         keep = True
         return code
     except (BundleError, ValueError, OSError) as error:
-        say(f"error: {' '.join(str(error).split())}")
-        return 2
+        say_error(error)
+        return EXIT_USAGE
     finally:
         if created is not None and not keep:
             shutil.rmtree(created, ignore_errors=True)

@@ -5,7 +5,6 @@ import codecs
 import contextlib
 import json
 import os
-import re
 import signal
 import stat
 import sys
@@ -17,11 +16,10 @@ import click
 
 from .backends import BACKENDS
 from .bundle import PRECISIONS
+from .cli_common import (EXIT_FAILED, EXIT_OK, Command, ReaderGone, Terminated, error_line, errors_as_messages, fail,
+                         printable, stderr_line)
 from .errors import one_line as _one_line
 
-EXIT_OK, EXIT_ITEM_FAILED, EXIT_USAGE = 0, 1, 2
-EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_READER_GONE = 130, 143, 141   # 128 + SIGINT, SIGTERM, SIGPIPE
-_SURROGATE = re.compile("[\ud800-\udfff]")
 # A JSONL line nested deeper is an item error, from a file and from stdin alike (json's own limit
 # depends on how deep the reader's stack already is); the output echoes it back within that limit.
 MAX_JSON_DEPTH = 100
@@ -70,7 +68,7 @@ class Job:
     line: int | None = None     # the JSONL line it came from (--ray numbers its rows by it)
 
 
-@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("args", nargs=-1, metavar="[CLIP PROMPT | CLIPS...]")
 @click.option("-p", "--prompt", help="Prompt for every clip given as an argument.")
 @click.option("--jsonl", "jsonl", metavar="FILE", help='Read {"path", "prompt"} lines from FILE ("-": stdin).')
@@ -108,9 +106,9 @@ def main(args, prompt, jsonl, out, as_json, bundle, backend, precision, batch_si
         sys.exit(_guarded(lambda: _self_check(bundle, backend, precision, threads, as_json, quiet, verbose)))
     jobs, total = _jobs(args, prompt, jsonl)
     if out is not None and ray_address is None and os.path.isdir(out):   # --ray writes a .parquet folder
-        raise click.BadParameter(f"File {_printable(repr(out))} is a directory.", param_hint="'-o' / '--out'")
+        raise click.BadParameter(f"File {printable(repr(out))} is a directory.", param_hint="'-o' / '--out'")
     if out is None and sys.stdout is None:
-        _refuse("stdout is closed: nowhere to write the scores; give --out FILE")
+        fail("stdout is closed: nowhere to write the scores; give --out FILE")
     if out is not None:
         jobs = _check_out(out, jobs, jsonl)
     if ray_address is not None:
@@ -134,40 +132,26 @@ def _plugin(name: str):
 
 
 def _guarded(run) -> int:
-    """Everything a user can cause ends in one line on stderr, never a traceback."""
+    """What a user can cause (a bundle, a backend, a file; BundleError is a ValueError) ends in
+    its error line and exit status 2; Ctrl-C, SIGTERM, a reader gone and anything unexpected end
+    as every command's do (cli_common.exits_as_documented)."""
     from .backends import BackendUnavailable
-    from .bundle import BundleError
 
-    try:
+    with errors_as_messages(BackendUnavailable, ValueError, OSError):
         return run()
-    except (BundleError, BackendUnavailable, ValueError, OSError) as error:
-        _error(_one_line(error))
-    except KeyboardInterrupt:
-        _error("interrupted")
-        return EXIT_INTERRUPTED
-    except _Terminated:
-        _error("terminated")
-        return EXIT_TERMINATED
-    except _ReaderGone:
-        return EXIT_READER_GONE
-    except Exception as error:
-        if os.environ.get("DERAMOS_DEBUG"):
-            raise
-        _error(f"unexpected {type(error).__name__}: {_one_line(error)} (set DERAMOS_DEBUG=1 for a traceback)")
-    return EXIT_USAGE
 
 
 def _score(jobs, total, out, as_json, bundle, backend, precision, batch_size, threads, quiet, verbose) -> int:
     from .scorer import Scorer
 
-    say = (lambda line: None) if quiet else _error_stream_line
+    say = (lambda line: None) if quiet else stderr_line
     with _stop_on_sigterm():
         _quiet_onnxruntime(backend)
         scorer = Scorer.load(bundle, backend=backend, precision=precision, threads=threads,
                              batch_size=batch_size, say=say)
         try:
             if verbose:
-                _error_stream_line(str(scorer.backend_report))
+                stderr_line(str(scorer.backend_report))
             sink = open(out, "w", encoding="utf-8") if out else sys.stdout
             ascii_json = _ascii_only(sink)
             failed = 0
@@ -176,7 +160,7 @@ def _score(jobs, total, out, as_json, bundle, backend, precision, batch_size, th
                     for job, score in _scored(scorer, jobs):
                         if not score.ok:
                             failed += 1
-                            _emit(bar, sys.stderr, _printable(f"error: {score.error}"))
+                            _emit(bar, sys.stderr, printable(error_line(score.error)))
                         line = _json_line(job, score, ascii_json) if as_json else _text_line(job, score)
                         if line is not None:
                             _emit(bar, sink, line)
@@ -186,16 +170,7 @@ def _score(jobs, total, out, as_json, bundle, backend, precision, batch_size, th
                     sink.close()
         finally:
             scorer.close()
-    return EXIT_ITEM_FAILED if failed else EXIT_OK
-
-
-class _Terminated(BaseException):
-    """SIGTERM arrived: stop like Ctrl-C. A BaseException, so that no `except Exception` on
-    the way (an inference batch retried item by item) takes it for a failed item."""
-
-
-class _ReaderGone(BaseException):
-    """stdout's reader went away (deramos-run ... | head): nothing more can be delivered."""
+    return EXIT_FAILED if failed else EXIT_OK
 
 
 @contextlib.contextmanager
@@ -205,7 +180,7 @@ def _stop_on_sigterm():
     that cleanup ends the process at once (the lines are already on disk: each is flushed)."""
     def stop(signum, frame):
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
-        raise _Terminated()
+        raise Terminated()
 
     try:
         previous = signal.signal(signal.SIGTERM, stop)
@@ -244,22 +219,22 @@ def _emit(bar, stream, line: str) -> None:
         stream.flush()
     except BrokenPipeError:
         if stream is sys.stdout:
-            raise _ReaderGone() from None
+            raise ReaderGone() from None
         sys.stderr = None                    # stderr's reader is gone: the scores still go on
 
 
 def _self_check(bundle, backend, precision, threads, as_json, quiet, verbose) -> int:
     from .scorer import Scorer
 
-    say = (lambda line: None) if quiet else _error_stream_line
+    say = (lambda line: None) if quiet else stderr_line
     with Scorer.load(bundle, backend=backend, precision=precision, threads=threads, say=say) as scorer:
         if verbose:
-            _error_stream_line(str(scorer.backend_report))
+            stderr_line(str(scorer.backend_report))
         from .probes import self_check
 
         report = self_check(scorer)
     print(json.dumps(report.to_dict(), ensure_ascii=False) if as_json else report.format())
-    return EXIT_OK if report.passed else EXIT_ITEM_FAILED
+    return EXIT_OK if report.passed else EXIT_FAILED
 
 
 def _scored(scorer, jobs: Iterable[Job]) -> Iterator[tuple]:
@@ -292,7 +267,7 @@ def _jobs(args: tuple[str, ...], prompt: str | None, jsonl: str | None) -> tuple
                                'or --prompt "..." with several clips, or --jsonl FILE')
     if _is_audio_file(args[1]) or _has_audio_suffix(args[1]):
         what = "is an audio file" if _is_audio_file(args[1]) else "looks like an audio file name (no such file)"
-        raise click.UsageError(f'the prompt {_printable(repr(args[1]))} {what}; to score several clips '
+        raise click.UsageError(f'the prompt {printable(repr(args[1]))} {what}; to score several clips '
                                f'give their prompt with --prompt (deramos-run --prompt "..." CLIPS...)')
     return [Job({"path": args[0], "prompt": args[1]}, args[0], args[1])], 1
 
@@ -341,7 +316,7 @@ def _jsonl_jobs(source: str) -> tuple[Iterable[Job], int | None]:
         with open(source, "rb") as handle:
             lines = [(n, line) for n, line in _numbered(handle) if line.strip()]
     except OSError as error:
-        raise click.BadParameter(f"{_printable(source)}: {_one_line(error.strerror or error)}",
+        raise click.BadParameter(f"{printable(source)}: {_one_line(error.strerror or error)}",
                                  param_hint="--jsonl") from None
     folder = os.path.dirname(source)    # relative paths are the file's own: deramos-build --calib reads them so
     return [_parse_numbered(n, line, folder) for n, line in lines], len(lines)
@@ -406,7 +381,7 @@ def _check_threads(threads: int) -> None:
     from .threads import cpu_cores
 
     if threads > cpu_cores():
-        _refuse(f"--threads {threads}: more than this machine's {cpu_cores()} CPU cores (give 1 to {cpu_cores()})")
+        fail(f"--threads {threads}: more than this machine's {cpu_cores()} CPU cores (give 1 to {cpu_cores()})")
 
 
 def _check_out(out: str, jobs, jsonl: str | None):
@@ -418,11 +393,11 @@ def _check_out(out: str, jobs, jsonl: str | None):
 
     is_out = _SameFile(out)
     if jsonl is not None and is_out(sys.stdin if jsonl == "-" else jsonl):
-        _refuse(f"--out {out} is the --jsonl input{' (stdin)' if jsonl == '-' else ''}; refusing to overwrite it")
+        fail(f"--out {out} is the --jsonl input{' (stdin)' if jsonl == '-' else ''}; refusing to overwrite it")
     if isinstance(jobs, list):
         for job in jobs:
             if isinstance(job.item, str) and is_out(job.item):
-                _refuse(f"--out {out} is the input clip {job.item}; refusing to overwrite it (choose another --out)")
+                fail(f"--out {out} is the input clip {job.item}; refusing to overwrite it (choose another --out)")
         return jobs
 
     def checked(job: Job) -> Job:
@@ -460,19 +435,13 @@ def _real(path: str) -> str | None:
         return None
 
 
-def _refuse(message: str) -> None:
-    """A usage error found before anything is scored: one line, exit status 2."""
-    _error(message)
-    sys.exit(EXIT_USAGE)
-
-
 # --- outputs ---------------------------------------------------------------------------------
 
 
 def _text_line(job: Job, score) -> str | None:
     if not score.ok:
         return None   # the error line on stderr says it all
-    return _printable(f"{job.record.get('path', score.name)}  MI {score.mi:.2f}  TA {score.ta:.2f}")
+    return printable(f"{job.record.get('path', score.name)}  MI {score.mi:.2f}  TA {score.ta:.2f}")
 
 
 def _json_line(job: Job, score, ascii_only: bool = False) -> str:
@@ -518,15 +487,6 @@ def _progress(total: int | None, quiet: bool):
     return tqdm(total=total, unit="clip", file=sys.stderr, dynamic_ncols=True)
 
 
-def _error(message: str) -> None:
-    _error_stream_line(f"error: {message}")
-
-
-def _error_stream_line(message: str) -> None:
-    if sys.stderr is not None:   # closed (2>&-): print(file=None) would write to stdout
-        print(_printable(message), file=sys.stderr, flush=True)
-
-
 def _tolerant_streams() -> None:
     """A character the terminal's encoding lacks (PYTHONIOENCODING=ascii, a latin-1 locale and
     an emoji in a name) is written as a backslash escape instead of stopping the run."""
@@ -554,12 +514,6 @@ def _open_standard_fds() -> None:
                 pass
 
 
-def _printable(text: str) -> str:
-    """Text for a terminal: a character the stream cannot encode (a lone surrogate) becomes
-    a backslash escape instead of failing the whole run."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8") if _SURROGATE.search(text) else text
-
-
 
 def entry() -> None:
     """The `deramos-run` console script: main(), then an exit without interpreter teardown.
@@ -576,8 +530,8 @@ def entry() -> None:
     if "ray" in sys.modules:
         sys.exit(code)
     if isinstance(code, str):
-        _error_stream_line(code)
-        code = 1
+        stderr_line(code)
+        code = 1          # as Python does for sys.exit("message")
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.flush()

@@ -9,11 +9,24 @@
 from __future__ import annotations
 
 import logging
+import os
 
 
 def one_line(text) -> str:
     """The text (or exception) with every run of whitespace, newlines included, made one space."""
     return " ".join(str(text).split())
+
+
+def message_of(cause) -> str:
+    """A message or an exception as one line; an OSError as `<file>: <cause>` (its str() is
+    "[Errno 2] No such file or directory: 'x'")."""
+    if isinstance(cause, OSError) and cause.filename is not None and cause.strerror:
+        return one_line(f"{_name(cause.filename)}: {cause.strerror}")
+    return one_line(cause)
+
+
+def _name(filename) -> str:
+    return os.fsdecode(filename) if isinstance(filename, (bytes, os.PathLike)) else str(filename)
 
 
 # A score that is NaN or inf: the probes tell it from other errors by this text.

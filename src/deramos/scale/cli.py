@@ -18,9 +18,9 @@ import time
 from contextlib import contextmanager
 from typing import Iterable
 
+from ..runtime.cli_common import (EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_TERMINATED, Terminated, error_line,
+                                  printable, say_error, stderr_line)
 from .batch import Row, ScoringOptions, open_writer, score_rows
-
-EXIT_OK, EXIT_ITEM_FAILED, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 130, 143
 STOP_GRACE_S = 4.0          # after SIGTERM: the output closed and the cluster stopped within this, or killed
 PROGRESS_EVERY_S = 30.0     # a progress line this often when stderr is not a terminal
 
@@ -35,7 +35,7 @@ def run(jobs: Iterable, out: str | None, address: str, *, bundle: str | None, ba
         raise ValueError("--ray needs --out FILE (.jsonl, or a .parquet folder): the results are "
                          "written there in input order, and a rerun resumes from it")
     rows = rows_of(jobs)
-    say = (lambda line: None) if quiet else (lambda line: _print(f"ray: {line}"))
+    say = (lambda line: None) if quiet else (lambda line: stderr_line(f"ray: {line}"))
     done = open_writer(out).done_rows()      # a foreign or broken --out fails before anything starts
     if all(row.row in done for row in rows):
         say(f"0 scored (0 failed), {len(done)} already in {out}")
@@ -57,14 +57,14 @@ def run(jobs: Iterable, out: str | None, address: str, *, bundle: str | None, ba
             progress.close()
             written = progress.count
             reason = "terminated" if isinstance(stop, Terminated) else "interrupted"
-            _print(f"error: {reason}: {written} new row{'s' if written != 1 else ''} written to {out}; "
-                   f"rerun the same command to resume")
+            say_error(f"{reason}: {written} new row{'s' if written != 1 else ''} written to {out}; "
+                      f"rerun the same command to resume")
             return EXIT_TERMINATED if isinstance(stop, Terminated) else EXIT_INTERRUPTED
         finally:
             progress.close()
             stopper.shutdown_cluster()
     say(f"{summary.scored} scored ({summary.failed} failed), {summary.skipped} already in {out}")
-    return EXIT_ITEM_FAILED if summary.failed else EXIT_OK
+    return EXIT_FAILED if summary.failed else EXIT_OK
 
 
 def _run(rows, out, address, options, say, progress, stopper):
@@ -78,7 +78,7 @@ def _run(rows, out, address, options, say, progress, stopper):
 
     def report(row: int, result: dict) -> None:
         if result["error"] is not None:
-            progress.error(f"error: {result['error']}")
+            progress.error(error_line(result["error"]))
         progress.update()
 
     try:
@@ -116,9 +116,9 @@ class _Progress:
 
     def say(self, line: str) -> None:
         if self.bar is not None:
-            self.bar.write(_printable(line), file=sys.stderr)
+            self.bar.write(printable(line), file=sys.stderr)
         else:
-            _print(line)
+            stderr_line(line)
 
     def error(self, line: str) -> None:
         self.failed += 1
@@ -137,7 +137,7 @@ class _Progress:
         elif not self.quiet and time.monotonic() - self.last >= PROGRESS_EVERY_S:
             self.last = time.monotonic()
             rate = self.count / max(self.last - self.started, 1e-9)
-            _print(f"ray: {self.count}/{self.total} rows ({self.failed} failed), {rate:.1f} rows/s")
+            stderr_line(f"ray: {self.count}/{self.total} rows ({self.failed} failed), {rate:.1f} rows/s")
 
     def close(self) -> None:
         if self.bar is not None:
@@ -150,16 +150,6 @@ def _isatty(stream) -> bool:
         return stream is not None and stream.isatty()
     except (AttributeError, ValueError):
         return False
-
-
-def _print(line: str) -> None:
-    if sys.stderr is not None:
-        print(_printable(line), file=sys.stderr, flush=True)
-
-
-def _printable(text: str) -> str:
-    """A lone surrogate (from a path) as a backslash escape: stderr cannot encode it."""
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 @contextmanager
@@ -217,19 +207,15 @@ class _RayLog:
         with open(self.path, encoding="utf-8", errors="replace") as handle:
             reports = sum("(raylet)" in line for line in handle)
         if reports:
-            _print(f"ray: Ray reported {reports} problem{'s' if reports != 1 else ''} on the cluster (e.g. a worker "
+            stderr_line(f"ray: Ray reported {reports} problem{'s' if reports != 1 else ''} on the cluster (e.g. a worker "
                    f"that died and was replaced); its messages are in {self.path}")
         elif self.keep and os.path.getsize(self.path):
-            _print(f"ray: Ray's own messages from this run are in {self.path}")
+            stderr_line(f"ray: Ray's own messages from this run are in {self.path}")
         else:
             os.unlink(self.path)
 
 
 # --- stopping ------------------------------------------------------------------------------------
-
-
-class Terminated(BaseException):
-    """SIGTERM: stop like Ctrl-C (a BaseException, so that no `except Exception` takes it)."""
 
 
 class _StopOnSignal:
@@ -294,8 +280,8 @@ class _StopOnSignal:
         if self._finished.wait(STOP_GRACE_S):
             return
         self._kill_cluster()
-        _print("error: terminated: Ray did not stop in time; its processes were killed "
-               "(the rows written so far are kept; rerun the same command to resume)")
+        say_error("terminated: Ray did not stop in time; its processes were killed "
+                  "(the rows written so far are kept; rerun the same command to resume)")
         os._exit(EXIT_TERMINATED)
 
     def _kill_cluster(self) -> None:

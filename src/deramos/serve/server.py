@@ -31,6 +31,7 @@ import click
 import numpy as np
 
 from ..runtime.backends import BACKENDS
+from ..runtime.cli_common import DEBUG_VARIABLE, Command, fail, stderr_line
 from ..runtime.bundle import PRECISIONS
 
 MODEL_NAME = "deramos"
@@ -231,7 +232,7 @@ Ctrl-C or SIGTERM stops it cleanly.
 """
 
 
-@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.option("--bundle", type=click.Path(), help="Exported bundle directory (default: $DERAMOS_BUNDLE, else the default model).")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every interface).")
 @click.option("--http-port", type=click.IntRange(1, 65535), default=8000, show_default=True)
@@ -248,13 +249,13 @@ Ctrl-C or SIGTERM stops it cleanly.
 def main(bundle, host, http_port, grpc_port, metrics_port, row_metrics_port, backend, precision, batch_size,
          max_batch, threads):
     try:
-        sys.exit(_serve(bundle, host, http_port, grpc_port, metrics_port, row_metrics_port, backend, precision,
-                        batch_size, max_batch, threads))
-    except Exception as error:   # one line, never a traceback (see deramos-run)
-        if os.environ.get("DERAMOS_DEBUG"):
+        code = _serve(bundle, host, http_port, grpc_port, metrics_port, row_metrics_port, backend, precision,
+                      batch_size, max_batch, threads)
+    except Exception as error:   # whatever keeps the server from running (a bundle, a port, PyTriton): one line
+        if os.environ.get(DEBUG_VARIABLE):
             raise
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+        fail(error)
+    sys.exit(code)
 
 
 def _serve(bundle, host, http_port, grpc_port, metrics_port, row_metrics_port, backend, precision, batch_size,
@@ -262,7 +263,7 @@ def _serve(bundle, host, http_port, grpc_port, metrics_port, row_metrics_port, b
     from ..runtime.scorer import Scorer
 
     scorer = Scorer.load(bundle, backend=backend, precision=precision, threads=threads, batch_size=batch_size,
-                         say=lambda line: print(line, file=sys.stderr))
+                         say=stderr_line)
     use_own_libpython()
     try:
         from pytriton.triton import Triton, TritonConfig, TritonLifecyclePolicy
@@ -285,14 +286,14 @@ def _serve(bundle, host, http_port, grpc_port, metrics_port, row_metrics_port, b
         with Triton(config=config, triton_lifecycle_policy=policy) as triton:
             bind(triton, scorer, max_batch, rows=rows)
             triton.run()
-            print(f"deramos-serve: model {MODEL_NAME!r} ({scorer.backend.name}, {precision}) ready on "
-                  f"http://{host}:{http_port} grpc {host}:{grpc_port} metrics http://{host}:{metrics_port}/metrics "
-                  f"rows http://{host}:{row_metrics_port}/metrics", file=sys.stderr, flush=True)
+            stderr_line(f"deramos-serve: model {MODEL_NAME!r} ({scorer.backend.name}, {precision}) ready on "
+                        f"http://{host}:{http_port} grpc {host}:{grpc_port} metrics http://{host}:{metrics_port}/metrics "
+                        f"rows http://{host}:{row_metrics_port}/metrics")
             triton.serve()
     finally:
         row_metrics.shutdown()
         scorer.close()
-    print("deramos-serve: stopped", file=sys.stderr, flush=True)
+    stderr_line("deramos-serve: stopped")
     return 0
 
 

@@ -30,7 +30,7 @@ import numpy as np
 from ..data.synth import generate_corpus
 from ..model.checkpoint import load_checkpoint
 from ..model.config import PRESETS
-from ..runtime.cli_common import show_progress
+from ..runtime.cli_common import Command, show_progress
 from ..runtime.metrics import spearman
 from .evaluate import evaluate_checkpoint
 from .losses import LOSS_KINDS
@@ -192,7 +192,7 @@ def parse_heldouts(specs: tuple[str, ...]) -> dict[str, Path]:
     return heldouts
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", default="build/ablation", show_default=True, type=click.Path(file_okay=False))
 @click.option("--report", default="docs/ablation.md", show_default=True, type=click.Path(dir_okay=False))
 @click.option("--preset", type=click.Choice(sorted(PRESETS)), default="small", show_default=True,

@@ -11,8 +11,8 @@ import numpy as np
 from ..data.clips import load_examples
 from ..data.musiceval import read_system_mos, write_answer
 from ..model.checkpoint import CHECKPOINT_KINDS, load_checkpoint
-from ..runtime.cli_common import defaults_of, errors_as_messages, show_progress
-from ..runtime.errors import EvaluationError, one_line
+from ..runtime.cli_common import Command, defaults_of, errors_as_messages, fail, show_progress
+from ..runtime.errors import EvaluationError, message_of, one_line
 from ..runtime.metrics import evaluate, format_table
 from .features import Featurizer, predict
 
@@ -56,7 +56,7 @@ def score_metrics(data: str, examples: list, mi, ta) -> dict:
 DEFAULTS = defaults_of(evaluate_checkpoint)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="MusicEval-layout directory.")
 @click.option("--checkpoint", required=True, type=click.Path(exists=True), help="A run directory or a checkpoint directory.")
 @click.option("--split", default=DEFAULTS["split"], show_default=True, help="train, dev or test (sets/<split>_mos_list.txt).")
@@ -84,7 +84,7 @@ def main(data, checkpoint, split, list_file, kind, answer, as_json, batch_size, 
             write_answer(answer, ids, [result["predictions"][i][0] for i in ids],
                          [result["predictions"][i][1] for i in ids])
         except (OSError, ValueError) as err:
-            raise click.ClickException(f"--answer: {one_line(err)}") from None
+            fail(f"--answer: {message_of(err)}")
     if as_json:
         click.echo(json.dumps({k: v for k, v in result.items() if k != "predictions"}, indent=2))
     else:

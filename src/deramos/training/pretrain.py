@@ -30,7 +30,7 @@ from ..data.synth.counterfactual import META_FILE
 from ..data.synth.degrade import FAMILIES
 from ..data.synth.music import DYNAMICS, GENRES, INSTRUMENTS, MODES, PROMPT_KINDS, TEMPO_BANDS, ClipAttributes
 from ..model.config import PRESETS, ModelConfig, preset
-from ..runtime.cli_common import defaults_of, errors_as_messages, show_progress
+from ..runtime.cli_common import Command, defaults_of, errors_as_messages, show_progress
 from ..runtime.errors import TrainingError, progress_log
 from .schedule import epoch_batches, learning_rate, set_learning_rate
 
@@ -235,7 +235,7 @@ def load_pretrained_encoder(model, path: str | Path) -> None:
 DEFAULTS = defaults_of(PretrainArgs)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="A deramos-synth corpus.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Output directory.")
 @click.option("--preset", type=click.Choice(PRETRAINABLE), default=DEFAULTS["preset"], show_default=True,

@@ -13,13 +13,13 @@ import click
 from ..data.merge import merge, parse_corpus
 from ..data.realmusic import freeform
 from ..data.realmusic.cli import corpus
-from ..runtime.cli_common import errors_as_messages
+from ..runtime.cli_common import Group, errors_as_messages
 from ..runtime.errors import EvaluationError, one_line
 
 CONTEXT = {"help_option_names": ["-h", "--help"]}
 
 
-@click.group(context_settings=CONTEXT)
+@click.group(cls=Group, context_settings=CONTEXT)
 def main():
     """Real-music corpora and what a model hears on them: render a corpus (corpus), list
     several corpora as one training directory (merge), report checkpoints on a held-out set

@@ -34,8 +34,8 @@ from ..model.checkpoint import recover_dir, save_checkpoint
 from ..model.config import PRESETS, preset
 from ..model.network import DeRAMOS
 from ..model.weights import save_tensors
-from ..runtime.cli_common import defaults_of, errors_as_messages, show_progress
-from ..runtime.errors import TrainingError, one_line, progress_log
+from ..runtime.cli_common import Command, defaults_of, errors_as_messages, show_progress
+from ..runtime.errors import TrainingError, message_of, one_line, progress_log
 from ..runtime.metrics import evaluate
 from .features import Featurizer, predict
 from .losses import LOSS_KINDS, LossConfig, total_loss, with_counterfactuals
@@ -142,8 +142,7 @@ def build_model(args: TrainArgs) -> DeRAMOS:
     try:
         model = DeRAMOS(cfg, seed=args.seed)
     except (OSError, ValueError) as err:   # an encoder directory that is not one
-        named = f"{err.filename}: {err.strerror}" if isinstance(err, OSError) and err.filename else one_line(err)
-        raise TrainingError(f"{named} (building the {args.preset} model)") from None
+        raise TrainingError(f"{message_of(err)} (building the {args.preset} model)") from None
     if args.init_heads:
         try:
             start_from_heads(model, args.init_heads)
@@ -482,7 +481,7 @@ def _default(name: str, **option):
     return click.option(f"--{name.replace('_', '-')}", default=DEFAULTS[name], show_default=True, **option)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--data", required=True, type=click.Path(exists=True, file_okay=False), help="MusicEval-layout directory.")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="Run directory (resumed if it exists).")
 @_default("preset", type=click.Choice(list(PRESETS)))

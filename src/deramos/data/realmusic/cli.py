@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import importlib.util
 import shutil
-import sys
 
 import click
 
+from ...runtime.cli_common import Command, fail
 from .render import RenderError
 
 PIP_EXTRA = "pip install 'deramos[realmusic]'"
 APT_RENDERING = "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfont"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--set", "which", type=click.Choice(["train", "heldout"]), default="train", show_default=True,
               help="Which sources to draw on: the training set's or the held-out set's (disjoint).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus to.")
@@ -49,8 +49,7 @@ def corpus(which, out_dir, systems, clips_per_system, recording_share, arrangeme
     """
     missing = missing_tools()
     if missing:
-        click.echo(f"error: {missing}", err=True)
-        sys.exit(2)
+        fail(missing)
     from .corpus import build_corpus
 
     try:
@@ -58,7 +57,7 @@ def corpus(which, out_dir, systems, clips_per_system, recording_share, arrangeme
                                seed, workers, progress, arrangement_share=arrangement_share,
                                people_share=people_share)
     except (RenderError, ValueError) as error:
-        raise click.ClickException(str(error)) from None
+        fail(error)
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
     click.echo(f"wrote {summary['clips']} clips ({splits}; {summary['scores']} scores, {summary['arrangements']} "
                f"arrangements, {summary['recordings']} recordings) to {out_dir} in {summary['wall_seconds']:.0f} s")

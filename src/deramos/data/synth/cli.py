@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from ...runtime.cli_common import defaults_of
+from ...runtime.cli_common import Command, defaults_of, fail
 from ...runtime.errors import one_line
 from .corpus import generate_corpus
 
@@ -12,7 +12,7 @@ DEFAULTS = defaults_of(generate_corpus)
 CLIPS_PER_SYSTEM = 3   # each system needs clips in train, dev and test
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus to (created if missing).")
 @click.option("--clips", default=DEFAULTS["clips"], show_default=True, type=click.IntRange(min=1),
               help=f"Number of clips in all splits together: at least {CLIPS_PER_SYSTEM} per system "
@@ -37,8 +37,10 @@ def main(out_dir, clips, systems, seed, min_seconds, max_seconds, progress):
                                  f"give more clips or fewer --systems", param_hint="--clips")
     try:
         summary = generate_corpus(out_dir, clips, systems, seed, min_seconds, max_seconds, progress=progress)
-    except ValueError as error:
+    except ValueError as error:    # options that do not fit together
         raise click.UsageError(one_line(error)) from None
+    except OSError as error:       # --out cannot be written
+        fail(error)
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())
     click.echo(f"wrote {summary['clips']} clips ({splits}) to {summary['out_dir']}")
     click.echo(f"systems: {summary['systems']} (demo-prompt systems: {', '.join(summary['demo_systems']) or 'none'}), prompts: {summary['prompts']}")

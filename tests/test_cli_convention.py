@@ -7,6 +7,7 @@ command of their own, one way of stopping each.
 """
 from __future__ import annotations
 
+import ast
 import errno
 import subprocess
 import sys
@@ -178,3 +179,36 @@ def test_a_group_reports_its_subcommands_errors():
     assert missing.stderr.splitlines()[-1] == f"error: Invalid value for '--data': Path '{MISSING}' does not exist."
     failing = CliRunner().invoke(group, ["report", "--data", "."])
     assert failing.exit_code == EXIT_USAGE and failing.stderr == "error: .: no report\n"
+
+
+# --- library code never prints -------------------------------------------------------------------
+
+
+def _prints_outside_main(source: str) -> list[int]:
+    """Lines of the print() calls and `= print` defaults in `source` that no function named main encloses."""
+    found = []
+
+    def visit(node, in_main: bool) -> None:
+        in_main = in_main or (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.name == "main")
+        if not in_main and isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "print":
+            found.append(node.lineno)
+        if not in_main and isinstance(node, ast.arguments):
+            found.extend(d.lineno for d in node.defaults + node.kw_defaults if isinstance(d, ast.Name) and d.id == "print")
+        for child in ast.iter_child_nodes(node):
+            visit(child, in_main)
+
+    visit(ast.parse(source), False)
+    return sorted(found)
+
+
+def test_library_code_never_prints():
+    """Only the CLIs talk to the terminal: a cli.py, a command's main, and cli_common's printer."""
+    printer = REPO / "src" / "deramos" / "runtime" / "cli_common.py"
+    offenders = [f"{path.relative_to(REPO)}:{line}" for path in sorted((REPO / "src" / "deramos").rglob("*.py"))
+                 if path.name != "cli.py" and path != printer for line in _prints_outside_main(path.read_text())]
+    assert offenders == []
+
+
+def test_the_print_finder_finds_prints():
+    source = "def report(say=print):\n    print('x')\n\n\ndef main():\n    print('fine')\n"
+    assert _prints_outside_main(source) == [1, 2]

@@ -17,6 +17,8 @@ import time
 
 import numpy as np
 
+from deramos.runtime.errors import one_line
+
 
 def _batches(inputs, batch_size: int):
     """The first `batch_size` clips and prompts, as feeds for the three graphs."""
@@ -157,7 +159,7 @@ def main() -> None:
         print(json.dumps(measure(spec)))
     except Exception as err:  # noqa: BLE001 - reported as a skipped row, never a crash
         print(json.dumps({"backend": spec["backend"], "precision": spec.get("precision"),
-                          "error": " ".join(str(err).split())[:300]}))
+                          "error": one_line(err)[:300]}))
 
 
 if __name__ == "__main__":

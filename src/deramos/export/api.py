@@ -24,6 +24,7 @@ from ..runtime.bundle import (
     sha256_file,
     write_manifest,
 )
+from ..runtime.errors import progress_log
 from ..runtime.probes import record_probes, write_probe_clips
 from ..runtime.scorer import Scorer
 from ..runtime.targets import default_int8_target
@@ -58,7 +59,7 @@ class ExportFailed(RuntimeError):
 
 
 def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
-                  say: Callable[[str], None] = print) -> dict:
+                  say: Callable[[str], None] = progress_log.info) -> dict:
     """Write the FP32 graphs, tokenizer, probe clips and manifest, FP32 checked against PyTorch;
     then (torch-free, deramos.build) any FP16/INT8 graphs, each checked against FP32.
     A failed FP32 validation leaves no manifest.json (nothing loadable); a failed FP16/INT8 check

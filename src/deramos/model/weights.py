@@ -9,6 +9,8 @@ from pathlib import Path
 
 import torch
 
+from ..runtime.errors import one_line
+
 
 class CheckpointError(ValueError):
     """A checkpoint file that exists but cannot be read; the message names the file."""
@@ -37,8 +39,7 @@ def read_tensors(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         return load_file(str(path), device="cpu")
     except SafetensorError as error:
-        reason = " ".join(str(error).split())
-        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {reason})") from None
+        raise CheckpointError(f"{path}: not a readable safetensors file (truncated or corrupt: {one_line(error)})") from None
 
 
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor]) -> None:

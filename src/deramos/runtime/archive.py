@@ -33,6 +33,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from .bundle import BundleError, load_bundle, parse_manifest, relative_path_problem
+from .errors import one_line
 from .hashmemo import HashMemo
 from .paths import cache_home, remove_stale_scratch
 
@@ -192,7 +193,7 @@ def extract(archive: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 
 def _why(error: BaseException) -> str:
-    return " ".join(str(error).split()) or type(error).__name__
+    return one_line(error) or type(error).__name__
 
 
 def _checked_members(members: list[tarfile.TarInfo], dest: Path, refuse) -> dict[str, tarfile.TarInfo]:

@@ -23,7 +23,7 @@ from typing import Callable
 from . import paths
 from .paths import remove_stale_scratch
 from .bundle import FORMAT_VERSION, BundleError
-from .errors import TORCH_THEN_EXPORT_EXTRA
+from .errors import TORCH_THEN_EXPORT_EXTRA, progress_log
 
 ENV_BUNDLE = "DERAMOS_BUNDLE"
 ENV_CHECKPOINT = "DERAMOS_DEFAULT_CHECKPOINT"
@@ -118,7 +118,9 @@ def default_bundle(say: Callable[[str], None] | None = None) -> Path:
     if not export_available():
         raise BundleError(f"no bundle given and the default bundle is not exported yet; {HOW_TO_GET_ONE}")
     target.parent.mkdir(parents=True, exist_ok=True)
-    say = say or _stderr
+    # Minutes of waiting are never silent: without a `say`, the progress logger at WARNING, which
+    # Python shows on stderr even to a caller who set up no logging (its last-resort handler).
+    say = say or progress_log.warning
     waiting = (f"deramos: waiting for another process to finish exporting the default model to {target} "
                f"(first use; a few minutes)")
     with _file_lock(target.with_name(target.name + ".lock"), on_wait=lambda: say(waiting)):
@@ -165,8 +167,3 @@ def _file_lock(path: Path, on_wait: Callable[[], None] | None = None):
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _stderr(message: str) -> None:
-    if sys.stderr is not None:   # closed (2>&-): print(file=None) would write to stdout
-        print(message, file=sys.stderr, flush=True)

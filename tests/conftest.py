@@ -61,13 +61,14 @@ def runtime_bundle(runtime_model, tmp_path_factory):
     """An exported bundle (fp32 + fp16) of `runtime_model`. Read-only: copy it to tamper with it."""
     import torch
 
+    from deramos.build.stage import BuildOptions
     from deramos.export.api import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("runtime") / "bundle"
     threads = torch.get_num_threads()
     torch.set_num_threads(1)   # validation runs many tiny ops: see torch_single_thread
     try:
-        export_bundle(runtime_model, out, ExportOptions(fp16=True, validate_clips=8, progress=False),
+        export_bundle(runtime_model, out, ExportOptions(build=BuildOptions(fp16=True), validate_clips=8, progress=False),
                       say=lambda _: None)
     finally:
         torch.set_num_threads(threads)
@@ -153,12 +154,14 @@ def export_bundle_dir(export_model, tmp_path_factory):
     64-clip synthetic held-out set), shared by the export tests.
     Read-only: copy it (shutil.copytree) before changing anything.
     Returns (directory, manifest, messages said during the export)."""
+    from deramos.build.stage import BuildOptions
     from deramos.export.api import ExportOptions, export_bundle
 
     out = tmp_path_factory.mktemp("export_bundle") / "bundle"
     said = _Said()
-    options = ExportOptions(fp16=True, int8=True, validate_clips=64, calib_clips=32, progress=False,
-                            int8_graphs=("audio_encoder", "text_encoder"))   # both, so both are tested
+    build = BuildOptions(fp16=True, int8=True, calib_clips=32,
+                         int8_graphs=("audio_encoder", "text_encoder"))   # both, so both are tested
+    options = ExportOptions(build=build, validate_clips=64, progress=False)
     with _one_torch_thread():
         manifest = export_bundle(export_model, out, options, say=said)
     return out, manifest, said

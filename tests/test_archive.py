@@ -325,18 +325,18 @@ def test_deramos_export_writes_one_file_and_leaves_no_scratch(tmp_path):
     assert "archive written: out/model.tar (" in done.stderr and "deramos-run --bundle model.tar" in done.stderr
     root = _unpack_in(cache, work / "out" / "model.tar")
     assert load_bundle(root).precisions() == ["fp32", "int8"]
-    assert load_bundle(root).manifest["int8"]["calibration_set"]["source"] == "the bundle's probe clips"
+    assert load_bundle(root).manifest.int8["calibration_set"]["source"] == "the bundle's probe clips"
 
 
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
                     reason="tensorrt is installed here: this checks the message when it is not")
 def test_deramos_export_to_an_archive_with_trt_but_no_tensorrt_packs_the_onnx_bundle(tmp_path):
-    """The export's --trt fails (exit 2: an unusable setting) after the ONNX bundle is complete: the message says the
+    """The export's --trt fails (exit 3) after the ONNX bundle is complete: the message says the
     bundle in model.tar is complete, so model.tar must be there."""
     cache = tmp_path / "cache"
     done = _run([BIN / "deramos-export", "--preset", "tiny", "--no-validate", "--trt", "--out", tmp_path / "model.tar"],
                 cache)
-    assert done.returncode == 2, done.stderr
+    assert done.returncode == 3, done.stderr
     assert _errors(done.stderr) == [f"error: --trt: TensorRT is not installed (pip install 'deramos[gpu]' on a machine "
                                     f"with an NVIDIA GPU); the ONNX bundle in {tmp_path / 'model.tar'} is complete"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "model.tar"]       # no scratch folder
@@ -384,7 +384,7 @@ def test_build_from_an_archive_to_an_archive_without_torch(packed, tmp_path):
     assert load_bundle(unpacked).precisions() == ["fp32", "fp16"]     # ... and was not built in
     built = _unpack_in(cache, tmp_path / "model-int8.tar")
     assert load_bundle(built).precisions() == ["fp32", "fp16", "int8"]
-    assert load_bundle(built).manifest["int8"]["calibration_set"]["clips"] == 32
+    assert load_bundle(built).manifest.int8["calibration_set"]["clips"] == 32
 
 
 def test_build_calibrates_on_the_real_music_of_a_checkout_without_torch(runtime_bundle, tmp_path):
@@ -393,7 +393,7 @@ def test_build_calibrates_on_the_real_music_of_a_checkout_without_torch(runtime_
     done = _build([root, "--int8", "--no-speed", "--calib", real, "--calib-clips", "12"], tmp_path / "cache")
     assert done.returncode == 0, done.stderr
     assert f"calibrating on 12 clips from {real} (minmax, INT8 target" in done.stderr
-    calibrated = load_bundle(root).manifest["int8"]["calibration_set"]
+    calibrated = load_bundle(root).as_json()["int8"]["calibration_set"]
     assert calibrated == {"source": str(real), "clips": 12, "skipped": []}
 
 

@@ -16,7 +16,7 @@ from scipy import stats
 from deramos.build.stage import BuildOptions, build_bundle
 from deramos.runtime import compare as cmp
 from deramos.runtime import targets
-from deramos.runtime.bundle import BundleError, load_bundle, write_manifest
+from deramos.runtime.bundle import BundleError, load_bundle
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -140,7 +140,7 @@ def test_export_writes_probes_with_fp32_scores(fp32_bundle):
     assert bundle.precisions() == ["fp32"]
     index = json.loads((fp32_bundle / "probes" / "probes.json").read_text())
     assert len(index["clips"]) == 32 and index["sample_rate"] == bundle.sample_rate
-    assert all(f"probes/{n:02d}.flac" in bundle.manifest["files"] for n in range(32))
+    assert all(f"probes/{n:02d}.flac" in bundle.files for n in range(32))
     mi, ta = (np.array([c[k] for c in index["clips"]]) for k in ("mi", "ta"))
     assert mi.std() > 0.001 and ta.std() > 0.02 and np.all((mi >= 1) & (mi <= 5)) and np.all((ta >= 1) & (ta <= 5))
     # The stored scores are what the FP32 graphs give for these very files.
@@ -160,7 +160,7 @@ def test_build_without_torch_adds_fp16_and_int8_that_pass(fp32_bundle, tmp_path)
     assert done.returncode == 0, done.stderr
     assert "int8: PASS" in done.stderr and "fp16: PASS" in done.stderr
     assert "calibrating on 32 clips from" in done.stderr and "probe clips" in done.stderr
-    manifest = load_bundle(root).manifest
+    manifest = load_bundle(root).as_json()
     assert load_bundle(root).precisions() == ["fp32", "fp16", "int8"]
     assert manifest["int8"]["target"] == "x86-avx2" and manifest["int8"]["scheme"]["weight_bits"] == 7
     assert manifest["checks"]["int8"]["clips"] == 64 and manifest["checks"]["int8"]["passed"]
@@ -190,7 +190,7 @@ def _broken_int8(fp32_bundle: Path, target: Path) -> Path:
     ranges = json.loads((root / "calibration" / "audio_encoder.ranges.json").read_text())["ranges"]
     tiny = {k: [(np.asarray(lo) / 1000).tolist(), (np.asarray(hi) / 1000).tolist()] for k, (lo, hi) in ranges.items()}
     save_onnx(quantize(root / "audio_encoder.onnx", tiny, "minmax", "x86-avx2"), root / "audio_encoder.int8.onnx")
-    write_manifest(root, load_bundle(root, verify=False).manifest)
+    load_bundle(root, verify=False).save()
     return root
 
 
@@ -207,7 +207,7 @@ def test_shipped_real_clips_travel_with_the_bundle_and_calibrate_int8(fp32_bundl
     done = _run([sys.executable, "-c", code, str(fp32_bundle), "--ship-calib", str(REAL_CLIPS), "--out", str(shipped)])
     assert done.returncode == 0, done.stderr
     assert f"shipping 48 calibration clips from {REAL_CLIPS} in calibration/clips/" in done.stderr
-    files = load_bundle(shipped).manifest["files"]
+    files = load_bundle(shipped).files
     listed = {n for n in files if n.startswith("calibration/clips/")}
     assert len(listed) == 48 + 2 and {"calibration/clips/clips.jsonl", "calibration/clips/SOURCES.md"} <= listed
     for name in listed:
@@ -240,7 +240,7 @@ def test_self_check_fails_on_a_broken_int8_graph(fp32_bundle, tmp_path):
     assert last.startswith("FAIL: ") and "drift std is" in last, done.stdout
     assert "Traceback" not in done.stderr
     # the report says how much of each INT8 graph is INT8 (the build stage's count, in the manifest)
-    share = load_bundle(root, verify=False).manifest["int8"]["quantized"]["audio_encoder"]
+    share = load_bundle(root, verify=False).manifest.int8["quantized"]["audio_encoder"]
     assert f"graph audio_encoder  int8_ops {share['quantized_ops']}  of_ops {share['quantizable_ops']}  " \
            f"int8_weight_share 1  int8_flop_share {share['quantized_flop_share']:.4g}" in done.stdout
     with pytest.raises(SelfCheckFailed, match=r"self-check failed for onnxruntime-cpu \(int8"):
@@ -258,12 +258,13 @@ def test_failed_check_keeps_what_passed(fp32_bundle, tmp_path, monkeypatch):
     result = build_bundle(root, BuildOptions(fp16=True, int8=True, calib="probes"))
     assert result.failed == ["int8"]
     bundle = load_bundle(root)
+    manifest = bundle.as_json()
     assert bundle.precisions() == ["fp32", "fp16"]
-    assert not (root / "audio_encoder.int8.onnx").exists() and "int8" not in bundle.manifest
-    assert bundle.manifest["checks"]["int8"]["passed"] is False
-    assert bundle.manifest["checks"]["int8"]["failures"][0].startswith("MI: max |Δ| ")
-    assert bundle.manifest["checks"]["fp16"]["passed"] is True
-    assert sorted(bundle.manifest["speed"]["seconds_per_batch"]) == ["fp16", "fp32"]   # a dropped precision is not timed
+    assert not (root / "audio_encoder.int8.onnx").exists() and "int8" not in manifest and bundle.manifest.int8 is None
+    assert manifest["checks"]["int8"]["passed"] is False
+    assert manifest["checks"]["int8"]["failures"][0].startswith("MI: max |Δ| ")
+    assert manifest["checks"]["fp16"]["passed"] is True
+    assert sorted(manifest["speed"]["seconds_per_batch"]) == ["fp16", "fp32"]   # a dropped precision is not timed
 
 
 def test_speed_report_says_which_precision_does_not_pay():

@@ -151,7 +151,7 @@ def test_manifest_parity_per_precision(bundle):
 def test_load_bundle_verifies_and_describes(bundle):
     root, manifest = bundle
     loaded = load_bundle(root)
-    assert loaded.manifest == manifest
+    assert loaded.as_json() == manifest
     assert loaded.precisions() == ["fp32", "fp16", "int8"]
     assert loaded.graph_path("heads", "int8") == root / "heads.onnx"
     assert loaded.graph_path("text_encoder", "fp16") == root / "text_encoder.fp16.onnx"
@@ -227,14 +227,14 @@ def test_full_verification_ignores_the_memo(copy, private_cache, monkeypatch):
     path.write_text(json.dumps(data))
     monkeypatch.setenv("DERAMOS_VERIFY", "full")
     load_bundle(copy)
-    verify_files(copy, json.loads((copy / "manifest.json").read_text()), memo=False)
+    verify_files(copy, json.loads((copy / "manifest.json").read_text())["files"], memo=False)
 
 
 def test_tampered_calibration_file_is_caught(copy):
     path = copy / "probes" / "probes.json"
     path.write_text(path.read_text() + " ")
     with pytest.raises(BundleError) as err:
-        verify_files(copy, json.loads((copy / "manifest.json").read_text()))
+        verify_files(copy, json.loads((copy / "manifest.json").read_text())["files"])
     assert "probes.json" in _one_line(err)
 
 
@@ -285,7 +285,7 @@ def test_graph_io_mismatch_names_the_file(copy):
 
 def test_missing_precision_is_a_clear_error(bundle, tmp_path):
     root, _ = bundle
-    manifest = json.loads(json.dumps(load_bundle(root, verify=False).manifest))
+    manifest = load_bundle(root, verify=False).as_json()
     del manifest["graphs"]["heads"]["files"]["int8"]
     loaded = Bundle(root, manifest)
     assert loaded.precisions() == ["fp32", "fp16"]

@@ -127,11 +127,11 @@ def test_manifest_numbers_are_range_checked(copy, clip, case):
 
 def test_the_bounds_themselves_load(copy):
     edit_manifest(copy, lambda m: m.update(sample_rate=192000, window_seconds=600))
-    spec = load_bundle(copy).spec
-    assert (spec.sample_rate, spec.window_seconds) == (192000, 600.0)
+    manifest = load_bundle(copy).manifest
+    assert (manifest.sample_rate, manifest.window_seconds) == (192000, 600.0)
     edit_manifest(copy, lambda m: m.update(sample_rate=8000, window_seconds=0.5, min_tail_samples=4000))
     assert load_bundle(copy).window_samples == 4000
-    assert load_bundle(copy).spec.score == (1.0, 5.0, 20)
+    assert load_bundle(copy).manifest.score == (1.0, 5.0, 20)
 
 
 def test_a_manifest_nested_too_deeply_is_one_line(copy, clip):

@@ -153,12 +153,12 @@ def test_a_garbage_tokenizer_names_the_file(copy, clip):
 
 def test_the_good_bundle_loads_and_is_typed(runtime_bundle):
     bundle = load_bundle(runtime_bundle)
-    spec = bundle.spec
+    spec = bundle.manifest
     assert (spec.sample_rate, spec.window_seconds, spec.samples_per_frame, spec.max_tokens) == (16000, 6.0, 640, 32)
     assert spec.graphs["heads"].files == {"fp32": ("heads.onnx",), "fp16": ("heads.fp16.onnx",)}
     assert spec.graphs["text_encoder"].inputs == ("input_ids", "attention_mask")
     assert spec.tokenizer_file == "tokenizer.json" and set(spec.files) >= {"tokenizer.json", "heads.onnx"}
-    assert bundle.manifest["model"]["name"] == "tiny"            # the raw JSON stays available
+    assert spec.model_name == "tiny" and spec.model_config["audio"]["sample_rate"] == 16000
 
 
 # --- TensorRT engines: only those the manifest lists (and so hashes) are used -------------------

@@ -16,7 +16,7 @@ from deramos.calibration.dataset import held_out_set, load_calibration_set
 from deramos.calibration.samples import batches
 from deramos.export.api import ExportOptions
 from deramos.runtime.bundle import GRAPHS, load_bundle, sha256_file
-from deramos.runtime.compare import TOLERANCES
+from deramos.runtime.contract import INT8_DEFAULT_GRAPHS, TOLERANCES
 from deramos.runtime.metrics import spearman
 from deramos.runtime.text import PromptTokenizer
 
@@ -53,7 +53,7 @@ BOTH = ("audio_encoder", "text_encoder")   # the shared bundle quantises both (t
 
 
 def test_default_int8_quantises_the_audio_encoder_only():
-    assert ExportOptions().int8_graphs == q.QUANTIZED_GRAPHS == ("audio_encoder",)
+    assert ExportOptions().build.int8_graphs == INT8_DEFAULT_GRAPHS == ("audio_encoder",)
 
 
 def test_int8_files_and_heads_entry(bundle):
@@ -226,7 +226,7 @@ def cache_runs(bundle, export_model, export_corpus, jsonl_source, tmp_path_facto
 
     said: list[str] = []
     build_bundle(root, BuildOptions(int8=True, check=False, int8_graphs=BOTH, calib_clips=32), say=said.append)
-    manifest = load_bundle(root).manifest
+    manifest = load_bundle(root).as_json()
     runs["reuse"] = (manifest, said, {g: q.ranges_path(root, g).read_bytes() for g in BOTH})
 
     cached = _ranges(root, "audio_encoder")
@@ -234,14 +234,14 @@ def cache_runs(bundle, export_model, export_corpus, jsonl_source, tmp_path_facto
     q.ranges_path(root, "audio_encoder").write_text(json.dumps(cached))
     said = []
     build_bundle(root, BuildOptions(int8=True, check=False, int8_graphs=BOTH, calib_clips=32), say=said.append)
-    manifest = load_bundle(root).manifest
+    manifest = load_bundle(root).as_json()
     runs["mismatch"] = (manifest, said, {g: _ranges(root, g) for g in BOTH})
     runs["mismatch_sha"] = sha256_file(q.ranges_path(root, "audio_encoder"))
 
     said = []   # other calibration data asked for: both caches are rebuilt from it
     build_bundle(root, BuildOptions(int8=True, check=False, int8_graphs=BOTH, calib=str(jsonl_source), calib_clips=8),
                  say=said.append)
-    manifest = load_bundle(root).manifest
+    manifest = load_bundle(root).as_json()
     runs["other_data"] = (manifest, said, {g: _ranges(root, g) for g in BOTH})
 
     cached = _ranges(root, "text_encoder")
@@ -250,7 +250,7 @@ def cache_runs(bundle, export_model, export_corpus, jsonl_source, tmp_path_facto
     said = []
     build_bundle(root, BuildOptions(int8=True, check=False, int8_graphs=BOTH, recalibrate=True, calib_clips=8),
                  say=said.append)
-    manifest = load_bundle(root).manifest
+    manifest = load_bundle(root).as_json()
     runs["recalibrate"] = (manifest, said, {g: _ranges(root, g) for g in BOTH})
     runs["root"] = root
     return runs
@@ -345,7 +345,7 @@ def test_source_musiceval_dir(export_corpus):
 
 
 def test_source_musiceval_held_out_corpus_without_a_train_split(export_corpus, tmp_path):
-    """A held-out corpus (deramos-realmusic --set heldout) lists only test clips: they are used."""
+    """A held-out corpus (deramos-realmusic corpus --set heldout) lists only test clips: they are used."""
     import shutil
 
     held = tmp_path / "held"

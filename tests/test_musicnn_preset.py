@@ -61,12 +61,13 @@ def test_train_mode_keeps_the_frozen_encoder_in_eval(model):
 
 @pytest.mark.slow
 def test_exported_bundle_scores_like_pytorch(model, tmp_path):
+    from deramos.build.stage import BuildOptions
     from deramos.export.api import ExportOptions, export_bundle
     from deramos.runtime.scorer import Scorer
 
     said = []
-    manifest = export_bundle(model, tmp_path / "bundle", ExportOptions(fp16=True, validate_clips=4, progress=False),
-                             say=said.append)
+    options = ExportOptions(build=BuildOptions(fp16=True), validate_clips=4, progress=False)
+    manifest = export_bundle(model, tmp_path / "bundle", options, say=said.append)
     assert manifest["parity"]["fp32"]["passed"] and manifest["checks"]["fp16"]["passed"]   # FP16 vs FP32, 64 clips
     assert manifest["samples_per_frame"] == 94 * 256 and manifest["sample_rate"] == 16000
     clips = real_clips()

@@ -121,15 +121,13 @@ def test_graphs_with_external_weights_carry_their_data_file(runtime_bundle, tmp_
     import onnx
 
     from deramos.build.onnxio import save_onnx
-    from deramos.runtime.bundle import write_manifest
 
     root = tmp_path / "bundle"
     shutil.copytree(runtime_bundle, root)
-    manifest = load_bundle(root).manifest
+    bundle = load_bundle(root)
     written = save_onnx(onnx.load(str(root / "text_encoder.onnx")), root / "text_encoder.onnx", external_min_bytes=1000)
-    manifest["graphs"]["text_encoder"]["files"]["fp32"] = [p.name for p in written]
-    manifest["files"]["text_encoder.onnx.data"] = ""
-    write_manifest(root, manifest)
+    bundle.set_graph_files("text_encoder", "fp32", [p.name for p in written])
+    bundle.save()
     out = tmp_path / "repo"
     write_repository(load_bundle(root), out)
     folder = out / "deramos_text_encoder" / "1"

@@ -22,8 +22,6 @@ import click
 import numpy as np
 
 from ..model.config import PRESETS
-from ..runtime.cli_common import Command, errors_as_messages, stderr_line
-from ..runtime.errors import DeramosError
 
 CPU_ROWS = [("torch-eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8")]
 GPU_ROWS = [("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnxruntime-tensorrt", "fp16"), ("onnxruntime-cuda", "fp32"),
@@ -120,7 +118,7 @@ def ensure_bundle(bundle_dir: str | None, preset_name: str, workdir: Path, say) 
     done = subprocess.run(cmd)
     # exit 1: a precision missed its check against FP32 and was left out; the rest is measured
     if done.returncode not in (0, 1) or not (out / "manifest.json").is_file():
-        raise DeramosError(f"{out}: exporting the benchmark bundle failed (exit {done.returncode})")
+        raise click.ClickException(f"exporting the benchmark bundle failed (exit {done.returncode})")
     return out
 
 
@@ -171,7 +169,7 @@ def format_reward(rows: list[dict], clip_seconds: float) -> list[str]:
     return lines
 
 
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", "preset_name", type=click.Choice(sorted(PRESETS)), default=lambda: embedded_preset() or "small",
               show_default="the default model's",
               help="Model to measure when no --bundle is given: the embedded default model's weights for its preset, "
@@ -199,17 +197,17 @@ def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, 
       deramos-bench --batch-sizes 1,8 --json bench.json
       deramos-bench --preset paper --batch-sizes 4 --clip-seconds 30 --seconds 60
     """
-    from ..runtime.bundle import load_bundle
+    from ..runtime.bundle import load_bundle, plain
 
-    say = stderr_line
+    say = lambda text: click.echo(text, err=True)  # noqa: E731
     sizes = [int(s) for s in batch_sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="deramos-bench-") as tmp, errors_as_messages(ValueError, OSError):
+    with tempfile.TemporaryDirectory(prefix="deramos-bench-") as tmp:
         workdir = Path(tmp)
         bundle_obj = load_bundle(ensure_bundle(bundle, preset_name, workdir, say))
-        clip_seconds = clip_seconds or bundle_obj.manifest["window_seconds"]
+        clip_seconds = clip_seconds or bundle_obj.window_seconds
         make_inputs(bundle_obj, max(*sizes, candidates), clip_seconds, workdir / "inputs.npz")
         base = {"inputs": str(workdir / "inputs.npz"), "batch_sizes": sizes, "seconds": seconds, "threads": threads,
-                "bundle": str(bundle_obj.root), "config": bundle_obj.manifest["model"]["config"]}
+                "bundle": str(bundle_obj.root), "config": plain(bundle_obj.manifest.model_config)}
         rows = []
         for backend, precision in CPU_ROWS + (GPU_ROWS if gpu else []):
             if precision not in bundle_obj.precisions():
@@ -217,7 +215,7 @@ def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, 
             say(f"measuring {backend} {precision} ...")
             rows.append(run_worker(dict(base, backend=backend, precision=precision), workdir))
         eager = next((r for r in rows if r["backend"] == "torch-eager" and "error" not in r), {})
-        report = {"bundle": str(bundle), "model": bundle_obj.manifest["model"]["name"], "threads": threads,
+        report = {"bundle": str(bundle), "model": bundle_obj.manifest.model_name, "threads": threads,
                   "clip_seconds": clip_seconds, "batch_sizes": sizes, "rows": rows,
                   "flops_per_clip": eager.get("flops_per_clip"), "matmul_gflops": eager.get("matmul_gflops")}
         if not no_extras:

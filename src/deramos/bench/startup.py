@@ -24,9 +24,6 @@ from pathlib import Path
 
 import click
 
-from ..runtime.cli_common import Command, stderr_line
-from ..runtime.errors import DeramosError
-
 FLOOR = "import numpy, onnxruntime, soundfile, tokenizers"
 
 
@@ -35,7 +32,7 @@ def _wall(cmd: list[str], env: dict | None = None) -> float:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise DeramosError(f"{' '.join(cmd[:3])} failed: {' '.join(done.stderr.split()[-20:])}")
+        raise click.ClickException(f"{' '.join(cmd[:3])} failed: {' '.join(done.stderr.split()[-20:])}")
     return elapsed
 
 
@@ -67,7 +64,7 @@ def load_breakdown(bundle_dir: str, clip: str, prompt: str) -> dict:
     from ..runtime.text import PromptTokenizer
 
     bundle, verify_memo = _timed(lambda: load_bundle(bundle_dir, verify=True))
-    _, verify_full = _timed(lambda: verify_files(bundle.root, bundle.manifest, memo=False))
+    _, verify_full = _timed(lambda: verify_files(bundle.root, bundle.files, memo=False))
     backend = OrtBackend(bundle)   # ORT's one-time set-up happens here, before graphs are timed
     per_graph = {g: _timed(lambda g=g: backend._open(g))[1] for g in GRAPHS}
     with ThreadPoolExecutor(len(GRAPHS)) as pool:
@@ -92,7 +89,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(cls=Command, help=__doc__.split("\n\n")[0])
+@click.command(help=__doc__.split("\n\n")[0])
 @click.option("--bundle", "bundle_dir", default=None, help="Bundle to start (default: the default bundle).")
 @click.option("--clip", default=None, help="Clip to score (default: the first of examples/prompts.jsonl in the checkout).")
 @click.option("--prompt", default="calm piano", show_default=True, help="Prompt for --clip.")
@@ -101,7 +98,7 @@ def format_report(report: dict) -> str:
 def main(bundle_dir, clip, prompt, runs, json_out):
     from ..runtime.default import resolve_bundle_dir
 
-    resolved = str(resolve_bundle_dir(bundle_dir, say=stderr_line))
+    resolved = str(resolve_bundle_dir(bundle_dir, say=lambda m: click.echo(m, err=True)))
     if clip is None:   # the first of the checkout's examples, with its matching prompt
         examples = Path(__file__).resolve().parents[1] / "examples"
         first = json.loads((examples / "prompts.jsonl").read_text(encoding="utf-8").splitlines()[0])

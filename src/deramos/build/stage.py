@@ -9,7 +9,7 @@ that passed stay usable; `BuildResult.failed` names what failed.
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
@@ -28,7 +28,7 @@ from ..calibration.quantize import (
     quantized_share,
     ranges_path,
 )
-from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verify_files, write_manifest
+from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verify_files
 from ..runtime.compare import Comparison
 from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
 from ..runtime.text import PromptTokenizer
@@ -65,6 +65,16 @@ class BuildOptions:
     speed: bool = True                   # time each kept precision against FP32 on this machine (builder/speed.py)
     trt: bool = False                    # also TensorRT engines for this GPU, one per precision in the bundle
     trt_max_batch: int = 8
+    @property
+    def adds_anything(self) -> bool:
+        return self.fp16 or self.int8 or self.trt or bool(self.ship_calib)
+
+
+def engines_only(options: BuildOptions) -> BuildOptions:
+    """The TensorRT step of `options` alone (deramos-export runs it once the ONNX bundle is
+    complete, so a machine without TensorRT keeps that bundle)."""
+    return replace(options, fp16=False, int8=False, ship_calib=None, trt=True)
+
 
 
 def bundle_calibration(bundle: Bundle) -> str | None:
@@ -93,17 +103,10 @@ def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], N
     bundle = load_bundle(root, verify=False)
     # The calibration cache is checked by its own key (graph hash, method, data) and rebuilt
     # when stale; every other file must be what the manifest says.
-    verify_files(bundle.root, {"files": {n: h for n, h in bundle.manifest["files"].items()
-                                         if not n.startswith("calibration/") or n.startswith(SHIPPED_DIR + "/")}})
+    verify_files(bundle.root, {n: h for n, h in bundle.files.items()
+                               if not n.startswith("calibration/") or n.startswith(SHIPPED_DIR + "/")})
     if options.ship_calib:
-        say(f"shipping {ship_calibration(bundle.root, options.ship_calib)} calibration clips from "
-            f"{options.ship_calib} in {SHIPPED_DIR}/")
-        bundle.manifest["files"] = {n: h for n, h in bundle.manifest["files"].items() if not n.startswith(SHIPPED_DIR + "/")}
-        bundle.manifest["files"].update(dict.fromkeys(shipped_files(bundle.root), ""))
-        write_manifest(bundle.root, bundle.manifest)
-        bundle = load_bundle(bundle.root, verify=False)
-        if options.calib is None:
-            options.calib = bundle_calibration(bundle)
+        _ship_calibration(bundle, options, say)
     if options.int8:
         check_int8_options(options)
     added = {}
@@ -111,8 +114,7 @@ def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], N
         added["fp16"] = _add_fp16(bundle)
     if options.int8:
         added["int8"] = _add_int8(bundle, options, say)
-    write_manifest(bundle.root, bundle.manifest)
-    bundle = load_bundle(bundle.root, verify=False)      # parsed again, new graphs included
+    bundle.save()
     checks = {}
     if not (options.check and added) and not options.trt:
         return BuildResult(checks)
@@ -122,49 +124,62 @@ def build_bundle(root: str | Path, options: BuildOptions, say: Callable[[str], N
         checks[precision] = measure_drift(bundle, precision, held, options.threads)
         if precision == "int8" and options.int8_search and not checks[precision].passed:
             say(checks[precision].format())
-            bundle, checks[precision] = _search_int8(bundle, options, held, say)
+            checks[precision] = _search_int8(bundle, options, held, say)
         say(checks[precision].format())
         if not checks[precision].passed:
-            _drop(bundle, precision, files)
+            bundle.drop_precision(precision, files)
     kept = [p for p in added if p in checks and checks[p].passed]
     if options.speed and kept:
         speed = measure_speed(bundle, kept, held, options.threads)
         say(speed.format())
-        bundle.manifest["speed"] = speed.to_dict()
+        bundle.record_speed(speed.to_dict())
     if options.trt:
-        checks.update(_add_engines(bundle, options, held, say))
-    bundle.manifest.setdefault("checks", {}).update({p: c.to_dict() for p, c in checks.items()})
-    write_manifest(bundle.root, bundle.manifest)
+        bundle, engine_checks = _add_engines(bundle, options, held, say)
+        checks.update(engine_checks)
+    bundle.record_checks({p: c.to_dict() for p, c in checks.items()})
+    bundle.save()
     return BuildResult(checks)
 
 
-def _add_engines(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> dict[str, Comparison]:
+def _ship_calibration(bundle: Bundle, options: BuildOptions, say) -> None:
+    """Copy the clips of options.ship_calib into the bundle, listed in place of any shipped before;
+    INT8 calibrates on them unless other data is named."""
+    say(f"shipping {ship_calibration(bundle.root, options.ship_calib)} calibration clips from "
+        f"{options.ship_calib} in {SHIPPED_DIR}/")
+    bundle.unlist_files([n for n in bundle.files if n.startswith(SHIPPED_DIR + "/")])
+    bundle.list_files(shipped_files(bundle.root))
+    bundle.save()
+    if options.calib is None:
+        options.calib = bundle_calibration(bundle)
+
+
+def _add_engines(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> tuple[Bundle, dict[str, Comparison]]:
     """TensorRT engines for this GPU, each set compared with ONNX Runtime FP32 like any other
     artefact; a set that misses is unlisted from the manifest (the runtime opens listed files only).
-    `bundle.manifest` is refreshed from disk: build_engines lists what it writes there."""
+    build_engines lists what it writes in manifest.json itself: the bundle returned is read again."""
     from ..runtime.engine_build import Profiles, TensorRTUnavailable, build_engines
 
-    write_manifest(bundle.root, bundle.manifest)
+    bundle.save()
     batch = (1, min(4, options.trt_max_batch), options.trt_max_batch)
     checks = {}
-    for precision in load_bundle(bundle.root, verify=False).precisions():
+    for precision in bundle.precisions():
         try:
             out = build_engines(bundle.root, precision, Profiles(batch=batch), say=say)
         except TensorRTUnavailable as error:
             raise ValueError(f"--trt: {error}") from None
-        built = load_bundle(bundle.root, verify=False)
-        checks[f"tensorrt-{precision}"] = check = measure_drift(built, precision, held, options.threads, backend="tensorrt")
+        bundle = load_bundle(bundle.root, verify=False)
+        checks[f"tensorrt-{precision}"] = check = measure_drift(bundle, precision, held, options.threads,
+                                                               backend="tensorrt")
         say(check.format())
         if not check.passed:
             folder = out.relative_to(bundle.root).as_posix()
-            built.manifest["files"] = {n: h for n, h in built.manifest["files"].items()
-                                       if not (n.startswith(folder + "/") and n.endswith(f".{precision}.engine"))}
-            write_manifest(bundle.root, built.manifest)
-    bundle.manifest = load_bundle(bundle.root, verify=False).manifest | {"checks": bundle.manifest.get("checks", {})}
-    return checks
+            bundle.unlist_files([n for n in bundle.files
+                                 if n.startswith(folder + "/") and n.endswith(f".{precision}.engine")])
+            bundle.save()
+    return bundle, checks
 
 
-def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> tuple[Bundle, Comparison]:
+def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> Comparison:
     """Per-layer sensitivity on the calibration clips, the costliest layers kept FP32 until INT8
     meets its tolerance, tightened by the search margin, there (builder/search.py); then the
     held-out check again, at the plain tolerance."""
@@ -178,17 +193,16 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> t
         result = search_exclusions(bundle, graph, ranges, options.calib_method, options.int8_target, clips,
                                    TOLERANCES["int8"].tightened(options.int8_search_margin), say,
                                    flops=flops, min_flop_share=options.int8_min_flop_share)
-        bundle.manifest["int8"].setdefault("search", {})[graph] = result.to_dict()
         if not result.comparison.passed:            # no INT8 graph of `graph` passed: INT8 is dropped
-            write_manifest(bundle.root, bundle.manifest)
-            return load_bundle(bundle.root, verify=False), result.comparison
-        bundle.manifest["int8"]["quantized"][graph] = _quantized(bundle, graph, flops)
+            bundle.record_int8_search(graph, result.to_dict())
+            bundle.save()
+            return result.comparison
+        bundle.record_int8_search(graph, result.to_dict(), _quantized(bundle, graph, flops))
         timing = result.seconds_per_batch
         say(f"{graph}: kept FP32 {result.kept_fp32 or 'nothing'}; seconds per batch: FP32 {timing['fp32']:.4f}, "
             f"INT8 everywhere {timing['int8_all_layers']:.4f}, INT8 as searched {timing['int8_searched']:.4f}")
-    write_manifest(bundle.root, bundle.manifest)
-    bundle = load_bundle(bundle.root, verify=False)
-    return bundle, measure_drift(bundle, "int8", held, options.threads)
+    bundle.save()
+    return measure_drift(bundle, "int8", held, options.threads)
 
 
 def _graph_flops(bundle: Bundle, graph: str) -> dict[str, float]:
@@ -216,7 +230,7 @@ def _add_fp16(bundle: Bundle) -> list[str]:
     written = []
     for graph in GRAPHS:
         paths = convert_to_fp16(bundle.graph_path(graph, "fp32"), bundle.root / graph_file_name(graph, "fp16"))
-        _register(bundle, graph, "fp16", paths)
+        bundle.set_graph_files(graph, "fp16", [p.name for p in paths])
         written += [p.name for p in paths]
     return written
 
@@ -228,26 +242,26 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
         ranges, reused[graph] = int8_ranges(bundle, graph, options, clips, say)
         paths = save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, options.calib_method, options.int8_target),
                           bundle.root / graph_file_name(graph, "int8"))
-        _register(bundle, graph, "int8", paths)
+        bundle.set_graph_files(graph, "int8", [p.name for p in paths])
         quantized[graph] = _quantized(bundle, graph, _graph_flops(bundle, graph))
-        bundle.manifest["files"].setdefault(ranges_path(bundle.root, graph).relative_to(bundle.root).as_posix(), "")
+        bundle.list_files([ranges_path(bundle.root, graph).relative_to(bundle.root).as_posix()])
         written += [p.name for p in paths]
     for graph in GRAPHS:
         if graph not in options.int8_graphs:      # kept FP32: the INT8 entry points at the FP32 file
-            bundle.manifest["graphs"][graph]["files"]["int8"] = list(bundle.manifest["graphs"][graph]["files"]["fp32"])
-    bundle.manifest["int8"] = {
+            bundle.set_graph_files(graph, "int8", bundle.graph_names(graph, "fp32"))
+    bundle.set_int8({
         "target": options.int8_target, "target_means": INT8_TARGETS[options.int8_target][1],
         "scheme": int8_scheme(options.int8_target).to_dict(), "method": options.calib_method,
         "quantized_graphs": list(options.int8_graphs), "quantized_ops": QUANTIZED_OPS, "quantized": quantized,
         "fp32_kept": [f"nodes under {p}" for p in EXCLUDED_NODE_PREFIXES] + [g for g in GRAPHS if g not in options.int8_graphs],
         "calibration_set": _describe_clips(clips()) if not all(reused.values()) else "cached ranges",
         "reused_cache": reused,
-    }
+    })
     return written
 
 
 def _calibration_clips(bundle: Bundle, options: BuildOptions, say) -> ClipSet:
-    window = float(bundle.manifest["window_seconds"])
+    window = bundle.window_seconds
     if options.calib == "probes":
         from ..runtime.audio import load_audio
         from ..runtime.probes import load_probes
@@ -271,22 +285,3 @@ def _calibration_clips(bundle: Bundle, options: BuildOptions, say) -> ClipSet:
 
 def _describe_clips(loaded: ClipSet) -> dict:
     return {"source": loaded.source, "clips": len(loaded.waves), "skipped": loaded.problems}
-
-
-def _register(bundle: Bundle, graph: str, precision: str, paths: list[Path]) -> None:
-    bundle.manifest["graphs"][graph]["files"][precision] = [p.name for p in paths]
-    for path in paths:
-        bundle.manifest["files"].setdefault(path.name, "")
-
-
-def _drop(bundle: Bundle, precision: str, files: list[str]) -> None:
-    """Remove a precision that failed its check: its manifest entries and its own files."""
-    for graph in GRAPHS:
-        bundle.manifest["graphs"][graph]["files"].pop(precision, None)
-    still_used = {n for g in GRAPHS for names in bundle.manifest["graphs"][g]["files"].values() for n in names}
-    for name in files:
-        if name not in still_used:
-            bundle.manifest["files"].pop(name, None)
-            (bundle.root / name).unlink(missing_ok=True)
-    if precision == "int8":
-        bundle.manifest.pop("int8", None)

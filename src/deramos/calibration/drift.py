@@ -18,7 +18,7 @@ MIN_CLIPS = 64
 
 
 def drift_set(spec: str | None, bundle: Bundle, clips: int = MIN_CLIPS, seed: int = 4242) -> ClipSet:
-    return held_out_set(spec, bundle.sample_rate, float(bundle.manifest["window_seconds"]), max(clips, MIN_CLIPS), seed)
+    return held_out_set(spec, bundle.sample_rate, bundle.window_seconds, max(clips, MIN_CLIPS), seed)
 
 
 def measure_drift(bundle: Bundle, precision: str, held: ClipSet, threads: int | None = None,

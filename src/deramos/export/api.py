@@ -6,11 +6,11 @@ import functools
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Callable
 
-from ..calibration.quantize import QUANTIZED_GRAPHS
+from ..build.stage import BuildOptions, build_bundle
 from ..calibration.samples import sample_set
 from ..runtime.backends import OrtBackend
 from ..runtime.bundle import (
@@ -22,12 +22,9 @@ from ..runtime.bundle import (
     graph_file_name,
     load_bundle,
     sha256_file,
-    write_manifest,
 )
-from ..runtime.errors import progress_log
 from ..runtime.probes import record_probes, write_probe_clips
 from ..runtime.scorer import Scorer
-from ..runtime.targets import default_int8_target
 from .graphs import DEFAULT_OPSET, example_inputs, export_graph, export_mode, graph_modules
 from .validate import format_report
 
@@ -36,33 +33,34 @@ PROBE_CLIPS = 32
 
 @dataclass
 class ExportOptions:
-    fp16: bool = False
-    int8: bool = False
-    calib: str | None = None
-    calib_method: str = "minmax"
-    recalibrate: bool = False
+    """The export's own options; `build` is what the build stage adds to the FP32 bundle (FP16,
+    INT8, shipped clips), handed to it as it is. Its TensorRT engines (build.trt) are not built
+    here: deramos-export builds them once the ONNX bundle is complete (build.stage.engines_only)."""
+
+    build: BuildOptions = field(default_factory=BuildOptions)
     opset: int = DEFAULT_OPSET
-    validate: bool = True
-    validate_clips: int = 64
-    calib_clips: int = 64
-    int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS   # the others stay FP32 (calibration/quantize.py)
-    int8_target: str = field(default_factory=default_int8_target)
+    validate: bool = True               # False: no check against PyTorch, and none against FP32 either
+    validate_clips: int = 64            # clips the FP32 graphs are compared with PyTorch on
     probe_clips: int = PROBE_CLIPS
-    ship_calib: str | None = None       # a JSONL of real clips to copy into the bundle (build/calibset.py)
-    seed: int = 0
     progress: bool = True
     timings: dict = field(default_factory=dict)
 
+
+    @property
+    def seed(self) -> int:
+        """One seed for the export's clips and the build stage's (build.seed)."""
+        return self.build.seed
 
 class ExportFailed(RuntimeError):
     """Validation or a precision's check failed; the message is the report."""
 
 
 def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
-                  say: Callable[[str], None] = progress_log.info) -> dict:
+                  say: Callable[[str], None] = print) -> dict:
     """Write the FP32 graphs, tokenizer, probe clips and manifest, FP32 checked against PyTorch;
     then (torch-free, deramos.build) any FP16/INT8 graphs, each checked against FP32.
     A failed FP32 validation leaves no manifest.json (nothing loadable); a failed FP16/INT8 check
+    Returns manifest.json as written (JSON data).
     leaves a bundle with the precisions that passed, and raises ExportFailed naming the others."""
     options = options or ExportOptions()
     out = Path(out)
@@ -73,33 +71,27 @@ def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
     with timer("export fp32"):
         _export_fp32(model, out, options, files)
     tokenizer = _copy_tokenizer(model, out)
-    manifest = build_manifest(model, out, files, tokenizer, {}, options)
+    bundle = Bundle(out, build_manifest(model, out, files, tokenizer, {}, options))
     if options.validate:
         with timer("validate fp32"):
-            manifest["parity"]["fp32"] = _validate(model, Bundle(out, manifest), options)
-        report = manifest["parity"]["fp32"]
+            report = _validate(model, bundle, options)
+        bundle.record_parity("fp32", report)
         say(format_report("fp32", report))
         if not report["passed"]:
-            (out / "validation_report.json").write_text(json.dumps({"parity": manifest["parity"]}, indent=2))
+            (out / "validation_report.json").write_text(json.dumps({"parity": bundle.as_json()["parity"]}, indent=2))
             raise ExportFailed(f"validation failed for fp32 ({'; '.join(report['failures'])}); report in "
                                f"{out / 'validation_report.json'}; manifest.json not written (use --no-validate to skip)")
-    write_manifest(out, manifest)
+    bundle.save()
     with timer("probes"):
         _add_probes(out, model.cfg, options)
-    if options.fp16 or options.int8 or options.ship_calib:
-        _build_precisions(out, options, timer, say)
-    return load_bundle(out).manifest
+    build = replace(options.build, trt=False, check=options.build.check and options.validate)
+    if build.adds_anything:
+        _build_precisions(out, build, timer, say)
+    return load_bundle(out).as_json()
 
 
-def _build_precisions(out: Path, options: ExportOptions, timer, say) -> None:
-    from ..build.stage import BuildOptions, build_bundle
-
-    build = BuildOptions(fp16=options.fp16, int8=options.int8, calib=options.calib, calib_method=options.calib_method,
-                         calib_clips=options.calib_clips, check_clips=options.validate_clips,
-                         int8_graphs=tuple(options.int8_graphs), int8_target=options.int8_target,
-                         recalibrate=options.recalibrate, seed=options.seed, check=options.validate,
-                         ship_calib=options.ship_calib)
-    with timer("build " + "+".join(p for p in ("fp16", "int8") if getattr(options, p))):
+def _build_precisions(out: Path, build: BuildOptions, timer, say) -> None:
+    with timer("build " + "+".join(p for p in ("fp16", "int8") if getattr(build, p))):
         result = build_bundle(out, build, say)
     if result.failed:
         kept = ", ".join(load_bundle(out).precisions())
@@ -121,9 +113,8 @@ def _add_probes(out: Path, cfg, options: ExportOptions) -> None:
     files = write_probe_clips(out, samples.waves, samples.prompts, cfg.audio.sample_rate)
     with Scorer(bundle, OrtBackend(bundle, "fp32")) as scorer:
         index = record_probes(scorer, files, samples.prompts)
-    for path in files + [index]:
-        bundle.manifest["files"][path.relative_to(out).as_posix()] = ""
-    write_manifest(out, bundle.manifest)
+    bundle.list_files(path.relative_to(out).as_posix() for path in files + [index])
+    bundle.save()
 
 
 def _export_fp32(model, out: Path, options: ExportOptions, files: dict) -> None:

@@ -10,12 +10,10 @@ from pathlib import Path
 
 import click
 
-from ..calibration.quantize import METHODS, QUANTIZABLE_GRAPHS
+from ..build.options import build_options, take_build_options
+from ..build.stage import BuildOptions
 from ..model.config import PRESETS
-from ..runtime.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, say_error, stderr_line
-from ..runtime.errors import DeramosError
 from ..runtime.paths import default_checkpoint_dir
-from ..runtime.targets import INT8_TARGETS, default_int8_target
 from .api import ExportOptions
 
 DEFAULTS = ExportOptions()
@@ -31,12 +29,12 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 
     source = checkpoint or default_checkpoint_dir()
     if source is None or not Path(source).exists():
-        raise DeramosError("no embedded default model in this installation yet; "
-                           "pass --checkpoint RUN (a deramos-train run or checkpoint directory)")
+        raise click.ClickException("no embedded default model in this installation yet; "
+                                   "pass --checkpoint RUN (a deramos-train run or checkpoint directory)")
     return load_checkpoint(source), str(source)
 
 
-@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(exists=True), help="Run or checkpoint directory [embedded default model].")
 @click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)),
               help="Export a preset with random weights instead (benchmarks, paper-size checks).")
@@ -45,29 +43,12 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
                    "machine that serves (deramos-run --bundle model.tar).")
 @click.option("--archive", type=click.Path(dir_okay=False),
               help="Also pack the bundle folder into this archive (.tar, .tar.gz, .tgz).")
-@click.option("--fp16", is_flag=True, help="Also write FP16 graphs (the build stage, deramos-build, checked against FP32).")
-@click.option("--int8", is_flag=True, help="Also write INT8 QDQ graphs, calibrated, checked against FP32.")
-@click.option("--int8-target", type=click.Choice(list(INT8_TARGETS)), default=default_int8_target, show_default=True,
-              help="Processor the INT8 graphs are for (see deramos-build --help).")
-@click.option("--calib", help="Optional calibration data: MusicEval dir, audio folder + prompts.txt, JSONL, or 'probes' "
-              "(the bundle's probe clips) [probes, as deramos-build does].")
-@click.option("--calib-method", type=click.Choice(METHODS), default=DEFAULTS.calib_method, show_default=True)
-@click.option("--calib-clips", type=click.IntRange(min=1), default=DEFAULTS.calib_clips, show_default=True, help="Clips used to calibrate.")
-@click.option("--recalibrate", is_flag=True, help="Ignore the calibration cache in the bundle.")
-@click.option("--ship-calib", metavar="JSONL", type=click.Path(exists=True, dir_okay=False),
-              help="Copy these clips into the bundle for INT8 calibration on the device (see deramos-build --help).")
-@click.option("--int8-graphs", default=",".join(DEFAULTS.int8_graphs), show_default=True,
-              help=f"Graphs to quantise (comma-separated, of {', '.join(QUANTIZABLE_GRAPHS)}); the rest stay FP32.")
-@click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU, one set per precision, each checked "
-              "against FP32 (needs tensorrt + CUDA).")
-@click.option("--max-batch", type=click.IntRange(min=1), default=8, show_default=True, help="TensorRT profile: largest batch.")
+@build_options
 @click.option("--opset", default=DEFAULTS.opset, show_default=True)
 @click.option("--no-validate", is_flag=True, help="Skip the checks against PyTorch and FP32 (benchmark bundles only).")
 @click.option("--validate-clips", type=click.IntRange(min=1), default=DEFAULTS.validate_clips, show_default=True,
-              help="Clips compared in validation (FP16/INT8 checks use at least 64).")
-def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, calib_method, calib_clips, recalibrate, ship_calib,
-         int8_graphs,
-         trt, max_batch, opset, no_validate, validate_clips):
+              help="Clips the FP32 graphs are compared with PyTorch on (FP16/INT8 against FP32: --check-clips).")
+def main(checkpoint, preset_name, out, archive, opset, no_validate, validate_clips, **build):
     """Export DeRA-MOS to ONNX (FP32, optionally FP16 / INT8) and TensorRT, validated against PyTorch.
 
     \b
@@ -81,24 +62,21 @@ def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     from ..runtime.archive import SUFFIXES, is_archive_name
 
-    if calib and calib != "probes" and not Path(calib).exists():
-        raise click.BadParameter(f"{calib!r} does not exist (give a path, or 'probes')", param_hint="'--calib'")
+    options = ExportOptions(build=take_build_options(build), opset=opset, validate=not no_validate,
+                            validate_clips=validate_clips)
     if archive and not is_archive_name(archive):
         raise click.BadParameter(f"{archive!r}: an archive's name ends in {', '.join(SUFFIXES)}", param_hint="'--archive'")
     to_archive = is_archive_name(out) and not Path(out).is_dir()
     if to_archive and archive:
         raise click.UsageError("--out names an archive already: give --out DIR --archive FILE for both, or one archive")
-    if not ship_calib:                                # shipped clips are chosen once shipped (build stage)
-        calib = calib or ("probes" if int8 else None)     # the clips the bundle ships, as deramos-build does
+    if not options.build.ship_calib:                  # shipped clips are chosen once shipped (build stage)
+        # the clips the bundle ships, as deramos-build does
+        options.build.calib = options.build.calib or ("probes" if options.build.int8 else None)
     model, source = _load_model(checkpoint, preset_name)
-    say = stderr_line
+    say = lambda text: click.echo(text, err=True)  # noqa: E731
     say(f"exporting {source} -> {out}")
-    options = ExportOptions(fp16=fp16, int8=int8, calib=calib, calib_method=calib_method, recalibrate=recalibrate,
-                            opset=opset, validate=not no_validate, validate_clips=validate_clips, calib_clips=calib_clips,
-                            int8_graphs=tuple(g.strip() for g in int8_graphs.split(",") if g.strip()),
-                            int8_target=int8_target, ship_calib=ship_calib)
     if not to_archive:
-        code = _export(model, Path(out), options, trt, max_batch, say, shown=out)
+        code = _export(model, Path(out), options, say, shown=out)
         if archive and _complete(Path(out)):      # what the messages call complete is packed, whatever failed
             code = _pack(Path(out), archive, say) or code
         sys.exit(code)
@@ -106,7 +84,7 @@ def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, 
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     scratch = Path(tempfile.mkdtemp(prefix=f".{Path(out).name}.", dir=Path(out).parent))
     try:
-        code = _export(model, scratch / "deramos-bundle", options, trt, max_batch, say, shown=out)
+        code = _export(model, scratch / "deramos-bundle", options, say, shown=out)
         if _complete(scratch / "deramos-bundle"):
             code = _pack(scratch / "deramos-bundle", out, say) or code
     finally:
@@ -114,25 +92,25 @@ def main(checkpoint, preset_name, out, archive, fp16, int8, int8_target, calib, 
     sys.exit(code)
 
 
-def _export(model, folder: Path, options, trt: bool, max_batch: int, say, shown: str) -> int:
-    """Export into `folder`; the exit status (0 done, 1 a check failed, 2 unusable input or --trt impossible).
+def _export(model, folder: Path, options: ExportOptions, say, shown: str) -> int:
+    """Export into `folder`; the exit status (0 done, 1 a check failed, 2 unusable input, 3 --trt impossible).
     `shown` is what messages call the output (the archive, when the folder is a scratch one)."""
     from .api import ExportFailed, export_bundle
 
     try:
         manifest = export_bundle(model, folder, options, say=say)
     except ExportFailed as err:
-        say_error(_keep_report(str(err), folder, shown))
-        return EXIT_FAILED
+        say(f"error: {_keep_report(str(err), folder, shown)}")
+        return 1
     except (ValueError, OSError) as err:   # unusable input to the build stage (e.g. --calib)
         state = f"; the FP32 bundle in {shown} is complete" if _complete(folder) else ""
-        say_error(f"{_shown(str(err), folder, shown)}{state}")
-        return EXIT_USAGE
+        say(f"error: {_shown(str(err), folder, shown)}{state}")
+        return 2
     sizes = {name: (folder / name).stat().st_size for name in manifest["files"]}
     what = f"bundle written: {shown}" if str(folder) == str(shown) else "bundle exported"
     say(f"{what} ({sum(sizes.values()) / 1e6:.1f} MB, {len(sizes)} files; "
         f"times {manifest['export_seconds']})")
-    return _build_trt(folder, max_batch, say, shown) if trt else EXIT_OK
+    return _build_trt(folder, options.build, say, shown) if options.build.trt else 0
 
 
 def _complete(folder: Path) -> bool:
@@ -160,25 +138,25 @@ def _pack(folder: Path, archive: str, say) -> int:
     try:
         written = write_archive(folder, archive)
     except BundleError as err:
-        say_error(err)
-        return EXIT_USAGE
+        say(f"error: {' '.join(str(err).split())}")
+        return 2
     say(f"archive written: {written} ({written.stat().st_size / 1e6:.1f} MB); copy it to the machine that "
         f"serves and run: deramos-run --bundle {written.name} ...")
-    return EXIT_OK
+    return 0
 
 
-def _build_trt(out: Path, max_batch: int, say, shown: str) -> int:
-    from ..build.stage import BuildOptions, build_bundle
+def _build_trt(out: Path, build: BuildOptions, say, shown: str) -> int:
+    from ..build.stage import build_bundle, engines_only
 
     try:
-        result = build_bundle(out, BuildOptions(trt=True, trt_max_batch=max_batch), say)
+        result = build_bundle(out, engines_only(build), say)
     except ValueError as err:
-        say_error(f"{_shown(str(err), out, shown)}; the ONNX bundle in {shown} is complete")
-        return EXIT_USAGE
+        say(f"error: {_shown(str(err), out, shown)}; the ONNX bundle in {shown} is complete")
+        return 3
     if result.failed:
-        say_error(f"TensorRT engines missed their check against FP32: {', '.join(result.failed)} (left unlisted)")
-        return EXIT_FAILED
-    return EXIT_OK
+        say(f"error: TensorRT engines missed their check against FP32: {', '.join(result.failed)} (left unlisted)")
+        return 1
+    return 0
 
 
 if __name__ == "__main__":

@@ -39,7 +39,9 @@ samples, token arrays, audio buffers) overflows or allocates absurdly:
 
 Every file name must be a relative POSIX path inside the bundle, without a NUL byte.
 
-This module only reads and verifies (numpy + json): the runtime never imports torch.
+`Bundle` is the one reader and writer of manifest.json: typed, read-only fields for readers,
+writer methods and save() (rehash every file, replace manifest.json atomically) for the steps
+that add to a bundle. json and hashlib only: the runtime never imports torch.
 """
 from __future__ import annotations
 
@@ -47,9 +49,11 @@ import hashlib
 import json
 import os
 import re
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Mapping, Sequence, Set
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path, PurePosixPath, PureWindowsPath
+from types import MappingProxyType
 
 from .contract import GRAPH_IO, GRAPHS, PRECISIONS, graph_file_name, seconds_to_samples  # noqa: F401 - re-exported
 from .hashmemo import HashMemo, sha256_file  # noqa: F401 - sha256_file re-exported
@@ -77,12 +81,16 @@ class GraphEntry:
 
     inputs: tuple[str, ...]                  # names, in the order the graph declares them
     outputs: tuple[str, ...]
-    files: dict[str, tuple[str, ...]]        # precision -> bundle-relative files (first: the graph)
+    files: Mapping[str, tuple[str, ...]]     # precision -> bundle-relative files (first: the graph)
+    # each input / output as listed ({name, dtype, shape}; shape entries are ints or axis names)
+    input_specs: tuple[Mapping, ...] = ()
+    output_specs: tuple[Mapping, ...] = ()
 
 
 @dataclass(frozen=True)
 class Manifest:
-    """manifest.json, checked field by field (parse_manifest); `raw` is the JSON as read."""
+    """manifest.json, checked field by field (parse_manifest); read-only (sections the runtime does
+    not interpret are frozen mappings: `plain()` turns one back into JSON data)."""
 
     format_version: int
     sample_rate: int
@@ -91,59 +99,89 @@ class Manifest:
     min_tail_samples: int
     tokenizer_file: str
     max_tokens: int
-    graphs: dict[str, GraphEntry]
-    files: dict[str, str]                    # bundle-relative path -> sha256 hex
-    raw: dict = field(repr=False, compare=False)
+    graphs: Mapping[str, GraphEntry]
+    files: Mapping[str, str]                 # bundle-relative path -> sha256 hex
     score: tuple[float, float, int] | None = None   # (min, max, bins); None when the manifest has none
+    model_name: str | None = None            # None: the manifest names no model
+    model_config: Mapping | None = None      # deramos ModelConfig as a mapping
+    int8: Mapping | None = None              # the build stage's INT8 record (target, scheme, quantized share ...)
+
+    @property
+    def int8_target(self) -> str | None:
+        """The processor the INT8 graphs were built for (None: no INT8 record)."""
+        return (self.int8 or {}).get("target")
 
 
-@dataclass
 class Bundle:
-    root: Path
-    manifest: dict                           # the raw JSON, for fields the runtime does not interpret
-    # True when load_bundle checked every file's sha256: then read_verified() checks again the
-    # bytes it returns (what a backend hands to ONNX Runtime or TensorRT is what was checked).
-    verified: bool = False
-    spec: Manifest = field(init=False, repr=False)
+    """A bundle folder and its manifest.json.
 
-    def __post_init__(self) -> None:
-        self.spec = parse_manifest(self.manifest, self.root / "manifest.json")
+    Readers use `manifest` (typed, read-only) and the shortcuts below. The build steps change the
+    manifest through the writer methods (list_files, set_graph_files, drop_precision, record_*),
+    then save(): it rehashes every listed file and replaces manifest.json atomically. The JSON
+    document is the one source of truth; `manifest` is parsed from it, again after each change.
+    A file listed since the last save() has no sha256 yet (read_verified refuses it)."""
+
+    def __init__(self, root: str | Path, document: dict, verified: bool = False):
+        self.root = Path(root)
+        # True when load_bundle checked every file's sha256: then read_verified() checks again the
+        # bytes it returns (what a backend hands to ONNX Runtime or TensorRT is what was checked).
+        self.verified = verified
+        self._document = document
+        self._unhashed: set[str] = set()
+        self._manifest = parse_manifest(document, self.manifest_path)
+
+    def __repr__(self) -> str:
+        return f"Bundle({str(self.root)!r}, verified={self.verified})"
+
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "manifest.json"
+
+    @property
+    def manifest(self) -> Manifest:
+        if self._manifest is None:
+            self._manifest = parse_manifest(self._document, self.manifest_path, unhashed=self._unhashed)
+        return self._manifest
 
     @property
     def sample_rate(self) -> int:
-        return self.spec.sample_rate
+        return self.manifest.sample_rate
+
+    @property
+    def window_seconds(self) -> float:
+        return self.manifest.window_seconds
 
     @property
     def window_samples(self) -> int:
-        return seconds_to_samples(self.spec.window_seconds, self.sample_rate)
+        return seconds_to_samples(self.manifest.window_seconds, self.sample_rate)
 
     @property
     def min_tail_samples(self) -> int:
-        return self.spec.min_tail_samples
+        return self.manifest.min_tail_samples
 
     @property
     def samples_per_frame(self) -> int:
-        return self.spec.samples_per_frame
+        return self.manifest.samples_per_frame
 
     @property
     def tokenizer_file(self) -> Path:
-        return self.root / self.spec.tokenizer_file
+        return self.root / self.manifest.tokenizer_file
 
     @property
     def max_tokens(self) -> int:
-        return self.spec.max_tokens
+        return self.manifest.max_tokens
 
     @property
-    def files(self) -> dict[str, str]:
-        return self.spec.files
+    def files(self) -> Mapping[str, str]:
+        return self.manifest.files
 
     def precisions(self) -> list[str]:
         """Precisions for which every graph has a file."""
-        graphs = self.spec.graphs
+        graphs = self.manifest.graphs
         return [p for p in PRECISIONS if all(p in graphs[g].files for g in GRAPHS)]
 
     def graph_path(self, graph: str, precision: str) -> Path:
-        files = self.spec.graphs[graph].files
+        files = self.manifest.graphs[graph].files
         if precision not in files:
             have = ", ".join(self.precisions()) or "none"
             raise BundleError(f"{self.root}: no {precision} {graph} graph in this bundle "
@@ -152,13 +190,12 @@ class Bundle:
 
     def graph_files(self, graph: str, precision: str) -> list[Path]:
         """The graph file first, then the side files its weights live in (external data)."""
-        first = self.graph_path(graph, precision)
-        return [first] + [self.root / name for name in self.spec.graphs[graph].files[precision][1:]]
+        return [self.root / name for name in self.graph_names(graph, precision)]
 
     def graph_names(self, graph: str, precision: str) -> tuple[str, ...]:
         """graph_files() as bundle-relative names (the keys of files{})."""
         self.graph_path(graph, precision)          # BundleError naming what the bundle has
-        return self.spec.graphs[graph].files[precision]
+        return self.manifest.graphs[graph].files[precision]
 
     def read_verified(self, name: str) -> bytes:
         """The bytes of the listed file `name`, read once. In a verified bundle their sha256 must
@@ -174,6 +211,82 @@ class Bundle:
         if self.verified and hashlib.sha256(data).hexdigest() != self.files[name]:
             raise BundleError(f"{path}: sha256 does not match manifest.json (file modified or corrupt)")
         return data
+
+    def as_json(self) -> dict:
+        """manifest.json as save() writes it (a copy: changing it changes nothing here)."""
+        return json.loads(json.dumps(self._document))
+
+    # --- writing: each change is parsed again on the next read; save() makes it manifest.json ----
+
+    def list_files(self, names: Iterable[str]) -> None:
+        """List files written into the bundle in files{} (save() hashes them)."""
+        files = self._document["files"]
+        for name in names:
+            if name not in files:
+                files[name] = ""
+                self._unhashed.add(name)
+        self._changed()
+
+    def unlist_files(self, names: Iterable[str]) -> None:
+        """Take files out of files{} (the runtime opens listed files only); the files stay on disk."""
+        for name in list(names):
+            self._document["files"].pop(name, None)
+            self._unhashed.discard(name)
+        self._changed()
+
+    def set_graph_files(self, graph: str, precision: str, names: Sequence[str]) -> None:
+        """`graph` in `precision` is these files (the graph first, then its side files), listed."""
+        self._document["graphs"][graph]["files"][precision] = list(names)
+        self.list_files(names)
+
+    def drop_precision(self, precision: str, written: Iterable[str]) -> None:
+        """Unlist `precision` from every graph, unlist and delete the files of `written` no graph
+        still uses, and for INT8 its record."""
+        for graph in GRAPHS:
+            self._document["graphs"][graph]["files"].pop(precision, None)
+        still_used = {n for g in GRAPHS for names in self._document["graphs"][g]["files"].values() for n in names}
+        for name in written:
+            if name not in still_used:
+                self.unlist_files([name])
+                (self.root / name).unlink(missing_ok=True)
+        if precision == "int8":
+            self._document.pop("int8", None)
+        self._changed()
+
+    def record_parity(self, precision: str, report: dict) -> None:
+        """The export's validation of `precision` against PyTorch."""
+        self._document.setdefault("parity", {})[precision] = report
+        self._changed()
+
+    def record_checks(self, reports: Mapping[str, dict]) -> None:
+        """Each artefact's comparison with FP32 (precision or tensorrt-<precision> -> report)."""
+        self._document.setdefault("checks", {}).update(reports)
+        self._changed()
+
+    def record_speed(self, report: dict) -> None:
+        self._document["speed"] = report
+        self._changed()
+
+    def set_int8(self, record: dict) -> None:
+        """The INT8 record: target, scheme, method, what is quantised, the calibration set."""
+        self._document["int8"] = record
+        self._changed()
+
+    def record_int8_search(self, graph: str, search: dict, quantized: dict | None = None) -> None:
+        """The INT8 search's result for `graph` and, when it passed, what of the graph is INT8."""
+        self._document["int8"].setdefault("search", {})[graph] = search
+        if quantized is not None:
+            self._document["int8"]["quantized"][graph] = quantized
+        self._changed()
+
+    def save(self) -> None:
+        """Rehash every listed file, then replace manifest.json atomically."""
+        write_manifest(self.root, self._document)
+        self._unhashed.clear()
+        self._changed()
+
+    def _changed(self) -> None:
+        self._manifest = None
 
 
 def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
@@ -195,7 +308,7 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
     for name in bundle.files:
         resolve_inside(root, name)
     if verify:
-        verify_files(root, manifest)
+        verify_files(root, bundle.files)
         bundle.verified = True
     return bundle
 
@@ -203,10 +316,12 @@ def load_bundle(root: str | Path, verify: bool = True) -> Bundle:
 # --- manifest validation: every field the runtime reads, with a one-line error naming it ---------
 
 
-def parse_manifest(raw, path: Path) -> Manifest:
+def parse_manifest(raw, path: Path, unhashed: Set[str] = frozenset()) -> Manifest:
+    """The typed manifest of the JSON document `raw`; the files of `unhashed` (listed by a writer
+    since the last save) may have no sha256 yet."""
     _check_header(raw, path)
     check = _FieldChecks(path)
-    files = _files(raw["files"], check)
+    files = _files(raw["files"], check, unhashed)
     tokenizer = check.mapping("tokenizer", raw["tokenizer"])
     tokenizer_file = check.listed("tokenizer.file", tokenizer.get("file", MISSING), files)
     sample_rate = check.integer("sample_rate", raw["sample_rate"], *SAMPLE_RATE_RANGE, unit=" Hz")
@@ -222,9 +337,36 @@ def parse_manifest(raw, path: Path) -> Manifest:
                                        unit=" (one window)"),
         tokenizer_file=tokenizer_file,
         max_tokens=check.integer("tokenizer.max_tokens", tokenizer.get("max_tokens", MISSING), *MAX_TOKENS_RANGE),
-        graphs={graph: _graph(graph, check.mapping("graphs", raw["graphs"])[graph], check, files)
-                for graph in GRAPHS},
-        files=files, raw=raw, score=_score(raw.get("score", MISSING), check))
+        graphs=MappingProxyType({graph: _graph(graph, check.mapping("graphs", raw["graphs"])[graph], check, files)
+                                 for graph in GRAPHS}),
+        files=MappingProxyType(dict(files)), score=_score(raw.get("score", MISSING), check),
+        **_model(raw.get("model")), int8=frozen(raw["int8"]) if isinstance(raw.get("int8"), dict) else None)
+
+
+def _model(model) -> dict:
+    """The model's name and config, as far as the manifest has them (the runtime does not need them)."""
+    model = model if isinstance(model, dict) else {}
+    name, config = model.get("name"), model.get("config")
+    return {"model_name": name if isinstance(name, str) else None,
+            "model_config": frozen(config) if isinstance(config, dict) else None}
+
+
+def frozen(value):
+    """JSON data, read-only: objects as mappings that cannot be changed, lists as tuples."""
+    if isinstance(value, dict):
+        return MappingProxyType({key: frozen(item) for key, item in value.items()})
+    if isinstance(value, list):
+        return tuple(frozen(item) for item in value)
+    return value
+
+
+def plain(value):
+    """A frozen manifest section as JSON data again (dicts and lists), e.g. for a report."""
+    if isinstance(value, Mapping):
+        return {key: plain(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [plain(item) for item in value]
+    return value
 
 
 class _FieldChecks:
@@ -280,12 +422,14 @@ def _score(value, check: _FieldChecks) -> tuple[float, float, int] | None:
     return low, high, bins
 
 
-def _files(value, check: _FieldChecks) -> dict[str, str]:
+def _files(value, check: _FieldChecks, unhashed: Set[str]) -> dict[str, str]:
     files = check.mapping("files", value)
     for name, digest in files.items():
         problem = relative_path_problem(name)
         if problem:
             raise check.fail(f"files[{name!r}]", problem)
+        if name in unhashed and digest == "":
+            continue
         if not isinstance(digest, str) or not _SHA256.fullmatch(digest):
             raise check.fail(f"files[{name!r}]", f"must be a sha256 (64 hex digits), got {_json_type(digest)}")
     return files
@@ -294,13 +438,14 @@ def _files(value, check: _FieldChecks) -> dict[str, str]:
 def _graph(graph: str, spec, check: _FieldChecks, files: dict[str, str]) -> GraphEntry:
     where = f"graphs.{graph}"
     spec = check.mapping(where, spec)
-    names = []
+    names, listed_specs = [], []
     for side, expected in zip(("inputs", "outputs"), GRAPH_IO[graph]):
         ios = spec.get(side)
         got = [io.get("name") if isinstance(io, dict) else io for io in ios] if isinstance(ios, list) else ios
         if got != list(expected):
             raise check.fail(f"{where}.{side}", f"must list {list(expected)} (name, dtype, shape), got {got!r}")
         names.append(tuple(expected))
+        listed_specs.append(frozen(ios))
     precisions = check.mapping(f"{where}.files", spec.get("files", MISSING))
     by_precision = {}
     for precision, listed in precisions.items():
@@ -310,7 +455,7 @@ def _graph(graph: str, spec, check: _FieldChecks, files: dict[str, str]) -> Grap
         if not isinstance(listed, list) or not listed:
             raise check.fail(name, f"must be a non-empty list of files, got {_json_type(listed)}")
         by_precision[precision] = tuple(check.listed(name, f, files) for f in listed)
-    return GraphEntry(names[0], names[1], by_precision)
+    return GraphEntry(names[0], names[1], MappingProxyType(by_precision), *listed_specs)
 
 
 def relative_path_problem(name) -> str | None:
@@ -379,13 +524,13 @@ def _check_header(manifest, path: Path) -> None:
                 raise BundleError(f"{path}: manifest lists no {graph} graph")
 
 
-def verify_files(root: Path, manifest: dict, memo: bool | None = None) -> None:
-    """Every listed file is inside the bundle and matches its sha256. A file unchanged since it
-    last matched is not read again (runtime/hashmemo.py); memo=False (or DERAMOS_VERIFY=full)
-    reads every byte."""
+def verify_files(root: Path, files: Mapping[str, str], memo: bool | None = None) -> None:
+    """Every file of `files` (name -> sha256) is inside the bundle and matches its sha256. A file
+    unchanged since it last matched is not read again (runtime/hashmemo.py); memo=False (or
+    DERAMOS_VERIFY=full) reads every byte."""
     hashes = HashMemo(root, enabled=memo)
     try:
-        for name, expected in sorted(manifest["files"].items()):
+        for name, expected in sorted(files.items()):
             path = resolve_inside(root, name)
             if not path.is_file():
                 raise BundleError(f"{path}: missing from the bundle (listed in manifest.json)")
@@ -397,7 +542,8 @@ def verify_files(root: Path, manifest: dict, memo: bool | None = None) -> None:
 
 
 def write_manifest(root: Path, manifest: dict) -> None:
-    """Rehash every listed file, then replace manifest.json atomically (readers never see half)."""
+    """Rehash every listed file, then replace manifest.json atomically (readers never see half).
+    Bundle.save() writes through this; tools and tests that write a manifest by hand may too."""
     root = Path(root)
     manifest["files"] = {name: sha256_file(root / name) for name in sorted(manifest["files"])}
     scratch = root / "manifest.json.tmp"
@@ -407,7 +553,7 @@ def write_manifest(root: Path, manifest: dict) -> None:
 
 def check_graph_io(bundle: Bundle, graph: str, precision: str, inputs: list[str], outputs: list[str]) -> None:
     """The names a loaded graph declares must be the ones the manifest promises."""
-    spec = bundle.spec.graphs[graph]
+    spec = bundle.manifest.graphs[graph]
     want_in, want_out = list(spec.inputs), list(spec.outputs)
     if list(inputs) != want_in or list(outputs) != want_out:
         path = bundle.graph_path(graph, precision)

@@ -17,11 +17,10 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .bundle import GRAPHS, load_bundle, write_manifest
+from .bundle import GRAPHS, load_bundle
 from .contract import SPECS, seconds_to_samples
 from .cuda import CudaError, cuda_runtime
 from .engines import BUILD_FILE, TRT_DIR, engine_file_name
-from .errors import progress_log
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -70,9 +69,9 @@ def _major(version: str) -> int:
 
 def _shapes(graph: str, bundle, profiles: Profiles) -> dict[str, tuple[tuple, tuple, tuple]]:
     """min/opt/max input shapes of one graph, from its GraphSpec's axes (runtime/contract.py)."""
-    cfg = bundle.manifest["model"]["config"]
+    cfg = bundle.manifest.model_config
     max_tokens = profiles.tokens[2] or bundle.max_tokens
-    window = profiles.seconds[2] or bundle.spec.window_seconds
+    window = profiles.seconds[2] or bundle.window_seconds
     seconds = (profiles.seconds[0], min(profiles.seconds[1], window), window)
     sizes = []
     for i in range(3):
@@ -85,7 +84,7 @@ def _shapes(graph: str, bundle, profiles: Profiles) -> dict[str, tuple[tuple, tu
 
 
 def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Profiles | None = None,
-                  say=progress_log.info) -> Path:
+                  say=print) -> Path:
     """Build one engine per graph for this GPU; returns the engine directory."""
     ok, why = available()
     if not ok:
@@ -119,9 +118,9 @@ def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Pro
 
 def _list_in_manifest(bundle_dir: Path, paths: list[Path]) -> None:
     """The runtime opens only files that manifest.json lists with their sha256."""
-    manifest = json.loads((bundle_dir / "manifest.json").read_text())
-    manifest["files"].update({path.relative_to(bundle_dir).as_posix(): "" for path in paths})
-    write_manifest(bundle_dir, manifest)
+    bundle = load_bundle(bundle_dir, verify=False)
+    bundle.list_files(path.relative_to(bundle_dir).as_posix() for path in paths)
+    bundle.save()
 
 
 def _existing_record(path: Path) -> dict | None:

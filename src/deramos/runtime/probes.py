@@ -69,7 +69,7 @@ def record_probes(scorer, files: list[Path], prompts: list[str]) -> Path:
 def load_probes(bundle: Bundle) -> ProbeSet:
     """probes.json, checked probe by probe (a one-line BundleError naming the file and the probe)."""
     path = bundle.root / PROBE_INDEX
-    if PROBE_INDEX not in bundle.manifest.get("files", {}):
+    if PROBE_INDEX not in bundle.files:
         raise BundleError(f"{bundle.root}: this bundle carries no probe clips (export it again to add them)")
     try:
         index = json.loads(path.read_text(encoding="utf-8"))
@@ -144,7 +144,7 @@ def self_check(scorer) -> Comparison:
                                 tolerance=tolerance, errors=errors)
     comparison.problems = problems
     if precision == "int8":     # what of the graphs is really INT8, as the build stage counted it
-        for graph, share in (scorer.bundle.manifest.get("int8") or {}).get("quantized", {}).items():
+        for graph, share in (scorer.bundle.manifest.int8 or {}).get("quantized", {}).items():
             comparison.graphs[graph] = {"int8_ops": share["quantized_ops"], "of_ops": share["quantizable_ops"],
                                         "int8_weight_share": share["quantized_weight_share"]}
             if "quantized_flop_share" in share:   # bundles built before FLOPs were counted lack it

@@ -187,7 +187,7 @@ class Scorer:
             scorer = cls(loaded, chosen, batch_size, decode_budget=decode_budget, tokenizer=tokenizer.result(),
                          audio_batch=audio_batch)
         if precision == "int8" and say is not None:
-            mismatch = int8_mismatch((loaded.manifest.get("int8") or {}).get("target"), scorer.backend.device)
+            mismatch = int8_mismatch(loaded.manifest.int8_target, scorer.backend.device)
             if mismatch:
                 say(f"note: {mismatch}")
         if self_check:

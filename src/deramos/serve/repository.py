@@ -20,13 +20,13 @@ text is written here: no torch, no onnx.
 from __future__ import annotations
 
 import shutil
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
-from ..runtime.bundle import GRAPHS, Bundle, BundleError, load_bundle
-from ..runtime.cli_common import Command, fail
+from ..runtime.bundle import GRAPHS, Bundle, BundleError, GraphEntry, load_bundle
 
 PREFIX = "deramos"
 ENSEMBLE = "window"
@@ -83,11 +83,11 @@ def _model_folder(out: Path, name: str) -> Path:
 
 
 def graph_config(bundle: Bundle, graph: str, precision: str, options: RepositoryOptions) -> str:
-    spec = bundle.manifest["graphs"][graph]
-    lines = [f"# {graph} of the deramos bundle {bundle.manifest['model']['name']!r} ({precision}); written by "
+    spec = bundle.manifest.graphs[graph]
+    lines = [f"# {graph} of the deramos bundle {bundle.manifest.model_name!r} ({precision}); written by "
              f"deramos-triton-repo", f'name: "{model_name(graph, precision)}"', 'backend: "onnxruntime"',
              f"max_batch_size: {options.max_batch}"]
-    lines += _tensors("input", spec["inputs"], reshape=True) + _tensors("output", spec["outputs"], reshape=True)
+    lines += _tensors("input", spec.input_specs, reshape=True) + _tensors("output", spec.output_specs, reshape=True)
     lines += [f"dynamic_batching {{ max_queue_delay_microseconds: {options.queue_delay_us} }}",
               f"instance_group [ {{ count: {options.instances} kind: KIND_{options.device.upper()} }} ]"]
     if options.device == "gpu":
@@ -104,16 +104,16 @@ def _tensorrt_accelerator(precision: str) -> list[str]:
 
 
 def ensemble_config(bundle: Bundle, precision: str, options: RepositoryOptions) -> str:
-    graphs = bundle.manifest["graphs"]
+    graphs = bundle.manifest.graphs
     text, audio, heads = graphs["text_encoder"], graphs["audio_encoder"], graphs["heads"]
     lines = [f"# One window per row: prompt tokens -> {model_name('text_encoder', precision)}, audio -> "
              f"{model_name('audio_encoder', precision)} -> {model_name('heads', precision)}. Windows are "
-             f"{bundle.manifest['window_seconds']} s at {bundle.sample_rate} Hz; tokenise with tokenizer.json "
+             f"{bundle.window_seconds} s at {bundle.sample_rate} Hz; tokenise with tokenizer.json "
              f"(at most {bundle.max_tokens} tokens).",
              f'name: "{model_name(ENSEMBLE, precision)}"', 'platform: "ensemble"',
              f"max_batch_size: {options.max_batch}"]
-    lines += _tensors("input", text["inputs"] + audio["inputs"], reshape=False)
-    lines += _tensors("output", heads["outputs"], reshape=False)
+    lines += _tensors("input", text.input_specs + audio.input_specs, reshape=False)
+    lines += _tensors("output", heads.output_specs, reshape=False)
     heads_feeds = {"token_mask": "attention_mask"}     # the heads mask padded tokens as the text encoder did
     steps = [("text_encoder", {}), ("audio_encoder", {}), ("heads", heads_feeds)]
     lines.append("ensemble_scheduling { step [")
@@ -122,10 +122,10 @@ def ensemble_config(bundle: Bundle, precision: str, options: RepositoryOptions) 
     return "\n".join(lines) + "\n"
 
 
-def _step(model: str, spec: dict, renamed: dict[str, str]) -> str:
+def _step(model: str, spec: GraphEntry, renamed: dict[str, str]) -> str:
     inputs = " ".join(f'input_map {{ key: "{io["name"]}" value: "{renamed.get(io["name"], io["name"])}" }}'
-                      for io in spec["inputs"])
-    outputs = " ".join(f'output_map {{ key: "{io["name"]}" value: "{io["name"]}" }}' for io in spec["outputs"])
+                      for io in spec.input_specs)
+    outputs = " ".join(f'output_map {{ key: "{io["name"]}" value: "{io["name"]}" }}' for io in spec.output_specs)
     return f'  {{ model_name: "{model}" model_version: -1\n    {inputs}\n    {outputs} }}'
 
 
@@ -179,7 +179,7 @@ tensorrt backends (PyTriton's server has neither):
 """
 
 
-@click.command(cls=Command, help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The repository folder to write.")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
@@ -191,7 +191,8 @@ def main(bundle, out, device, instances, max_batch):
         names = write_repository(load_bundle(bundle), Path(out), RepositoryOptions(device, instances, max_batch))
         checked = _validated(Path(out))
     except (BundleError, ValueError, OSError) as error:
-        fail(error)
+        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
+        sys.exit(2)
     print(f"wrote {len(names)} models to {out}{checked}: {', '.join(names)}")
 
 

@@ -23,6 +23,7 @@ from ..runtime.bundle import (
     load_bundle,
     sha256_file,
 )
+from ..runtime.errors import progress_log
 from ..runtime.probes import record_probes, write_probe_clips
 from ..runtime.scorer import Scorer
 from .graphs import DEFAULT_OPSET, example_inputs, export_graph, export_mode, graph_modules
@@ -56,7 +57,7 @@ class ExportFailed(RuntimeError):
 
 
 def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
-                  say: Callable[[str], None] = print) -> dict:
+                  say: Callable[[str], None] = progress_log.info) -> dict:
     """Write the FP32 graphs, tokenizer, probe clips and manifest, FP32 checked against PyTorch;
     then (torch-free, deramos.build) any FP16/INT8 graphs, each checked against FP32.
     A failed FP32 validation leaves no manifest.json (nothing loadable); a failed FP16/INT8 check

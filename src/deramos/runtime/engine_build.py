@@ -21,6 +21,7 @@ from .bundle import GRAPHS, load_bundle
 from .contract import SPECS, seconds_to_samples
 from .cuda import CudaError, cuda_runtime
 from .engines import BUILD_FILE, TRT_DIR, engine_file_name
+from .errors import progress_log
 
 
 class TensorRTUnavailable(RuntimeError):
@@ -84,7 +85,7 @@ def _shapes(graph: str, bundle, profiles: Profiles) -> dict[str, tuple[tuple, tu
 
 
 def build_engines(bundle_dir: str | Path, precision: str = "fp16", profiles: Profiles | None = None,
-                  say=print) -> Path:
+                  say=progress_log.info) -> Path:
     """Build one engine per graph for this GPU; returns the engine directory."""
     ok, why = available()
     if not ok:

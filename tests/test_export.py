@@ -19,8 +19,8 @@ import pytest
 import torch
 
 from deramos.build import onnxio
-from deramos.calibration.samples import sample_set
 from deramos.build.stage import BuildOptions
+from deramos.calibration.samples import sample_set
 from deramos.export import validate as export_validate
 from deramos.export.api import ExportFailed, ExportOptions, export_bundle
 from deramos.export.graphs import example_inputs

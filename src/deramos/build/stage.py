@@ -65,6 +65,7 @@ class BuildOptions:
     speed: bool = True                   # time each kept precision against FP32 on this machine (builder/speed.py)
     trt: bool = False                    # also TensorRT engines for this GPU, one per precision in the bundle
     trt_max_batch: int = 8
+
     @property
     def adds_anything(self) -> bool:
         return self.fp16 or self.int8 or self.trt or bool(self.ship_calib)
@@ -74,7 +75,6 @@ def engines_only(options: BuildOptions) -> BuildOptions:
     """The TensorRT step of `options` alone (deramos-export runs it once the ONNX bundle is
     complete, so a machine without TensorRT keeps that bundle)."""
     return replace(options, fp16=False, int8=False, ship_calib=None, trt=True)
-
 
 
 def bundle_calibration(bundle: Bundle) -> str | None:

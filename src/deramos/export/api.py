@@ -46,11 +46,11 @@ class ExportOptions:
     progress: bool = True
     timings: dict = field(default_factory=dict)
 
-
     @property
     def seed(self) -> int:
         """One seed for the export's clips and the build stage's (build.seed)."""
         return self.build.seed
+
 
 class ExportFailed(RuntimeError):
     """Validation or a precision's check failed; the message is the report."""
@@ -60,8 +60,8 @@ def export_bundle(model, out: str | Path, options: ExportOptions | None = None,
                   say: Callable[[str], None] = progress_log.info) -> dict:
     """Write the FP32 graphs, tokenizer, probe clips and manifest, FP32 checked against PyTorch;
     then (torch-free, deramos.build) any FP16/INT8 graphs, each checked against FP32.
-    A failed FP32 validation leaves no manifest.json (nothing loadable); a failed FP16/INT8 check
     Returns manifest.json as written (JSON data).
+    A failed FP32 validation leaves no manifest.json (nothing loadable); a failed FP16/INT8 check
     leaves a bundle with the precisions that passed, and raises ExportFailed naming the others."""
     options = options or ExportOptions()
     out = Path(out)

@@ -16,7 +16,7 @@ from deramos.calibration.dataset import held_out_set, load_calibration_set
 from deramos.calibration.samples import batches
 from deramos.export.api import ExportOptions
 from deramos.runtime.bundle import GRAPHS, load_bundle, sha256_file
-from deramos.runtime.contract import INT8_DEFAULT_GRAPHS, TOLERANCES
+from deramos.runtime.compare import TOLERANCES
 from deramos.runtime.metrics import spearman
 from deramos.runtime.text import PromptTokenizer
 
@@ -53,7 +53,7 @@ BOTH = ("audio_encoder", "text_encoder")   # the shared bundle quantises both (t
 
 
 def test_default_int8_quantises_the_audio_encoder_only():
-    assert ExportOptions().build.int8_graphs == INT8_DEFAULT_GRAPHS == ("audio_encoder",)
+    assert ExportOptions().build.int8_graphs == q.QUANTIZED_GRAPHS == ("audio_encoder",)
 
 
 def test_int8_files_and_heads_entry(bundle):
@@ -345,7 +345,7 @@ def test_source_musiceval_dir(export_corpus):
 
 
 def test_source_musiceval_held_out_corpus_without_a_train_split(export_corpus, tmp_path):
-    """A held-out corpus (deramos-realmusic corpus --set heldout) lists only test clips: they are used."""
+    """A held-out corpus (deramos-realmusic --set heldout) lists only test clips: they are used."""
     import shutil
 
     held = tmp_path / "held"

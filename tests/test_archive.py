@@ -331,12 +331,12 @@ def test_deramos_export_writes_one_file_and_leaves_no_scratch(tmp_path):
 @pytest.mark.skipif(__import__("importlib").util.find_spec("tensorrt") is not None,
                     reason="tensorrt is installed here: this checks the message when it is not")
 def test_deramos_export_to_an_archive_with_trt_but_no_tensorrt_packs_the_onnx_bundle(tmp_path):
-    """The export's --trt fails (exit 3) after the ONNX bundle is complete: the message says the
+    """The export's --trt fails (exit 2: an unusable setting) after the ONNX bundle is complete: the message says the
     bundle in model.tar is complete, so model.tar must be there."""
     cache = tmp_path / "cache"
     done = _run([BIN / "deramos-export", "--preset", "tiny", "--no-validate", "--trt", "--out", tmp_path / "model.tar"],
                 cache)
-    assert done.returncode == 3, done.stderr
+    assert done.returncode == 2, done.stderr
     assert _errors(done.stderr) == [f"error: --trt: TensorRT is not installed (pip install 'deramos[gpu]' on a machine "
                                     f"with an NVIDIA GPU); the ONNX bundle in {tmp_path / 'model.tar'} is complete"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache", "model.tar"]       # no scratch folder

@@ -22,6 +22,8 @@ import click
 import numpy as np
 
 from ..model.config import PRESETS
+from ..runtime.cli_common import Command, errors_as_messages, stderr_line
+from ..runtime.errors import DeramosError
 
 CPU_ROWS = [("torch-eager", "fp32"), ("onnxruntime-cpu", "fp32"), ("onnxruntime-cpu", "fp16"), ("onnxruntime-cpu", "int8")]
 GPU_ROWS = [("tensorrt", "fp16"), ("tensorrt", "int8"), ("onnxruntime-tensorrt", "fp16"), ("onnxruntime-cuda", "fp32"),
@@ -118,7 +120,7 @@ def ensure_bundle(bundle_dir: str | None, preset_name: str, workdir: Path, say) 
     done = subprocess.run(cmd)
     # exit 1: a precision missed its check against FP32 and was left out; the rest is measured
     if done.returncode not in (0, 1) or not (out / "manifest.json").is_file():
-        raise click.ClickException(f"exporting the benchmark bundle failed (exit {done.returncode})")
+        raise DeramosError(f"{out}: exporting the benchmark bundle failed (exit {done.returncode})")
     return out
 
 
@@ -169,7 +171,7 @@ def format_reward(rows: list[dict], clip_seconds: float) -> list[str]:
     return lines
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--preset", "preset_name", type=click.Choice(sorted(PRESETS)), default=lambda: embedded_preset() or "small",
               show_default="the default model's",
               help="Model to measure when no --bundle is given: the embedded default model's weights for its preset, "
@@ -199,9 +201,9 @@ def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, 
     """
     from ..runtime.bundle import load_bundle, plain
 
-    say = lambda text: click.echo(text, err=True)  # noqa: E731
+    say = stderr_line
     sizes = [int(s) for s in batch_sizes.split(",")]
-    with tempfile.TemporaryDirectory(prefix="deramos-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix="deramos-bench-") as tmp, errors_as_messages(ValueError, OSError):
         workdir = Path(tmp)
         bundle_obj = load_bundle(ensure_bundle(bundle, preset_name, workdir, say))
         clip_seconds = clip_seconds or bundle_obj.window_seconds

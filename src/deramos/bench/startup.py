@@ -24,6 +24,9 @@ from pathlib import Path
 
 import click
 
+from ..runtime.cli_common import Command, stderr_line
+from ..runtime.errors import DeramosError
+
 FLOOR = "import numpy, onnxruntime, soundfile, tokenizers"
 
 
@@ -32,7 +35,7 @@ def _wall(cmd: list[str], env: dict | None = None) -> float:
     done = subprocess.run(cmd, capture_output=True, text=True, env=env)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise click.ClickException(f"{' '.join(cmd[:3])} failed: {' '.join(done.stderr.split()[-20:])}")
+        raise DeramosError(f"{' '.join(cmd[:3])} failed: {' '.join(done.stderr.split()[-20:])}")
     return elapsed
 
 
@@ -89,7 +92,7 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
-@click.command(help=__doc__.split("\n\n")[0])
+@click.command(cls=Command, help=__doc__.split("\n\n")[0])
 @click.option("--bundle", "bundle_dir", default=None, help="Bundle to start (default: the default bundle).")
 @click.option("--clip", default=None, help="Clip to score (default: the first of examples/prompts.jsonl in the checkout).")
 @click.option("--prompt", default="calm piano", show_default=True, help="Prompt for --clip.")
@@ -98,7 +101,7 @@ def format_report(report: dict) -> str:
 def main(bundle_dir, clip, prompt, runs, json_out):
     from ..runtime.default import resolve_bundle_dir
 
-    resolved = str(resolve_bundle_dir(bundle_dir, say=lambda m: click.echo(m, err=True)))
+    resolved = str(resolve_bundle_dir(bundle_dir, say=stderr_line))
     if clip is None:   # the first of the checkout's examples, with its matching prompt
         examples = Path(__file__).resolve().parents[1] / "examples"
         first = json.loads((examples / "prompts.jsonl").read_text(encoding="utf-8").splitlines()[0])

@@ -9,12 +9,13 @@ from pathlib import Path
 import click
 
 from ..calibration.quantize import check_int8_options
+from ..runtime.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, say_error, stderr_line
 from ..runtime.targets import cpu_kind
 from .options import build_options, take_build_options
 from .stage import BuildOptions
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path())
 @build_options
 @click.option("--out", type=click.Path(), help="Write the result here instead of in place: a new folder (a copy), or an "
@@ -58,7 +59,7 @@ def main(bundle, out, archive, **build):
     from_archive = Path(bundle).is_file()
     if from_archive and building and not (out or archive):
         raise click.UsageError(f"{bundle} is an archive, never built in place: give --out DIR and/or --archive FILE")
-    say = lambda text: click.echo(text, err=True)  # noqa: E731
+    say = stderr_line
     in_place = in_place and not from_archive
     sys.exit(_build(Path(bundle), in_place, options, Path(out) if out else None, archive, say))
 
@@ -96,14 +97,14 @@ def _build(source: Path, in_place: bool, options: BuildOptions, out: Path | None
         elif building and not in_place:          # the result is an archive only: built in a scratch copy
             scratch = Path(tempfile.mkdtemp(prefix=f".{Path(archive).name}.", dir=_parent(archive)))
             root = Path(shutil.copytree(source, scratch / "deramos-bundle"))
-        code = 0
+        code = EXIT_OK
         if building:
             if options.int8:
                 say(f"this CPU: {cpu_kind()}; INT8 target: {options.int8_target}")
             result = build_bundle(root, options, say)
             for precision, check in result.checks.items():
                 say(f"{precision}: {'PASS' if check.passed else 'FAIL (left out of the bundle)'}")
-            code = 1 if result.failed else 0
+            code = EXIT_FAILED if result.failed else EXIT_OK
         if archive:
             written = write_archive(root, archive)
             say(f"archive written: {written} ({written.stat().st_size / 1e6:.1f} MB); on the machine that serves: "
@@ -111,8 +112,8 @@ def _build(source: Path, in_place: bool, options: BuildOptions, out: Path | None
         keep = True
         return code
     except (BundleError, ValueError, OSError) as error:
-        say(f"error: {' '.join(str(error).split())}")
-        return 2
+        say_error(error)
+        return EXIT_USAGE
     finally:
         if created is not None and not keep:
             shutil.rmtree(created, ignore_errors=True)

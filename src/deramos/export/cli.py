@@ -13,6 +13,8 @@ import click
 from ..build.options import build_options, take_build_options
 from ..build.stage import BuildOptions
 from ..model.config import PRESETS
+from ..runtime.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, say_error, stderr_line
+from ..runtime.errors import DeramosError
 from ..runtime.paths import default_checkpoint_dir
 from .api import ExportOptions
 
@@ -29,12 +31,12 @@ def _load_model(checkpoint: str | None, preset_name: str | None):
 
     source = checkpoint or default_checkpoint_dir()
     if source is None or not Path(source).exists():
-        raise click.ClickException("no embedded default model in this installation yet; "
-                                   "pass --checkpoint RUN (a deramos-train run or checkpoint directory)")
+        raise DeramosError("no embedded default model in this installation yet; "
+                           "pass --checkpoint RUN (a deramos-train run or checkpoint directory)")
     return load_checkpoint(source), str(source)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(cls=Command, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--checkpoint", type=click.Path(exists=True), help="Run or checkpoint directory [embedded default model].")
 @click.option("--preset", "preset_name", type=click.Choice(list(PRESETS)),
               help="Export a preset with random weights instead (benchmarks, paper-size checks).")
@@ -73,7 +75,7 @@ def main(checkpoint, preset_name, out, archive, opset, no_validate, validate_cli
         # the clips the bundle ships, as deramos-build does
         options.build.calib = options.build.calib or ("probes" if options.build.int8 else None)
     model, source = _load_model(checkpoint, preset_name)
-    say = lambda text: click.echo(text, err=True)  # noqa: E731
+    say = stderr_line
     say(f"exporting {source} -> {out}")
     if not to_archive:
         code = _export(model, Path(out), options, say, shown=out)
@@ -93,24 +95,24 @@ def main(checkpoint, preset_name, out, archive, opset, no_validate, validate_cli
 
 
 def _export(model, folder: Path, options: ExportOptions, say, shown: str) -> int:
-    """Export into `folder`; the exit status (0 done, 1 a check failed, 2 unusable input, 3 --trt impossible).
+    """Export into `folder`; the exit status (0 done, 1 a check failed, 2 unusable input or --trt impossible).
     `shown` is what messages call the output (the archive, when the folder is a scratch one)."""
     from .api import ExportFailed, export_bundle
 
     try:
         manifest = export_bundle(model, folder, options, say=say)
     except ExportFailed as err:
-        say(f"error: {_keep_report(str(err), folder, shown)}")
-        return 1
+        say_error(_keep_report(str(err), folder, shown))
+        return EXIT_FAILED
     except (ValueError, OSError) as err:   # unusable input to the build stage (e.g. --calib)
         state = f"; the FP32 bundle in {shown} is complete" if _complete(folder) else ""
-        say(f"error: {_shown(str(err), folder, shown)}{state}")
-        return 2
+        say_error(f"{_shown(str(err), folder, shown)}{state}")
+        return EXIT_USAGE
     sizes = {name: (folder / name).stat().st_size for name in manifest["files"]}
     what = f"bundle written: {shown}" if str(folder) == str(shown) else "bundle exported"
     say(f"{what} ({sum(sizes.values()) / 1e6:.1f} MB, {len(sizes)} files; "
         f"times {manifest['export_seconds']})")
-    return _build_trt(folder, options.build, say, shown) if options.build.trt else 0
+    return _build_trt(folder, options.build, say, shown) if options.build.trt else EXIT_OK
 
 
 def _complete(folder: Path) -> bool:
@@ -138,11 +140,11 @@ def _pack(folder: Path, archive: str, say) -> int:
     try:
         written = write_archive(folder, archive)
     except BundleError as err:
-        say(f"error: {' '.join(str(err).split())}")
-        return 2
+        say_error(err)
+        return EXIT_USAGE
     say(f"archive written: {written} ({written.stat().st_size / 1e6:.1f} MB); copy it to the machine that "
         f"serves and run: deramos-run --bundle {written.name} ...")
-    return 0
+    return EXIT_OK
 
 
 def _build_trt(out: Path, build: BuildOptions, say, shown: str) -> int:
@@ -151,12 +153,12 @@ def _build_trt(out: Path, build: BuildOptions, say, shown: str) -> int:
     try:
         result = build_bundle(out, engines_only(build), say)
     except ValueError as err:
-        say(f"error: {_shown(str(err), out, shown)}; the ONNX bundle in {shown} is complete")
-        return 3
+        say_error(f"{_shown(str(err), out, shown)}; the ONNX bundle in {shown} is complete")
+        return EXIT_USAGE
     if result.failed:
-        say(f"error: TensorRT engines missed their check against FP32: {', '.join(result.failed)} (left unlisted)")
-        return 1
-    return 0
+        say_error(f"TensorRT engines missed their check against FP32: {', '.join(result.failed)} (left unlisted)")
+        return EXIT_FAILED
+    return EXIT_OK
 
 
 if __name__ == "__main__":

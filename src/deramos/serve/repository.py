@@ -20,13 +20,13 @@ text is written here: no torch, no onnx.
 from __future__ import annotations
 
 import shutil
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 import click
 
 from ..runtime.bundle import GRAPHS, Bundle, BundleError, GraphEntry, load_bundle
+from ..runtime.cli_common import Command, fail
 
 PREFIX = "deramos"
 ENSEMBLE = "window"
@@ -179,7 +179,7 @@ tensorrt backends (PyTriton's server has neither):
 """
 
 
-@click.command(help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.command(cls=Command, help=HELP, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.argument("bundle", type=click.Path())
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The repository folder to write.")
 @click.option("--device", type=click.Choice(["cpu", "gpu"]), default="cpu", show_default=True,
@@ -191,8 +191,7 @@ def main(bundle, out, device, instances, max_batch):
         names = write_repository(load_bundle(bundle), Path(out), RepositoryOptions(device, instances, max_batch))
         checked = _validated(Path(out))
     except (BundleError, ValueError, OSError) as error:
-        print(f"error: {' '.join(str(error).split())}", file=sys.stderr)
-        sys.exit(2)
+        fail(error)
     print(f"wrote {len(names)} models to {out}{checked}: {', '.join(names)}")
 
 

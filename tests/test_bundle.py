@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from deramos.export.validate import TOLERANCES
 from deramos.runtime.bundle import (
     FORMAT,
     FORMAT_VERSION,
@@ -21,6 +20,7 @@ from deramos.runtime.bundle import (
     load_bundle,
     verify_files,
 )
+from deramos.runtime.contract import TOLERANCES
 
 # What each graph declares: name -> (dtype, shape); ints are fixed sizes of the tiny preset.
 EXPECTED_IO = {
@@ -136,7 +136,7 @@ def test_manifest_parity_per_precision(bundle):
     assert set(manifest["parity"]) == {"fp32"}          # against PyTorch; FP16/INT8 are checked against FP32
     for precision, report in manifest["parity"].items():
         assert report["passed"] is True and report["failures"] == []
-        assert report["tolerance"] == TOLERANCES[precision]
+        assert report["tolerance"] == TOLERANCES[precision].to_dict()
         assert report["clips"] == 64
         for key in ("mi_max_abs", "ta_max_abs", "audio_cosine_min", "text_cosine_min", "mi_srcc", "ta_srcc"):
             assert isinstance(report[key], float), key

@@ -16,7 +16,7 @@ from deramos.calibration.dataset import held_out_set, load_calibration_set
 from deramos.calibration.samples import batches
 from deramos.export.api import ExportOptions
 from deramos.runtime.bundle import GRAPHS, load_bundle, sha256_file
-from deramos.runtime.compare import TOLERANCES
+from deramos.runtime.contract import INT8_DEFAULT_GRAPHS, TOLERANCES
 from deramos.runtime.metrics import spearman
 from deramos.runtime.text import PromptTokenizer
 
@@ -53,7 +53,7 @@ BOTH = ("audio_encoder", "text_encoder")   # the shared bundle quantises both (t
 
 
 def test_default_int8_quantises_the_audio_encoder_only():
-    assert ExportOptions().build.int8_graphs == q.QUANTIZED_GRAPHS == ("audio_encoder",)
+    assert ExportOptions().build.int8_graphs == INT8_DEFAULT_GRAPHS == ("audio_encoder",)
 
 
 def test_int8_files_and_heads_entry(bundle):

@@ -12,6 +12,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -21,11 +22,11 @@ import torch
 from deramos.build import onnxio
 from deramos.build.stage import BuildOptions
 from deramos.calibration.samples import sample_set
-from deramos.export import validate as export_validate
 from deramos.export.api import ExportFailed, ExportOptions, export_bundle
 from deramos.export.graphs import example_inputs
 from deramos.model.frontend import dft_basis
 from deramos.runtime.bundle import GRAPHS, load_bundle
+from deramos.runtime.contract import TOLERANCES
 from deramos.runtime.metrics import spearman
 from deramos.runtime.text import PromptTokenizer
 
@@ -34,6 +35,7 @@ pytestmark = pytest.mark.usefixtures("torch_single_thread")
 BIN = Path(sys.executable).parent
 # Batch sizes of the independent parity check: 11 x (5 + 1) = 66 clips (>= 64 for the FP16 SRCC).
 PARITY_BATCHES = (5, 1) * 11
+NO_SCORE_DIFFERENCE = replace(TOLERANCES["fp32"], max_abs=0.0)   # an FP32 tolerance no export meets
 
 
 # -- helpers ---------------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ def test_stored_fp32_parity_report_passes(export_bundle_dir):
     report = manifest["parity"]["fp32"]
     assert report["passed"] is True and report["failures"] == []
     assert report["clips"] == 64
-    assert report["tolerance"] == {"score_abs": 1e-3, "encoder_cosine": 0.9999}
+    assert report["tolerance"] == {"max_abs": 1e-3, "min_cosine": 0.9999}
     assert report["mi_max_abs"] <= 1e-3 and report["ta_max_abs"] <= 1e-3
     assert report["audio_cosine_min"] >= 0.9999 and report["text_cosine_min"] >= 0.9999
     assert any(line.startswith("fp32  PASS  clips 64") for line in said), said
@@ -376,7 +378,7 @@ def failed_export(export_model, tmp_path_factory):
     (out / "manifest.json").write_text("{}")          # a stale manifest from an earlier export
     said: list[str] = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(export_validate.TOLERANCES["fp32"], "score_abs", 0.0)
+        mp.setitem(TOLERANCES, "fp32", NO_SCORE_DIFFERENCE)
         with pytest.raises(ExportFailed) as info:
             export_bundle(export_model, out, ExportOptions(validate_clips=4, progress=False), say=said.append)
     return out, info.value, said
@@ -388,19 +390,19 @@ def test_failed_validation_raises_writes_report_and_no_manifest(failed_export):
     report = json.loads((out / "validation_report.json").read_text())
     fp32 = report["parity"]["fp32"]
     assert fp32["passed"] is False
-    assert fp32["tolerance"]["score_abs"] == 0.0
-    assert any(f.startswith("heads output mi: max |Δ|") for f in fp32["failures"]), fp32["failures"]
+    assert fp32["tolerance"]["max_abs"] == 0.0
+    assert any(f.startswith("MI: max |Δ|") for f in fp32["failures"]), fp32["failures"]
     assert "validation failed for fp32" in str(error) and "validation_report.json" in str(error)
     assert "\n" not in str(error)
-    assert any("FAIL" in line and "heads output mi" in line for line in said)
+    assert any("FAIL" in line and "MI: max |Δ|" in line for line in said)
 
 
 def test_failed_validation_message_names_output_and_worst_difference(failed_export):
     _, error, _ = failed_export
     worst = json.loads((failed_export[0] / "validation_report.json").read_text())["parity"]["fp32"]["mi_max_abs"]
     message = str(error)
-    assert "heads output mi" in message
-    assert f"{worst:.2e}" in message
+    assert "MI: max |Δ|" in message
+    assert f"{worst:.4g}" in message
 
 
 def test_cli_failed_validation_exits_1(export_run, tmp_path, monkeypatch):
@@ -408,7 +410,7 @@ def test_cli_failed_validation_exits_1(export_run, tmp_path, monkeypatch):
 
     from deramos.export.cli import main
 
-    monkeypatch.setitem(export_validate.TOLERANCES["fp32"], "score_abs", 0.0)
+    monkeypatch.setitem(TOLERANCES, "fp32", NO_SCORE_DIFFERENCE)
     out = tmp_path / "bundle"
     result = CliRunner().invoke(main, ["--checkpoint", str(export_run), "--out", str(out), "--validate-clips", "2"])
     assert result.exit_code == 1, result.output
@@ -425,7 +427,7 @@ def unvalidated_external(export_model, tmp_path_factory):
     """--no-validate with a failing tolerance configured, and a tiny external-data threshold."""
     out = tmp_path_factory.mktemp("external") / "bundle"
     with pytest.MonkeyPatch.context() as mp:
-        mp.setitem(export_validate.TOLERANCES["fp32"], "score_abs", 0.0)
+        mp.setitem(TOLERANCES, "fp32", NO_SCORE_DIFFERENCE)
         mp.setattr(onnxio, "EXTERNAL_DATA_MIN_BYTES", 10_000)
         manifest = export_bundle(export_model, out, ExportOptions(validate=False, progress=False), say=lambda _: None)
     return out, manifest

@@ -34,7 +34,7 @@ def make_inputs(bundle, clips: int, seconds: float, path: Path, seed: int = 0) -
     """`clips` rendered music clips of `seconds` each and their prompts, tokenised."""
     from ..data.synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
     from ..runtime.audio import resample
-    from ..runtime.contract import seconds_to_samples
+    from ..runtime.contract import AUDIO_ENCODER, TEXT_ENCODER, seconds_to_samples
     from ..runtime.text import PromptTokenizer
 
     rng = np.random.default_rng(seed)
@@ -45,8 +45,8 @@ def make_inputs(bundle, clips: int, seconds: float, path: Path, seed: int = 0) -
         waves.append(np.resize(audio, seconds_to_samples(seconds, bundle.sample_rate)))
         prompts.append(prompt_for(attrs, rng))
     ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(prompts)
-    np.savez(path, waves=np.stack(waves).astype(np.float32), lengths=np.array([len(w) for w in waves], np.int64),
-             input_ids=ids, attention_mask=mask, prompts=np.array(prompts))
+    np.savez(path, **AUDIO_ENCODER.feeds(np.stack(waves).astype(np.float32), np.array([len(w) for w in waves], np.int64)),
+             **TEXT_ENCODER.feeds(ids, mask), prompts=np.array(prompts))
 
 
 def run_worker(spec: dict, workdir: Path) -> dict:

@@ -17,16 +17,13 @@ import time
 
 import numpy as np
 
+from deramos.runtime.contract import AUDIO_ENCODER, HEADS, TEXT_ENCODER
 from deramos.runtime.errors import one_line
 
 
 def _batches(inputs, batch_size: int):
-    """The first `batch_size` clips and prompts, as feeds for the three graphs."""
-    wave = inputs["waves"][:batch_size]
-    lengths = inputs["lengths"][:batch_size]
-    ids = inputs["input_ids"][:batch_size]
-    mask = inputs["attention_mask"][:batch_size]
-    return wave, lengths, ids, mask
+    """The first `batch_size` clips and prompts: waveform, lengths, token ids, attention mask."""
+    return tuple(x[:batch_size] for x in (*AUDIO_ENCODER.inputs_of(inputs), *TEXT_ENCODER.inputs_of(inputs)))
 
 
 def _time_loop(step, seconds: float, min_repeats: int = 3) -> list[float]:
@@ -97,10 +94,8 @@ def runtime_step(spec, inputs):
         wave, lengths, ids, mask = _batches(inputs, batch_size)
 
         def step():
-            audio = backend.run("audio_encoder", {"waveform": wave, "lengths": lengths})
-            text = backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})
-            return backend.run("heads", {"frames": audio["frames"], "frame_mask": audio["frame_mask"],
-                                         "tokens": text["tokens"], "token_mask": mask})["mi"]
+            mi, _ta, *_ = HEADS.outputs_of(backend.run_pipeline(wave, lengths, ids, mask))
+            return mi
         return step
     return make
 
@@ -111,7 +106,8 @@ def reward_loop(spec: dict, inputs: dict) -> dict:
     time (cycling through the inputs' prompts, so the prompt cache is as cold as a real loop's)."""
     from deramos.runtime.scorer import Scorer
 
-    pool = list(inputs["waves"][: spec["candidates"]])
+    waves, _ = AUDIO_ENCODER.inputs_of(inputs)
+    pool = list(waves[: spec["candidates"]])
     prompts = [str(p) for p in inputs["prompts"]]
     results = {}
     for batch_size in spec["batch_sizes"]:

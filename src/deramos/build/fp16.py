@@ -18,12 +18,11 @@ from __future__ import annotations
 import warnings
 from pathlib import Path
 
-from ..runtime.contract import SPECS
+from ..runtime.contract import fp32_kept_prefixes
 from .onnxio import save_onnx
 
 FP32_OPS = {"LayerNormalization", "ReduceMean", "ReduceSum", "Pow", "Sqrt", "Softmax", "Log", "Exp",
             "Range", "CumSum", "TopK", "Resize", "RandomUniformLike", "RandomNormalLike"}
-FP32_NODE_PREFIXES = tuple(sorted({p for spec in SPECS.values() for p in spec.fp32_node_prefixes}))
 
 
 def convert_to_fp16(src: Path, dst: Path) -> list[Path]:
@@ -37,12 +36,12 @@ def convert_to_fp16(src: Path, dst: Path) -> list[Path]:
 
 
 def _in_fp32_region(node) -> bool:
-    return node.op_type in FP32_OPS or node.name.startswith(FP32_NODE_PREFIXES)
+    return node.op_type in FP32_OPS or node.name.startswith(fp32_kept_prefixes())
 
 
 def to_fp16(model):
-    """The graph in FP16 outside the FP32 region (FP32_OPS, FP32_NODE_PREFIXES), with Casts where
-    the two meet; graph inputs and outputs keep their FP32 type."""
+    """The graph in FP16 outside the FP32 region (FP32_OPS, the contract's fp32_kept_prefixes), with
+    Casts where the two meet; graph inputs and outputs keep their FP32 type."""
     import onnx
 
     rewrite = _Fp16Rewrite(model)

@@ -20,11 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration.dataset import ClipSet
-from ..calibration.quantize import EXCLUDED_NODE_PREFIXES, QUANTIZED_OPS, quantize
+from ..calibration.quantize import QUANTIZED_OPS, quantize
 from ..runtime.audio import pad_waves
 from ..runtime.backends import OrtBackend
 from ..runtime.bundle import Bundle, graph_file_name
-from ..runtime.compare import Comparison, Tolerance, compare_scores
+from ..runtime.compare import Comparison, compare_scores
+from ..runtime.contract import AUDIO_ENCODER, TEXT_ENCODER, Tolerance, fp32_kept_prefixes
 from ..runtime.scorer import Scorer
 from ..runtime.text import PromptTokenizer
 from .onnxio import save_onnx
@@ -62,7 +63,7 @@ def quantisable_layers(fp32_path: Path) -> dict[str, list[str]]:
     proto = onnx.load(str(fp32_path), load_external_data=False)
     layers: dict[str, list[str]] = {}
     for node in proto.graph.node:
-        if node.op_type in QUANTIZED_OPS and not node.name.startswith(EXCLUDED_NODE_PREFIXES):
+        if node.op_type in QUANTIZED_OPS and not node.name.startswith(fp32_kept_prefixes()):
             layers.setdefault(layer_of(node.name), []).append(node.name)
     return layers
 
@@ -149,12 +150,10 @@ def _ranking_cost(comparison: Comparison) -> float:
 
 def _speeds(bundle, graph, ranges, method, target, clips, all_nodes, kept_nodes, repeats: int = 5) -> dict[str, float]:
     """Seconds per batch of `graph` alone: FP32, INT8 everywhere, INT8 as searched (left in place)."""
-    if graph == "text_encoder":
-        ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(clips.prompts[:8])
-        feeds = {"input_ids": ids, "attention_mask": mask}
+    if graph == TEXT_ENCODER.name:
+        feeds = TEXT_ENCODER.feeds(*PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(clips.prompts[:8]))
     else:
-        wave, lengths = pad_waves([w[:bundle.window_samples] for w in clips.waves[:8]])
-        feeds = {"waveform": wave, "lengths": lengths}
+        feeds = AUDIO_ENCODER.feeds(*pad_waves([w[:bundle.window_samples] for w in clips.waves[:8]]))
     timings = {"fp32": _time(bundle, "fp32", graph, feeds, repeats)}
     _write(bundle, graph, ranges, method, target, all_nodes)
     timings["int8_all_layers"] = _time(bundle, "int8", graph, feeds, repeats)

@@ -54,7 +54,7 @@ def measure_speed(bundle: Bundle, precisions: list[str], clips: ClipSet, threads
     for _ in range(rounds + 1):                         # the first round warms every backend up
         for precision, backend in backends.items():
             start = time.perf_counter()
-            _score(backend, feeds)
+            backend.run_pipeline(*feeds)
             times[precision].append(time.perf_counter() - start)
     for backend in backends.values():
         backend.close()
@@ -66,11 +66,3 @@ def _feeds(bundle: Bundle, clips: ClipSet):
     wave, lengths = pad_waves(waves)
     ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(clips.prompts[:BATCH])
     return wave, lengths, ids, mask
-
-
-def _score(backend: OrtBackend, feeds) -> None:
-    wave, lengths, ids, mask = feeds
-    audio = backend.run("audio_encoder", {"waveform": wave, "lengths": lengths})
-    text = backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})
-    backend.run("heads", {"frames": audio["frames"], "frame_mask": audio["frame_mask"], "tokens": text["tokens"],
-                          "token_mask": mask})

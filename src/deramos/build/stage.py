@@ -18,8 +18,6 @@ import numpy as np
 from ..calibration.dataset import ClipSet, load_calibration_set
 from ..calibration.drift import MIN_CLIPS, drift_set, measure_drift
 from ..calibration.quantize import (
-    EXCLUDED_NODE_PREFIXES,
-    QUANTIZED_GRAPHS,
     QUANTIZED_OPS,
     check_int8_options,
     int8_ranges,
@@ -30,6 +28,7 @@ from ..calibration.quantize import (
 )
 from ..runtime.bundle import GRAPHS, Bundle, graph_file_name, load_bundle, verify_files
 from ..runtime.compare import Comparison
+from ..runtime.contract import AUDIO_ENCODER, INT8_DEFAULT_GRAPHS, TEXT_ENCODER, TOLERANCES, fp32_kept_prefixes
 from ..runtime.targets import INT8_TARGETS, default_int8_target, int8_scheme
 from ..runtime.text import PromptTokenizer
 from .calibset import SHIPPED_DIR, SHIPPED_INDEX, ship_calibration, shipped_files
@@ -46,7 +45,7 @@ class BuildOptions:
     calib_method: str = "minmax"
     calib_clips: int = 64
     check_clips: int = MIN_CLIPS         # held-out clips every new precision is compared on (>= MIN_CLIPS)
-    int8_graphs: tuple[str, ...] = QUANTIZED_GRAPHS
+    int8_graphs: tuple[str, ...] = INT8_DEFAULT_GRAPHS
     int8_target: str = field(default_factory=default_int8_target)
     recalibrate: bool = False
     int8_search: bool = False            # INT8 misses its target: keep the costliest layers FP32 until it meets it
@@ -183,7 +182,6 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> C
     """Per-layer sensitivity on the calibration clips, the costliest layers kept FP32 until INT8
     meets its tolerance, tightened by the search margin, there (builder/search.py); then the
     held-out check again, at the plain tolerance."""
-    from ..runtime.compare import TOLERANCES
     from .search import search_exclusions
 
     clips = _calibration_clips(bundle, options, say)
@@ -208,12 +206,12 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> C
 def _graph_flops(bundle: Bundle, graph: str) -> dict[str, float]:
     """FLOPs per MatMul/Gemm/Conv of the FP32 `graph` on one window (audio) or prompt (text)."""
     if graph == "audio_encoder":
-        feeds = {"waveform": np.zeros((1, bundle.window_samples), np.float32),
-                 "lengths": np.array([bundle.window_samples], np.int64)}
+        feeds = AUDIO_ENCODER.feeds(np.zeros((1, bundle.window_samples), np.float32),
+                                    np.array([bundle.window_samples], np.int64))
     else:
         ids, mask = PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(
             ["a calm solo piano piece with soft strings, slow and sad"])
-        feeds = {"input_ids": ids, "attention_mask": mask}
+        feeds = TEXT_ENCODER.feeds(ids, mask)
     return op_flops(bundle.graph_path(graph, "fp32"), feeds)
 
 
@@ -253,7 +251,7 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
         "target": options.int8_target, "target_means": INT8_TARGETS[options.int8_target][1],
         "scheme": int8_scheme(options.int8_target).to_dict(), "method": options.calib_method,
         "quantized_graphs": list(options.int8_graphs), "quantized_ops": QUANTIZED_OPS, "quantized": quantized,
-        "fp32_kept": [f"nodes under {p}" for p in EXCLUDED_NODE_PREFIXES] + [g for g in GRAPHS if g not in options.int8_graphs],
+        "fp32_kept": [f"nodes under {p}" for p in fp32_kept_prefixes()] + [g for g in GRAPHS if g not in options.int8_graphs],
         "calibration_set": _describe_clips(clips()) if not all(reused.values()) else "cached ranges",
         "reused_cache": reused,
     })

@@ -3,7 +3,7 @@
 Both sides run through the runtime's own backends (runtime/compare.py), so the report isolates
 the precision. At least MIN_CLIPS clips (a dev split that is smaller is topped up with rendered
 clips), reported with a bootstrap interval for the rank agreement. The gates are
-runtime/compare.py's TOLERANCES: for INT8, MAE <= 0.15, MAE <= 0.2 of the spread of the FP32
+runtime/contract.py's TOLERANCES: for INT8, MAE <= 0.15, MAE <= 0.2 of the spread of the FP32
 scores, and SRCC >= 0.97 where the FP32 scores spread enough for a ranking to mean something.
 """
 from __future__ import annotations

@@ -27,14 +27,11 @@ import numpy as np
 
 from ..runtime.audio import pad_waves
 from ..runtime.bundle import sha256_file
-from ..runtime.contract import INT8_DEFAULT_GRAPHS, INT8_GRAPHS, SPECS
+from ..runtime.contract import AUDIO_ENCODER, INT8_GRAPHS, TEXT_ENCODER, fp32_kept_prefixes
 from ..runtime.targets import int8_scheme
 from ..runtime.text import PromptTokenizer
 
-QUANTIZED_GRAPHS = INT8_DEFAULT_GRAPHS             # the default (BuildOptions.int8_graphs)
-QUANTIZABLE_GRAPHS = INT8_GRAPHS
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
-EXCLUDED_NODE_PREFIXES = tuple(sorted({p for spec in SPECS.values() for p in spec.fp32_node_prefixes}))
 METHODS = ("minmax", "entropy", "percentile")
 CACHE_VERSION = 1
 
@@ -72,13 +69,13 @@ def encoder_feeds(clips, tokenizer: PromptTokenizer, batch: int = 2, same_shapes
     audio, text = [], []
     for start in range(0, len(waves), batch):
         wave, lengths = pad_waves(waves[start:start + batch], width if same_shapes else None)
-        audio.append({"waveform": wave, "lengths": lengths})
+        audio.append(AUDIO_ENCODER.feeds(wave, lengths))
         ids, mask = ids_all[start:start + batch], mask_all[start:start + batch]
         if not same_shapes:
             keep = int(mask.sum(axis=1).max())
             ids, mask = ids[:, :keep], mask[:, :keep]
-        text.append({"input_ids": ids, "attention_mask": mask})
-    return {"audio_encoder": audio, "text_encoder": text}
+        text.append(TEXT_ENCODER.feeds(ids, mask))
+    return {AUDIO_ENCODER.name: audio, TEXT_ENCODER.name: text}
 
 
 def ranges_path(out: Path, graph: str) -> Path:
@@ -130,7 +127,7 @@ def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, targe
 
     scheme = int8_scheme(target)
     model = onnx.load(str(fp32_path), load_external_data=True)
-    excluded = [n.name for n in model.graph.node if n.name.startswith(EXCLUDED_NODE_PREFIXES)]
+    excluded = [n.name for n in model.graph.node if n.name.startswith(fp32_kept_prefixes())]
     tensors = TensorsData(_method(method), {name: TensorData(lowest=np.asarray(lo, np.float32), highest=np.asarray(hi, np.float32))
                                             for name, (lo, hi) in ranges.items()})
     quantizer = QDQQuantizer(model, True, scheme.weight_bits == 7, QuantType.QInt8, QuantType.QInt8, tensors,
@@ -196,7 +193,7 @@ def quantized_share(graph_path: Path, flops: dict[str, float] | None = None) -> 
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] in sizes:
             sizes[node.output[0]] = sizes[node.input[0]]
     ops = [n for n in proto.graph.node
-           if n.op_type in QUANTIZED_OPS and not n.name.startswith(EXCLUDED_NODE_PREFIXES)]
+           if n.op_type in QUANTIZED_OPS and not n.name.startswith(fp32_kept_prefixes())]
     weight = lambda node: next((sizes[i] for i in node.input[1:2] if i in sizes), 0)  # noqa: E731
     quantized = [n for n in ops if len(n.input) > 1 and n.input[1] in dequantized]
     total = sum(weight(n) for n in ops)
@@ -230,7 +227,7 @@ def int8_ranges(bundle, graph: str, options, clips_source, say) -> tuple[dict, b
 def check_int8_options(options) -> None:
     if options.calib_method not in METHODS:
         raise ValueError(f"unknown calibration method {options.calib_method!r}; choose from {', '.join(METHODS)}")
-    unknown = set(options.int8_graphs) - set(QUANTIZABLE_GRAPHS)
+    unknown = set(options.int8_graphs) - set(INT8_GRAPHS)
     if unknown:
-        raise ValueError(f"cannot quantise {sorted(unknown)}; choose from {', '.join(QUANTIZABLE_GRAPHS)}")
+        raise ValueError(f"cannot quantise {sorted(unknown)}; choose from {', '.join(INT8_GRAPHS)}")
     int8_scheme(options.int8_target)

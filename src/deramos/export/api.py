@@ -138,19 +138,11 @@ def _copy_tokenizer(model, out: Path) -> Path:
 
 
 def _validate(model, bundle: Bundle, options: ExportOptions) -> dict:
-    """The FP32 graphs, run by the runtime's ONNX Runtime backend, against the PyTorch model."""
-    from ..runtime.text import PromptTokenizer
-    from .validate import backend_outputs, compare, torch_outputs
+    """The FP32 graphs, run by the runtime's ONNX Runtime backend, against the PyTorch model
+    (export/validate.py): the parity record."""
+    from .validate import fp32_parity
 
-    cfg = model.cfg
-    samples = sample_set(options.validate_clips, cfg.audio.sample_rate, cfg.audio.window_seconds, seed=options.seed + 1)
-    tok = PromptTokenizer(bundle.tokenizer_file, cfg.text.max_tokens)
-    reference = torch_outputs(model, samples, tok)
-    backend = OrtBackend(bundle, "fp32")
-    try:
-        return compare(reference, backend_outputs(backend, samples, tok), "fp32")
-    finally:
-        backend.close()
+    return fp32_parity(model, bundle, options.validate_clips, seed=options.seed + 1)
 
 
 def build_manifest(model, out: Path, files: dict, tokenizer: Path, parity: dict, options: ExportOptions) -> dict:

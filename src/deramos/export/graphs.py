@@ -1,6 +1,6 @@
 """torch -> ONNX for the three graphs of a bundle.
 
-Each graph is a thin wrapper that fixes the input/output names of runtime/bundle.py. The
+Each graph is a thin wrapper whose inputs and outputs are the contract's (runtime/contract.py). The
 mel front-end is exported with its DFT-basis convolution (ONNX's STFT op does not run in
 TensorRT) and a per-clip reflect padding built from Gather: ops both ONNX Runtime and
 TensorRT run.
@@ -16,9 +16,10 @@ import torch
 from torch import nn
 
 from ..build.onnxio import save_onnx
-from ..runtime.contract import GRAPH_IO, SPECS
+from ..runtime.contract import AUDIO_ENCODER, GRAPH_IO, HEADS, SPECS, TEXT_ENCODER, axis_sizes
 
 DEFAULT_OPSET = 17
+EXAMPLE_TOKENS = 12
 
 
 class AudioEncoderGraph(nn.Module):
@@ -46,33 +47,35 @@ class HeadsGraph(nn.Module):
 
     def forward(self, frames, frame_mask, tokens, token_mask):
         out = self.heads(frames, frame_mask, tokens, token_mask)
-        return out["mi"], out["ta"], out["mi_dist"], out["ta_dist"]
+        return tuple(out[name] for name in HEADS.output_names)   # the graph's outputs are named as the heads name them
 
 
 DYNAMIC_AXES = {graph: spec.dynamic_axes() for graph, spec in SPECS.items()}
 
 
 def graph_modules(model) -> dict[str, nn.Module]:
-    return {"audio_encoder": AudioEncoderGraph(model.audio_encoder).eval(),
-            "text_encoder": TextEncoderGraph(model.text_encoder).eval(),
-            "heads": HeadsGraph(model.heads).eval()}
+    return {AUDIO_ENCODER.name: AudioEncoderGraph(model.audio_encoder).eval(),
+            TEXT_ENCODER.name: TextEncoderGraph(model.text_encoder).eval(),
+            HEADS.name: HeadsGraph(model.heads).eval()}
 
 
 def example_inputs(model, batch: int = 2) -> dict[str, tuple[torch.Tensor, ...]]:
-    """Tracing inputs: unequal lengths so that masking paths are recorded."""
+    """Tracing inputs, the contract's example feeds (unequal lengths, so that the masking paths
+    are recorded); the heads get the encoders' outputs for them."""
     cfg = model.cfg
-    n = min(cfg.audio.window_samples, 3 * cfg.audio.sample_rate)
-    wave = torch.randn(batch, n) * 0.1
-    lengths = torch.tensor([n] + [n * 2 // 3] * (batch - 1), dtype=torch.int64)
+    sizes = axis_sizes(samples=min(cfg.audio.window_samples, 3 * cfg.audio.sample_rate), tokens=EXAMPLE_TOKENS)
     vocab = int(model.text_encoder.model.config.vocab_size)
-    ids = torch.randint(min(5, vocab - 1), min(1000, vocab), (batch, 12), dtype=torch.int64)   # ids the model has
-    mask = torch.ones(batch, 12, dtype=torch.int64)
-    mask[1:, 8:] = 0
+    wave, lengths = _tensors(AUDIO_ENCODER.example_feeds(batch, sizes, vocab=vocab))
+    ids, mask = _tensors(TEXT_ENCODER.example_feeds(batch, sizes, vocab=vocab))
     with torch.no_grad():
         frames, frame_mask = model.audio_encoder(wave, lengths)
         tokens = model.text_encoder(ids, mask)
-    return {"audio_encoder": (wave, lengths), "text_encoder": (ids, mask),
-            "heads": (frames, frame_mask, tokens, mask)}
+    return {AUDIO_ENCODER.name: (wave, lengths), TEXT_ENCODER.name: (ids, mask),
+            HEADS.name: (frames, frame_mask, tokens, mask)}
+
+
+def _tensors(feeds: dict) -> tuple[torch.Tensor, ...]:
+    return tuple(torch.from_numpy(value) for value in feeds.values())
 
 
 @contextlib.contextmanager

@@ -1,132 +1,46 @@
-"""Every export is checked against the PyTorch model it came from (Optimum-style).
+"""Every export is checked against the PyTorch model it came from (Optimum-style), by the one
+comparator (runtime/compare.py): the PyTorch runner (export/torch_runner.py, float64 front-end)
+is the reference, the runtime's own ONNX Runtime CPU backend the candidate, both behind a
+Scorer, so what is compared is what will serve. The gate is the contract's FP32 tolerance
+(runtime/contract.py's TOLERANCES): |ΔMI|, |ΔTA| <= 1e-3 end to end, and each encoder's
+output cosine >= 0.9999 at every valid frame and token, the graphs run on identical inputs.
+FP16 and INT8 are checked against these FP32 graphs by the build stage, by the same comparator.
 
-The reference is the eager model with its torch.stft front-end computed in float64, i.e.
-the exact model and not the DFT-basis convolution that went into the graph, so the front-end
-is checked too. (In float32, torch.stft's own rounding is larger than the graph's: up to
-0.05 vs 0.009 normalised log-mel units on quiet, low-passed clips — a reference that noisy
-would fail a correct graph.) The candidate is the runtime's own ONNX Runtime CPU backend:
-audio_encoder -> heads <- text_encoder.
-
-Tolerances (MI and TA are on the 1-5 scale):
-    fp32: |ΔMI|, |ΔTA| <= 1e-3; encoder outputs cosine >= 0.9999 (per clip / per prompt)
-FP16 and INT8 are checked against these FP32 graphs by the build stage (runtime/compare.py).
+The manifest keeps the result as `parity.fp32`: clips, tolerance, mi_max_abs, ta_max_abs,
+audio_cosine_min, text_cosine_min, mi_srcc, ta_srcc, failures, passed.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
-import numpy as np
-import torch
-
-from ..calibration.samples import SampleSet, batches
-from ..runtime.audio import pad_waves
-from ..runtime.metrics import spearman
-from ..runtime.text import PromptTokenizer
-
-TOLERANCES = {
-    "fp32": {"score_abs": 1e-3, "encoder_cosine": 0.9999},
-}
+from ..calibration.samples import sample_set
+from ..runtime.backends import OrtBackend
+from ..runtime.compare import Comparison, compare_scorers
+from ..runtime.contract import AUDIO_ENCODER, TEXT_ENCODER
+from ..runtime.scorer import Scorer
+from .torch_runner import TorchBackend
 
 
-class ValidationError(RuntimeError):
-    pass
+def fp32_parity(model, bundle, clips: int, seed: int) -> dict:
+    """The bundle's FP32 graphs against `model` on `clips` rendered clips: the parity record."""
+    return parity_record(check_against_pytorch(model, bundle, clips, seed))
 
 
-@dataclass
-class Outputs:
-    mi: np.ndarray
-    ta: np.ndarray
-    frames: list[np.ndarray]     # per clip, valid frames only
-    tokens: list[np.ndarray]     # per clip, real tokens only
+def check_against_pytorch(model, bundle, clips: int, seed: int) -> Comparison:
+    cfg = model.cfg
+    # Every clip long enough for the model's first frame (musicnn: 1.5 s), which the Scorer asks for.
+    shortest = max(1.0, 1.1 * bundle.samples_per_frame / bundle.sample_rate)
+    samples = sample_set(clips, cfg.audio.sample_rate, cfg.audio.window_seconds, seed=seed, min_seconds=shortest)
+    with Scorer(bundle, TorchBackend(model)) as reference, Scorer(bundle, OrtBackend(bundle, "fp32")) as candidate:
+        return compare_scorers(reference, candidate, samples.waves, samples.prompts, precision="fp32",
+                               source=f"{clips} rendered clips")
 
 
-def _batch_inputs(samples: SampleSet, index: list[int], tokenizer: PromptTokenizer):
-    wave, lengths = pad_waves([samples.waves[i] for i in index])
-    ids, mask = tokenizer.encode([samples.prompts[i] for i in index])
-    return wave, lengths, ids, mask
-
-
-def _split_valid(frames, mask, rows):
-    return [frames[r][mask[r].astype(bool)] for r in range(rows)]
-
-
-@torch.no_grad()
-def torch_outputs(model, samples: SampleSet, tokenizer: PromptTokenizer) -> Outputs:
-    model.eval()
-    frontend = model.audio_encoder.frontend
-    frontend.float64, dft = True, frontend.use_dft_conv
-    frontend.use_dft_conv = False
-    try:
-        return _torch_outputs(model, samples, tokenizer)
-    finally:
-        frontend.float64, frontend.use_dft_conv = False, dft
-
-
-def _torch_outputs(model, samples: SampleSet, tokenizer: PromptTokenizer) -> Outputs:
-    parts = []
-    for index in batches(len(samples.waves)):
-        wave, lengths, ids, mask = _batch_inputs(samples, index, tokenizer)
-        wave_t, lengths_t = torch.from_numpy(wave), torch.from_numpy(lengths)
-        frames, frame_mask = model.audio_encoder(wave_t, lengths_t)
-        tokens = model.text_encoder(torch.from_numpy(ids), torch.from_numpy(mask))
-        out = model.heads(frames, frame_mask, tokens, torch.from_numpy(mask).bool())
-        parts.append((out["mi"].numpy(), out["ta"].numpy(),
-                      _split_valid(frames.numpy(), frame_mask.numpy(), len(index)),
-                      _split_valid(tokens.numpy(), mask, len(index))))
-    return _concat(parts)
-
-
-def backend_outputs(backend, samples: SampleSet, tokenizer: PromptTokenizer) -> Outputs:
-    """The same batches through a runtime backend (deramos.runtime.backends): what will serve."""
-    parts = []
-    for index in batches(len(samples.waves)):
-        wave, lengths, ids, mask = _batch_inputs(samples, index, tokenizer)
-        audio = backend.run("audio_encoder", {"waveform": wave, "lengths": lengths})
-        tokens = backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})["tokens"]
-        out = backend.run("heads", {"frames": audio["frames"], "frame_mask": audio["frame_mask"],
-                                    "tokens": tokens, "token_mask": mask})
-        parts.append((out["mi"], out["ta"], _split_valid(audio["frames"], audio["frame_mask"], len(index)),
-                      _split_valid(tokens, mask, len(index))))
-    return _concat(parts)
-
-
-def _concat(parts) -> Outputs:
-    return Outputs(np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
-                   [f for p in parts for f in p[2]], [t for p in parts for t in p[3]])
-
-
-def _min_cosine(a: list[np.ndarray], b: list[np.ndarray]) -> float:
-    worst = 1.0
-    for x, y in zip(a, b):
-        x, y = x.ravel().astype(np.float64), y.ravel().astype(np.float64)
-        denom = np.linalg.norm(x) * np.linalg.norm(y)
-        worst = min(worst, float(x @ y / denom) if denom > 0 else float(np.allclose(x, y)))
-    return worst
-
-
-def compare(reference: Outputs, candidate: Outputs, precision: str) -> dict:
-    """A report with the measured differences, the tolerances and `passed`."""
-    tol = TOLERANCES[precision]
-    report = {"clips": int(len(reference.mi)), "tolerance": tol,
-              "mi_max_abs": float(np.max(np.abs(reference.mi - candidate.mi))),
-              "ta_max_abs": float(np.max(np.abs(reference.ta - candidate.ta))),
-              "audio_cosine_min": _min_cosine(reference.frames, candidate.frames),
-              "text_cosine_min": _min_cosine(reference.tokens, candidate.tokens),
-              "mi_srcc": spearman(candidate.mi, reference.mi),
-              "ta_srcc": spearman(candidate.ta, reference.ta)}
-    failures = []
-    for score in ("mi", "ta"):
-        if report[f"{score}_max_abs"] > tol["score_abs"]:
-            failures.append(f"heads output {score}: max |Δ| {report[f'{score}_max_abs']:.2e} > {tol['score_abs']:g}")
-        if "srcc" in tol and not report[f"{score}_srcc"] >= tol["srcc"]:
-            failures.append(f"heads output {score}: ranking SRCC {report[f'{score}_srcc']:.4f} < {tol['srcc']}")
-    if "encoder_cosine" in tol:
-        for graph, key, output in (("audio_encoder", "audio_cosine_min", "frames"), ("text_encoder", "text_cosine_min", "tokens")):
-            if report[key] < tol["encoder_cosine"]:
-                failures.append(f"{graph} output {output}: min cosine {report[key]:.6f} < {tol['encoder_cosine']}")
-    report["failures"] = failures
-    report["passed"] = not failures
-    return report
+def parity_record(comparison: Comparison) -> dict:
+    mi, ta = comparison.scores["MI"], comparison.scores["TA"]
+    return {"clips": comparison.clips, "tolerance": comparison.tolerance.to_dict(),
+            "mi_max_abs": mi.max_abs, "ta_max_abs": ta.max_abs,
+            "audio_cosine_min": comparison.graphs[AUDIO_ENCODER.name]["min_cosine"],
+            "text_cosine_min": comparison.graphs[TEXT_ENCODER.name]["min_cosine"],
+            "mi_srcc": mi.srcc, "ta_srcc": ta.srcc, "failures": comparison.failures, "passed": comparison.passed}
 
 
 def format_report(precision: str, report: dict) -> str:

@@ -44,6 +44,7 @@ import numpy as np
 from . import paths
 from .audio import pad_waves
 from .bundle import GRAPH_IO, GRAPHS, PRECISIONS, Bundle, BundleError, check_graph_io, load_bundle
+from .contract import AUDIO_ENCODER, HEADS, TEXT_ENCODER
 from .cuda import CudaError, DeviceArray, DeviceBuffers, cuda_runtime, device_batch
 from .engines import TRT_DIR, DeviceDescription, find_engine_set
 from .errors import one_line as _one_line
@@ -81,6 +82,12 @@ class Backend:
 
     def _run(self, graph: str, feeds: dict) -> dict[str, np.ndarray]:
         raise NotImplementedError
+
+    def run_pipeline(self, wave, lengths, ids, mask) -> dict[str, np.ndarray]:
+        """The three graphs in a row on one batch (row i: clip i and its prompt): the heads' outputs."""
+        frames, frame_mask = AUDIO_ENCODER.outputs_of(self.run(AUDIO_ENCODER.name, AUDIO_ENCODER.feeds(wave, lengths)))
+        (tokens,) = TEXT_ENCODER.outputs_of(self.run(TEXT_ENCODER.name, TEXT_ENCODER.feeds(ids, mask)))
+        return self.run(HEADS.name, HEADS.feeds(frames, frame_mask, tokens, mask))
 
     def describe(self) -> str:
         return self.name
@@ -333,7 +340,8 @@ class TensorRTBackend(Backend):
         self.max_batch = min(e.max_batch() for e in self.engines.values())
         # Padding a batch wider changes no score (lengths mask it), so clips shorter than the
         # profile's shortest waveform are padded up to it rather than refused.
-        self.min_samples = self.engines["audio_encoder"].profile("waveform", 0, 1)
+        waveform = AUDIO_ENCODER.input_names[0]
+        self.min_samples = self.engines[AUDIO_ENCODER.name].profile(waveform, 0, 1)
 
     def _run(self, graph: str, feeds: dict) -> dict[str, np.ndarray]:
         engine, cuda, stream = self.engines[graph], self.cuda, self.stream

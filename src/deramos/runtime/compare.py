@@ -6,6 +6,10 @@ what will serve. Reported per graph (encoder frames and tokens, heads on identic
 and end to end (MI and TA): max |Δ|, MAE, the spread of the reference scores, the spread of the
 differences relative to it, and rank agreement (SRCC with a bootstrap 95% interval, Kendall's tau).
 
+The gates are the contract's TOLERANCES (runtime/contract.py), one per precision; FP32's
+is also the export's check against PyTorch, whose runner (deramos.export.torch_runner) is one
+more backend here.
+
 Why relative to the spread: a model whose scores hardly vary (an untrained one, say) reorders
 its clips under any rounding at all, so a rank gate alone measures noise there. `rel_noise` =
 std(candidate - reference) / std(reference) says how large the drift that can reorder clips is
@@ -21,40 +25,12 @@ from dataclasses import asdict, dataclass, field
 import numpy as np
 
 from .audio import pad_waves
+from .contract import AUDIO_ENCODER, GRAPHS, HEADS, SPECS, TEXT_ENCODER, TOLERANCES, Tolerance
 from .metrics import kendall_tau, spearman, system_scores
 
 MIN_SPREAD = 0.05
 BOOTSTRAP_ROUNDS = 1000
 SCORES = ("MI", "TA")
-
-
-@dataclass(frozen=True)
-class Tolerance:
-    """What a candidate must meet against FP32 (None: not checked)."""
-
-    max_abs: float | None = None
-    mae: float | None = None
-    rel_noise: float | None = None   # std of the differences / std of the reference scores
-    srcc: float | None = None        # checked when the reference spread >= MIN_SPREAD
-
-    def to_dict(self) -> dict:
-        return {k: v for k, v in asdict(self).items() if v is not None}
-
-    def tightened(self, margin: float) -> "Tolerance":
-        """Stricter by `margin` (0: as is, 0.3: 30 % of each allowance taken away): every error
-        bound times 1 - margin, and SRCC's allowed shortfall from 1 likewise."""
-        if not 0.0 <= margin < 1.0:
-            raise ValueError(f"margin {margin}: must be in [0, 1)")
-        scale = lambda v: None if v is None else v * (1.0 - margin)  # noqa: E731
-        return Tolerance(max_abs=scale(self.max_abs), mae=scale(self.mae), rel_noise=scale(self.rel_noise),
-                         srcc=None if self.srcc is None else 1.0 - (1.0 - self.srcc) * (1.0 - margin))
-
-
-TOLERANCES = {
-    "fp32": Tolerance(max_abs=1e-3),
-    "fp16": Tolerance(max_abs=0.05, rel_noise=0.1, srcc=0.99),
-    "int8": Tolerance(mae=0.15, rel_noise=0.2, srcc=0.97),
-}
 
 
 @dataclass
@@ -137,7 +113,15 @@ class Comparison:
     @property
     def failures(self) -> list[str]:
         out = [f for label, a in self.scores.items() for f in a.failures(label, self.tolerance)]
-        return list(self.problems) + out + [f"candidate failed on {e}" for e in self.errors]
+        return list(self.problems) + out + self._graph_failures() + [f"candidate failed on {e}" for e in self.errors]
+
+    def _graph_failures(self) -> list[str]:
+        """The encoders' outputs, position by position, where the graphs were compared."""
+        wanted = self.tolerance.min_cosine
+        if wanted is None:
+            return []
+        return [f"{graph} output {SPECS[graph].output_names[0]}: min cosine {stats['min_cosine']:.6f} < {wanted:g}"
+                for graph, stats in self.graphs.items() if "min_cosine" in stats and not stats["min_cosine"] >= wanted]
 
     @property
     def passed(self) -> bool:
@@ -219,24 +203,25 @@ def _describe(scorer) -> str:
 def compare_graphs(reference, candidate, waves: list[np.ndarray], prompts: list[str], batch: int = 4) -> dict:
     """Each graph of both sides on identical inputs (the heads get the reference's encodings)."""
     window = reference.bundle.window_samples
-    stats: dict[str, list] = {g: [] for g in ("audio_encoder", "text_encoder", "heads")}
+    stats: dict[str, list] = {g: [] for g in GRAPHS}
     for start in range(0, len(waves), batch):
-        wave, lengths = pad_waves([np.asarray(w, np.float32)[:window] for w in waves[start:start + batch]])
+        audio = AUDIO_ENCODER.feeds(*pad_waves([np.asarray(w, np.float32)[:window] for w in waves[start:start + batch]]))
         ids, mask = reference.tokenizer.encode(prompts[start:start + batch])
-        audio_feeds = {"waveform": wave, "lengths": lengths}
-        text_feeds = {"input_ids": ids, "attention_mask": mask}
-        ref_audio = reference.backend.run("audio_encoder", audio_feeds)
-        ref_text = reference.backend.run("text_encoder", text_feeds)
-        frame_mask = np.asarray(ref_audio["frame_mask"], bool)
-        stats["audio_encoder"].append(_diff(ref_audio["frames"], candidate.backend.run("audio_encoder", audio_feeds)["frames"], frame_mask))
-        token_mask = mask.astype(bool)
-        stats["text_encoder"].append(_diff(ref_text["tokens"], candidate.backend.run("text_encoder", text_feeds)["tokens"], token_mask))
-        head_feeds = {"frames": ref_audio["frames"], "frame_mask": ref_audio["frame_mask"],
-                      "tokens": ref_text["tokens"], "token_mask": mask}
-        ref_heads, cand_heads = reference.backend.run("heads", head_feeds), candidate.backend.run("heads", head_feeds)
-        stats["heads"].append(np.concatenate([np.abs(np.asarray(ref_heads[k]) - np.asarray(cand_heads[k])).ravel()
-                                              for k in ("mi", "ta")]))
+        text = TEXT_ENCODER.feeds(ids, mask)
+        frames, frame_mask = _outputs(reference, AUDIO_ENCODER, audio)
+        (tokens,) = _outputs(reference, TEXT_ENCODER, text)
+        stats[AUDIO_ENCODER.name].append(_diff(frames, _outputs(candidate, AUDIO_ENCODER, audio)[0],
+                                               np.asarray(frame_mask, bool)))
+        stats[TEXT_ENCODER.name].append(_diff(tokens, _outputs(candidate, TEXT_ENCODER, text)[0], mask.astype(bool)))
+        heads = HEADS.feeds(frames, frame_mask, tokens, mask)
+        ours, theirs = _outputs(reference, HEADS, heads), _outputs(candidate, HEADS, heads)
+        stats[HEADS.name].append(np.concatenate([np.abs(np.asarray(a) - np.asarray(b)).ravel()
+                                                 for a, b in zip(ours[:2], theirs[:2])]))   # the scores, MI and TA
     return {graph: _summary(parts) for graph, parts in stats.items()}
+
+
+def _outputs(scorer, spec, feeds) -> tuple:
+    return spec.outputs_of(scorer.backend.run(spec.name, feeds))
 
 
 def _diff(reference, candidate, mask) -> np.ndarray:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .bundle import GRAPHS, load_bundle
-from .contract import SPECS, seconds_to_samples
+from .contract import SPECS, axis_sizes, seconds_to_samples
 from .cuda import CudaError, cuda_runtime
 from .engines import BUILD_FILE, TRT_DIR, engine_file_name
 from .errors import progress_log
@@ -74,12 +74,10 @@ def _shapes(graph: str, bundle, profiles: Profiles) -> dict[str, tuple[tuple, tu
     max_tokens = profiles.tokens[2] or bundle.max_tokens
     window = profiles.seconds[2] or bundle.window_seconds
     seconds = (profiles.seconds[0], min(profiles.seconds[1], window), window)
-    sizes = []
-    for i in range(3):
-        samples = seconds_to_samples(seconds[i], bundle.sample_rate)
-        sizes.append({"batch": profiles.batch[i], "samples": samples, "frames": max(1, samples // bundle.samples_per_frame),
-                      "tokens": (profiles.tokens[0], min(profiles.tokens[1], max_tokens), max_tokens)[i],
-                      "audio_dim": cfg["audio"]["hidden_size"], "text_dim": cfg["text"]["hidden_size"]})
+    tokens = (profiles.tokens[0], min(profiles.tokens[1], max_tokens), max_tokens)
+    sizes = [axis_sizes(batch=profiles.batch[i], samples=seconds_to_samples(seconds[i], bundle.sample_rate),
+                        samples_per_frame=bundle.samples_per_frame, tokens=tokens[i],
+                        audio_dim=cfg["audio"]["hidden_size"], text_dim=cfg["text"]["hidden_size"]) for i in range(3)]
     per_size = [SPECS[graph].shapes(s) for s in sizes]
     return {name: tuple(shapes[name] for shapes in per_size) for name in per_size[0]}
 

@@ -22,7 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from .bundle import MISSING, SCORE_LIMITS, Bundle, BundleError, _json_type, relative_path_problem
-from .compare import TOLERANCES, Comparison, compare_scores
+from .compare import Comparison, compare_scores
+from .contract import TOLERANCES
 from .errors import NON_FINITE_SCORE
 
 PROBE_DIR = "probes"

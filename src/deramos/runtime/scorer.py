@@ -32,6 +32,7 @@ import soundfile as sf
 from .audio import AudioError, load_audio, prepare_waveform
 from .backends import Backend, BackendReport, select_backend
 from .bundle import Bundle, load_bundle
+from .contract import AUDIO_ENCODER, HEADS, TEXT_ENCODER
 from .cuda import DeviceArray, device_array_of, is_cuda_array
 from .errors import NON_FINITE_SCORE
 from .errors import one_line as _one_line
@@ -345,9 +346,9 @@ class Scorer:
         tokens, token_mask = self._prompt_batch([chunk[position].prompt for position, _, _ in batch])
         windows = [(chunk[position].wave, start, end) for position, start, end in batch]
         frames, frame_mask = self._encode_audio(windows)
-        out = self.backend.run("heads", {"frames": frames, "frame_mask": frame_mask,
-                                         "tokens": tokens, "token_mask": token_mask})
-        return [float(v) for v in out["mi"]], [float(v) for v in out["ta"]]
+        out = self.backend.run(HEADS.name, HEADS.feeds(frames, frame_mask, tokens, token_mask))
+        mi, ta = HEADS.outputs_of(out)[:2]
+        return [float(v) for v in mi], [float(v) for v in ta]
 
     def _encode_audio(self, windows: list) -> tuple:
         """frames, frame_mask of the windows, `audio_batch` windows per run; the groups' frames are
@@ -355,13 +356,13 @@ class Scorer:
         outputs = []
         for start in range(0, len(windows), self.audio_batch):
             with self._audio_feeds(windows[start:start + self.audio_batch]) as feeds:
-                outputs.append(self.backend.run("audio_encoder", feeds))
+                outputs.append(AUDIO_ENCODER.outputs_of(self.backend.run(AUDIO_ENCODER.name, feeds)))
         if len(outputs) == 1:
-            return outputs[0]["frames"], outputs[0]["frame_mask"]
-        width = max(o["frames"].shape[1] for o in outputs)
+            return outputs[0]
+        width = max(frames.shape[1] for frames, _ in outputs)
         pad = lambda x: np.pad(x, [(0, 0), (0, width - x.shape[1])] + [(0, 0)] * (x.ndim - 2))  # noqa: E731
-        return (np.concatenate([pad(o["frames"]) for o in outputs]),
-                np.concatenate([pad(o["frame_mask"]) for o in outputs]))
+        return (np.concatenate([pad(frames) for frames, _ in outputs]),
+                np.concatenate([pad(frame_mask) for _, frame_mask in outputs]))
 
     def _combine(self, prepared: _Prepared, parts: list, failure: str | None) -> Score:
         if prepared.error is not None or failure is not None:
@@ -377,9 +378,9 @@ class Scorer:
     def _prompt_tokens(self, prompt: str) -> np.ndarray:
         tokens = self.prompts.get(prompt)
         if tokens is None:
-            ids, mask = self.tokenizer.encode([prompt])
-            out = self.backend.run("text_encoder", {"input_ids": ids, "attention_mask": mask})
-            tokens = np.array(out["tokens"][0], dtype=np.float32)
+            (tokens,) = TEXT_ENCODER.outputs_of(self.backend.run(TEXT_ENCODER.name,
+                                                                 TEXT_ENCODER.feeds(*self.tokenizer.encode([prompt]))))
+            tokens = np.array(tokens[0], dtype=np.float32)
             self.prompts.put(prompt, tokens)
         return tokens
 
@@ -399,7 +400,7 @@ class Scorer:
         lengths = np.array([end - start for _, start, end in windows], np.int64)
         width = max(int(lengths.max()), self.backend.min_samples)
         with self.backend.waveform_batch(windows, width) as batch:   # the backend owns device memory
-            yield {"waveform": batch, "lengths": lengths}
+            yield AUDIO_ENCODER.feeds(batch, lengths)
 
 
 class _DecodeAhead:

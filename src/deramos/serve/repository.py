@@ -27,6 +27,7 @@ import click
 
 from ..runtime.bundle import GRAPHS, Bundle, BundleError, GraphEntry, load_bundle
 from ..runtime.cli_common import Command, fail
+from ..runtime.contract import PIPELINE_RENAMES
 
 PREFIX = "deramos"
 ENSEMBLE = "window"
@@ -114,8 +115,7 @@ def ensemble_config(bundle: Bundle, precision: str, options: RepositoryOptions) 
              f"max_batch_size: {options.max_batch}"]
     lines += _tensors("input", text.input_specs + audio.input_specs, reshape=False)
     lines += _tensors("output", heads.output_specs, reshape=False)
-    heads_feeds = {"token_mask": "attention_mask"}     # the heads mask padded tokens as the text encoder did
-    steps = [("text_encoder", {}), ("audio_encoder", {}), ("heads", heads_feeds)]
+    steps = [(graph, PIPELINE_RENAMES.get(graph, {})) for graph in ("text_encoder", "audio_encoder", "heads")]
     lines.append("ensemble_scheduling { step [")
     lines.append(",\n".join(_step(model_name(graph, precision), graphs[graph], renamed) for graph, renamed in steps))
     lines.append("] }")

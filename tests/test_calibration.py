@@ -345,7 +345,7 @@ def test_source_musiceval_dir(export_corpus):
 
 
 def test_source_musiceval_held_out_corpus_without_a_train_split(export_corpus, tmp_path):
-    """A held-out corpus (deramos-realmusic --set heldout) lists only test clips: they are used."""
+    """A held-out corpus (deramos-realmusic corpus --set heldout) lists only test clips: they are used."""
     import shutil
 
     held = tmp_path / "held"

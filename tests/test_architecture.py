@@ -270,13 +270,26 @@ def test_the_folder_graph_has_no_cycles():
     assert cycles(folder_edges()) == []
 
 
+def graph_summary() -> list[str]:
+    """The measured folder graph as docs/architecture.md shows it: an edge a line, then the cycles."""
+    edges = [f"{a} -> {b}  ({len(where)} imports)" for (a, b), where in sorted(folder_edges().items())]
+    return edges + ["cycles: " + str([" -> ".join(c + (c[0],)) for c in cycles(folder_edges())] or "none"),
+                    "file circles: " + str([" -> ".join(c + (c[0],)) for c in cycles(module_edges())] or "none")]
+
+
+def test_the_architecture_doc_shows_the_graph_as_measured():
+    """docs/architecture.md's block is this file's output (the line counts aside: any edit moves them)."""
+    doc = (REPO / "docs" / "architecture.md").read_text()
+    block = doc.split("## Measured now", 1)[1].split("```", 2)[1].strip().splitlines()
+    assert [line for line in block if not line.startswith("lines per folder")] == graph_summary()
+
+
 if __name__ == "__main__":
-    for (a, b), where in sorted(folder_edges().items()):
-        print(f"{a} -> {b}  ({len(where)} imports)")
-        for line in where:
-            print(f"    {line}")
-    print("cycles:", [" -> ".join(c + (c[0],)) for c in cycles(folder_edges())] or "none")
-    print("file circles:", [" -> ".join(c + (c[0],)) for c in cycles(module_edges())] or "none")
+    for line in graph_summary():
+        print(line)
+        edge = line.split("  (")[0].split(" -> ")
+        for where in folder_edges().get(tuple(edge), []) if len(edge) == 2 else []:
+            print(f"    {where}")
     lines = defaultdict(int)
     for module, path in module_files().items():
         lines[folder_of(module)] += len(path.read_text().splitlines())

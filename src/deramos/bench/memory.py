@@ -56,36 +56,53 @@ class Measure:
         return self.exit_status == 0 and self.peak_rss_gb <= self.target_gb and flat
 
 
+# The command runs as the child of a small launcher, which reports the command's ru_maxrss: a child
+# forked straight from this process would start its record at our own resident size (the kernel
+# keeps the larger of the pre-exec and post-exec peaks), and a test runner is over 1 GB.
+LAUNCHER = """
+import os, sys
+pid = os.fork()
+if pid == 0:
+    os.execvp(sys.argv[2], sys.argv[2:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[1], "w") as out:
+    out.write(str(usage.ru_maxrss))
+sys.exit(os.waitstatus_to_exitcode(status) % 256)
+"""
+
+
 def run_measured(command: list[str], env: dict | None = None, lines_of: Path | None = None):
     """Run `command`; -> (exit status, peak RSS in GB as /usr/bin/time -v gives it, seconds, samples
     of (lines in `lines_of`, the command's own RSS in GB))."""
     import psutil
 
     start = time.monotonic()
-    child = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    samples: list[tuple[int, float]] = []
-    done = threading.Event()
+    with tempfile.NamedTemporaryFile("r", suffix=".maxrss") as report:
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, report.name, *command], env=env,
+                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        samples: list[tuple[int, float]] = []
+        done = threading.Event()
 
-    def sample():
-        process = psutil.Process(child.pid)
-        while not done.wait(SAMPLE_EVERY_S):
-            try:
-                rss = process.memory_info().rss / 1e9
-            except psutil.Error:
-                return
-            if rss > 0:   # a process that has exited but is not yet reaped reads 0
-                samples.append((_count_lines(lines_of) if lines_of else 0, rss))
+        def sample():
+            while not done.wait(SAMPLE_EVERY_S):
+                try:
+                    (process,) = psutil.Process(launcher.pid).children() or (None,)
+                    rss = process.memory_info().rss / 1e9 if process else 0.0
+                except (psutil.Error, ValueError):
+                    continue
+                if rss > 0:   # not started yet, or exited and not yet reaped
+                    samples.append((_count_lines(lines_of) if lines_of else 0, rss))
 
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stderr = child.stderr.read()
-    _, status, usage = os.wait4(child.pid, 0)
-    child.returncode = os.waitstatus_to_exitcode(status)
-    done.set()
-    sampler.join()
-    if child.returncode != 0:
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        stderr = launcher.stderr.read()
+        status = launcher.wait()
+        done.set()
+        sampler.join()
+        peak_kb = int(report.read() or 0)
+    if status != 0:
         sys.stderr.write(stderr.decode(errors="replace")[-2000:])
-    return child.returncode, usage.ru_maxrss * 1024 / 1e9, time.monotonic() - start, samples
+    return status, peak_kb * 1024 / 1e9, time.monotonic() - start, samples
 
 
 def _count_lines(path: Path) -> int:

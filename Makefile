@@ -11,7 +11,7 @@ TORCH  ?= torch==2.13.0
 export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 
-.PHONY: test test-latest lock demo default-model small-model ablation ablation-small bench clean musicnn-weights musicnn-parity realmusic realmusic-model
+.PHONY: test test-slow test-latest lock demo default-model small-model ablation ablation-small bench clean musicnn-weights musicnn-parity realmusic realmusic-model
 
 # TensorFlow only converts musicnn's checkpoints and checks the port against them: its own
 # environment, never imported by the package. musicnn's metadata pins numpy < 1.17, hence --no-deps.
@@ -69,8 +69,13 @@ lock:
 	python3 scripts/lock.py --python $(PY) --out $(TEST_LOCK)
 	python3 scripts/lock.py --python $(SERVE_VENV)/bin/python --out $(SERVE_LOCK)
 
+# The suite without the tests marked slow (each over ~8 s: an export of the musicnn model, Ray
+# clusters, the paper preset, the INT8 search); `make test-slow` runs those. CI runs both.
 test: $(VENV)/.installed $(SERVE_VENV)/.installed
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-slow: $(VENV)/.installed $(SERVE_VENV)/.installed
+	$(PY) -m pytest -q -m slow tests
 
 demo: $(VENV)/.installed
 	BIN=$(VENV)/bin bash scripts/demo.sh

@@ -285,6 +285,7 @@ def test_build_cli_errors_are_one_line(tmp_path):
     assert done.returncode == 2 and "nothing to build: give --fp16, --int8, --trt and/or --ship-calib" in done.stderr
 
 
+@pytest.mark.slow
 def test_int8_search_keeps_the_costliest_layers_fp32(fp32_bundle, tmp_path):
     """Per-layer sensitivity, then the costliest layers kept FP32 until the target is met."""
     from deramos.build.search import quantisable_layers, search_exclusions

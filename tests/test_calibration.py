@@ -454,7 +454,7 @@ def method_feeds(tok):
     ("minmax", ("text_encoder", "audio_encoder")),
     ("percentile", ("text_encoder", "audio_encoder")),
     # entropy: text_encoder only (its threshold search costs ~0.3 s per tensor).
-    ("entropy", ("text_encoder",)),
+    pytest.param("entropy", ("text_encoder",), marks=pytest.mark.slow),
 ])
 def test_calibration_method_produces_a_qdq_graph(bundle, method_feeds, tmp_path, method, graphs):
     import onnx

@@ -606,7 +606,6 @@ def test_a_text_vocabulary_smaller_than_1000_exports(tmp_path, torch_single_thre
     np.testing.assert_allclose(tokens, expected, atol=1e-4)
 
 
-@pytest.mark.slow
 def test_fewer_calibration_clips_than_asked_for_is_said(tmp_path, torch_single_thread, runtime_model):
     """--calib-clips 16 on a folder of 3 clips: the export says it calibrated on 3."""
     import soundfile as sf

@@ -451,7 +451,6 @@ def test_quiet_still_reports_errors(runtime_bundle, files):
 # --- memory ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
 def test_decoding_ahead_stays_within_its_byte_budget(runtime_bundle, tmp_path):
     """Three 20-minute files: with a budget that fits one decoded file, one is held at a time;
     with the default 1 GiB all three are decoded ahead. Measured with tracemalloc (numpy's

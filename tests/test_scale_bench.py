@@ -40,6 +40,7 @@ def test_the_bench_runs_two_raylets_on_loopback_with_identical_scores(runtime_bu
 LOOPBACK = {"127.0.0.1", "::ffff:127.0.0.1", "::1"}
 
 
+@pytest.mark.slow
 def test_a_loopback_cluster_of_two_raylets(runtime_bundle, runtime_scorer, tmp_path):
     """What the bench measures on: two nodes, every process listening on 127.0.0.1 only, rows
     scored as the Scorer scores them."""

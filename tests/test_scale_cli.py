@@ -167,6 +167,7 @@ def _alive(pids: set[int]) -> set[int]:
     return alive
 
 
+@pytest.mark.slow
 def test_a_local_run_shows_progress_listens_on_loopback_stops_on_sigterm_and_resumes(long_manifest, runtime_bundle,
                                                                                      tmp_path):
     """Issues: no progress for 40 s (even on a terminal) under ~34 lines of Ray warnings; the

@@ -169,7 +169,7 @@ def test_build_without_torch_adds_fp16_and_int8_that_pass(fp32_bundle, tmp_path)
     assert sorted(speed["seconds_per_batch"]) == ["fp16", "fp32", "int8"] and speed["batch"] == 8
     assert all(t > 0 for t in speed["seconds_per_batch"].values())
     assert speed["vs_fp32"]["int8"] == pytest.approx(speed["seconds_per_batch"]["fp32"] / speed["seconds_per_batch"]["int8"])
-    line = next(l for l in done.stderr.splitlines() if l.startswith("speed here (onnxruntime-cpu, 8 windows per batch): fp32 "))
+    line = next(l for l in done.stderr.splitlines() if l.startswith("speed here (onnxruntime-cpu, 8 windows per batch, 2 per audio-encoder run): fp32 "))
     assert ("not faster than fp32 on this CPU" in line) == any(r < 1 for r in speed["vs_fp32"].values())
     for precision in ("fp32", "fp16", "int8"):
         check = _run([sys.executable, "-c", NO_TORCH + "from deramos.runtime.cli import main; main()",
@@ -273,7 +273,7 @@ def test_speed_report_says_which_precision_does_not_pay():
     report = SpeedReport(8, {"fp32": 0.100, "fp16": 0.050, "int8": 0.125})
     assert report.ratio("fp16") == pytest.approx(2.0) and report.ratio("int8") == pytest.approx(0.8)
     assert report.slower() == ["int8"]
-    assert report.format() == ("speed here (onnxruntime-cpu, 8 windows per batch): fp32 100 ms, fp16 50 ms (2.00x), "
+    assert report.format() == ("speed here (onnxruntime-cpu, 8 windows per batch, 2 per audio-encoder run): fp32 100 ms, fp16 50 ms (2.00x), "
                                "int8 125 ms (0.80x); int8 not faster than fp32 on this CPU: serve fp32 here")
 
 

@@ -200,8 +200,11 @@ def _describe(scorer) -> str:
     return scorer.backend.describe()
 
 
-def compare_graphs(reference, candidate, waves: list[np.ndarray], prompts: list[str], batch: int = 4) -> dict:
-    """Each graph of both sides on identical inputs (the heads get the reference's encodings)."""
+def compare_graphs(reference, candidate, waves: list[np.ndarray], prompts: list[str], batch: int | None = None) -> dict:
+    """Each graph of both sides on identical inputs (the heads get the reference's encodings), `batch`
+    windows at a time: by default the reference Scorer's audio batch (2 on a CPU), so the two sides'
+    sessions hold the activations of that many windows each, as they do when they score."""
+    batch = batch or reference.audio_batch
     window = reference.bundle.window_samples
     stats: dict[str, list] = {g: [] for g in GRAPHS}
     for start in range(0, len(waves), batch):

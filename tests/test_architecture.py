@@ -8,6 +8,7 @@ folder graph, the edges with the imports behind them, and the cycles.
 from __future__ import annotations
 
 import ast
+import sys
 from collections import defaultdict
 from functools import lru_cache
 from pathlib import Path
@@ -197,6 +198,15 @@ def test_runtime_uses_only_light_modules_of_deramos():
         assert [name for name, _ in imports()[module] if project_module(name)] == []
 
 
+def test_the_package_docstring_names_every_subpackage():
+    import pkgutil
+
+    import deramos
+
+    listed = {line.split()[0] for line in deramos.__doc__.splitlines() if line.startswith("    deramos.")}
+    assert listed == {f"deramos.{m.name}" for m in pkgutil.iter_modules(deramos.__path__)}
+
+
 def test_importing_deramos_is_light():
     assert imports()["deramos"] == []
 
@@ -284,7 +294,21 @@ def test_the_architecture_doc_shows_the_graph_as_measured():
     assert [line for line in block if not line.startswith("lines per folder")] == graph_summary()
 
 
-if __name__ == "__main__":
+def update_doc() -> None:
+    """Rewrite docs/architecture.md's measured block with this file's output."""
+    import subprocess
+
+    path = REPO / "docs" / "architecture.md"
+    head, rest = path.read_text().split("## Measured now", 1)
+    before, _, after = rest.split("```", 2)
+    printed = subprocess.run([sys.executable, __file__], capture_output=True, text=True, check=True).stdout
+    block = "\n".join(line for line in printed.splitlines() if not line.startswith("    "))
+    path.write_text(f"{head}## Measured now{before}```\n{block}\n```{after}")
+
+
+if __name__ == "__main__" and sys.argv[1:] == ["--update-doc"]:
+    update_doc()
+elif __name__ == "__main__":
     for line in graph_summary():
         print(line)
         edge = line.split("  (")[0].split(" -> ")

@@ -75,7 +75,7 @@ def test_the_merge_command_says_what_is_wrong_in_one_line(corpora, tmp_path, cor
     names = {"a": corpora[0], "out": tmp_path / "nothing"}
     (tmp_path / "nothing").mkdir()
     done = CliRunner().invoke(realmusic, ["merge", "--out", str(out), "--corpus", corpus.format(**names)])
-    assert done.exit_code != 0 and done.stdout == ""
+    assert done.exit_code == 2 and done.stdout == ""
     (line,) = done.stderr.splitlines()
     assert line.lower() == "error: " + message.format(**names).lower()
     assert not (out / "merged.json").exists()

@@ -72,7 +72,7 @@ def test_report_says_what_is_wrong_in_one_line(heldout, checkpoint, tmp_path, mo
     out_json = tmp_path / "report.json"
     done = CliRunner().invoke(main, ["report", "--data", data.format(**names), "--model", model.format(**names),
                                      "--json", str(out_json)])
-    assert done.exit_code != 0 and done.stdout == ""
+    assert done.exit_code == 2 and done.stdout == ""
     errors = [line for line in done.stderr.splitlines() if line.lower().startswith("error: ")]
     assert len(errors) == 1 and errors[0][len("error: "):].startswith(message.format(**names)), done.stderr
     assert not out_json.exists()

@@ -29,7 +29,9 @@ from ..runtime.threads import check_threads
 ARITHMETIC = ("Conv", "MatMul", "Gemm")
 # ONNX Runtime fuses an activation into the op before it and renames the type; the FLOPs
 # (counted on the FP32 graph's own nodes) belong to the fused kernel as much as to the plain one.
-FUSED = {"FusedConv": "Conv", "FusedMatMul": "MatMul", "FusedGemm": "Gemm", "NchwcConv": "Conv"}
+# An INT8 graph's integer kernels count under the plain type too (their FLOPs are the same).
+FUSED = {"FusedConv": "Conv", "FusedMatMul": "MatMul", "FusedGemm": "Gemm", "NchwcConv": "Conv",
+         "QLinearConv": "Conv", "ConvInteger": "Conv", "QLinearMatMul": "MatMul", "MatMulInteger": "MatMul"}
 
 
 @dataclass

@@ -225,7 +225,7 @@ ALLOWED = {
     "runtime": set(),
     "scale": {"runtime"},
     "serve": {"runtime"},
-    "bench": {"runtime", "model", "data", "scale"},
+    "bench": {"runtime", "model", "data", "scale", "calibration"},
 }
 
 

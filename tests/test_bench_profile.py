@@ -16,13 +16,18 @@ pytest.importorskip("onnxruntime")
 
 
 def _trace(events):
-    return [{"cat": "Session", "name": "model_run", "dur": 999}] + [
-        {"cat": "Node", "name": f"{node}_kernel_time", "dur": dur, "args": {"op_name": op}} for node, op, dur in events]
+    """Two runs: the events with ts < 1000 fall in the first, the others in the second."""
+    return [{"cat": "Session", "name": "model_run", "ts": 0, "dur": 999},
+            {"cat": "Session", "name": "model_run", "ts": 1000, "dur": 999}] + [
+        {"cat": "Node", "name": f"{node}_kernel_time", "ts": ts, "dur": dur, "args": {"op_name": op}}
+        for node, op, ts, dur in events]
 
 
-def test_kernel_times_sum_by_type_and_count_distinct_nodes():
-    times = kernel_times(_trace([("a", "Conv", 100), ("a", "Conv", 50), ("b", "Conv", 30), ("c", "ReduceMax", 20)]))
-    assert times == {"Conv": (180.0, 2), "ReduceMax": (20.0, 1)}
+def test_kernel_times_sum_by_type_count_distinct_nodes_and_leave_out_the_warm_up():
+    trace = _trace([("a", "Conv", 10, 500), ("a", "Conv", 1010, 50), ("b", "Conv", 1100, 30),
+                    ("c", "ReduceMax", 1200, 20)])
+    assert kernel_times(trace) == {"Conv": (580.0, 2), "ReduceMax": (20.0, 1)}
+    assert kernel_times(trace, skip_runs=1) == {"Conv": (80.0, 2), "ReduceMax": (20.0, 1)}
 
 
 def test_fused_kernels_count_as_their_plain_type():

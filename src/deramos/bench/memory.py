@@ -82,6 +82,7 @@ def run_measured(command: list[str], env: dict | None = None, lines_of: Path | N
                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
         samples: list[tuple[int, float]] = []
         done = threading.Event()
+        lines = LineCounter(lines_of)
 
         def sample():
             while not done.wait(SAMPLE_EVERY_S):
@@ -91,7 +92,7 @@ def run_measured(command: list[str], env: dict | None = None, lines_of: Path | N
                 except (psutil.Error, ValueError):
                     continue
                 if rss > 0:   # not started yet, or exited and not yet reaped
-                    samples.append((_count_lines(lines_of) if lines_of else 0, rss))
+                    samples.append((lines.count(), rss))
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
@@ -105,12 +106,21 @@ def run_measured(command: list[str], env: dict | None = None, lines_of: Path | N
     return status, peak_kb * 1024 / 1e9, time.monotonic() - start, samples
 
 
-def _count_lines(path: Path) -> int:
-    try:
-        with open(path, "rb") as f:
-            return sum(block.count(b"\n") for block in iter(lambda: f.read(1 << 20), b""))
-    except FileNotFoundError:
-        return 0
+class LineCounter:
+    """Lines written so far to a file that only grows, reading each byte once (0 without a file)."""
+
+    def __init__(self, path: Path | None):
+        self.path, self.offset, self.lines = path, 0, 0
+
+    def count(self) -> int:
+        if self.path is None or not self.path.exists():
+            return self.lines
+        with open(self.path, "rb") as f:
+            f.seek(self.offset)
+            for block in iter(lambda: f.read(1 << 20), b""):
+                self.lines += block.count(b"\n")
+                self.offset += len(block)
+        return self.lines
 
 
 def write_long_file(path: Path, minutes: int, rate: int = 44100) -> Path:
@@ -126,19 +136,25 @@ def write_long_file(path: Path, minutes: int, rate: int = 44100) -> Path:
     return path
 
 
-def write_rows(folder: Path, rows: int, distinct: int, seconds: float) -> Path:
-    """`distinct` rendered clips and a JSONL of `rows` lines cycling over them, each with its own prompt."""
+def render_clips(folder: Path, count: int, seconds: float) -> list[tuple[Path, str]]:
+    """`count` rendered synthetic clips (WAV) in `folder`, each with a prompt describing it."""
     import soundfile as sf
 
     from ..data.synth.music import SAMPLE_RATE, prompt_for, random_attributes, render_clip
 
     rng = np.random.default_rng(7)
     clips = []
-    for i in range(distinct):
+    for i in range(count):
         attributes = random_attributes(rng)
         path = folder / f"clip{i:03d}.wav"
         sf.write(path, render_clip(attributes, rng, SAMPLE_RATE, seconds), SAMPLE_RATE)
         clips.append((path, prompt_for(attributes, rng)))
+    return clips
+
+
+def write_rows(folder: Path, rows: int, distinct: int, seconds: float) -> Path:
+    """`distinct` rendered clips and a JSONL of `rows` lines cycling over them, each with its own prompt."""
+    clips = render_clips(folder, distinct, seconds)
     manifest = folder / "rows.jsonl"
     with open(manifest, "w", encoding="utf-8") as out:
         for row in range(rows):
@@ -174,8 +190,9 @@ def measure_rows(bundle: str, rows: int, distinct: int, seconds: float, scratch:
     return measure
 
 
-def measure_export(scratch: Path, clip: Path) -> Measure:
+def measure_export(scratch: Path) -> Measure:
     """The default model's first use, in an empty cache (the export runs in a child process)."""
+    ((clip, _),) = render_clips(scratch, 1, 10.0)
     env = {**os.environ, "XDG_CACHE_HOME": str(scratch / "cache")}
     env.pop("DERAMOS_BUNDLE", None)
     status, peak, seconds, _ = run_measured(RUN + ["-q", str(clip), "calm piano"], env=env)
@@ -211,8 +228,7 @@ def main(bundle, long_minutes, rows, row_seconds, distinct_clips, export, json_o
         scratch = Path(scratch)
         if export:
             (scratch / "export").mkdir()
-            measures.append(measure_export(scratch / "export", write_rows(scratch / "export", 1, 1, 10.0).parent
-                                           / "clip000.wav"))
+            measures.append(measure_export(scratch / "export"))
         bundle = str(resolve_bundle_dir(bundle, say=stderr_line))
         if long_minutes:
             measures.append(measure_long(bundle, long_minutes, scratch))

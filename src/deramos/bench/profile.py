@@ -61,12 +61,16 @@ class Profile:
         return flop / (self.kernel_ms_per_run / 1e3)
 
 
-def kernel_times(trace: list[dict]) -> dict[str, tuple[float, int]]:
-    """Operator type -> (summed kernel microseconds, distinct nodes), from an ORT profile's events."""
+def kernel_times(trace: list[dict], skip_runs: int = 0) -> dict[str, tuple[float, int]]:
+    """Operator type -> (summed kernel microseconds, distinct nodes), from an ORT profile's events,
+    leaving out the kernels of the first `skip_runs` runs (warm-up)."""
+    runs = sorted((e["ts"] + e["dur"] for e in trace if e.get("cat") == "Session" and e.get("name") == "model_run"))
+    after = runs[skip_runs - 1] if skip_runs else float("-inf")
     total: dict[str, float] = defaultdict(float)
     nodes: dict[str, set] = defaultdict(set)
     for event in trace:
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
+        if (event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time")
+                and event.get("ts", 0) >= after):
             op = event.get("args", {}).get("op_name", "?")
             total[op] += float(event["dur"])
             nodes[op].add(event["name"])
@@ -102,15 +106,10 @@ def profile_audio_encoder(bundle, precision: str, batch: int, runs: int, threads
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         session = ort.InferenceSession(str(bundle.graph_path(AUDIO_ENCODER.name, precision)), options,
                                        providers=["CPUExecutionProvider"])
-        session.run(None, feeds)                     # warm-up, in the profile too: measured apart below
-        warm = kernel_times(json.loads(Path(session.end_profiling()).read_text()))
-        session = ort.InferenceSession(str(bundle.graph_path(AUDIO_ENCODER.name, precision)), options,
-                                       providers=["CPUExecutionProvider"])
-        session.run(None, feeds)
-        for _ in range(runs):
+        for _ in range(1 + runs):                    # the first is a warm-up, left out of the sums
             session.run(None, feeds)
-        measured = kernel_times(json.loads(Path(session.end_profiling()).read_text()))
-    times = {op: ((measured[op][0] - warm.get(op, (0.0, 0))[0]) / runs / 1e3, measured[op][1]) for op in measured}
+        measured = kernel_times(json.loads(Path(session.end_profiling()).read_text()), skip_runs=1)
+    times = {op: (us / runs / 1e3, nodes) for op, (us, nodes) in measured.items()}
     return Profile(precision, batch, bundle.window_seconds, runs, threads, sum(ms for ms, _ in times.values()),
                    matmul_gflops(threads), shares(times, flops))
 

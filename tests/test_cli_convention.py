@@ -212,3 +212,27 @@ def test_library_code_never_prints():
 def test_the_print_finder_finds_prints():
     source = "def report(say=print):\n    print('x')\n\n\ndef main():\n    print('fine')\n"
     assert _prints_outside_main(source) == [1, 2]
+
+
+@pytest.mark.parametrize("subcommand", ["corpus", "merge", "report"])
+def test_a_subcommands_help_is_its_usage_and_status_0(subcommand):
+    """A subcommand's --help stops inside its group's invoke (click raises Exit(0) there): it must
+    print the subcommand's help and exit 0, not end as an unexpected error."""
+    done = subprocess.run([BIN / "deramos-realmusic", subcommand, "--help"], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith(f"Usage: deramos-realmusic {subcommand} [OPTIONS]") and done.stderr == ""
+
+
+def test_a_group_passes_a_subcommands_help_through():
+    @click.group(cls=Group)
+    def group():
+        pass
+
+    @group.command()
+    @click.option("--name", required=True)
+    def sub(name):
+        pass
+
+    result = CliRunner().invoke(group, ["sub", "--help"], standalone_mode=True)
+    assert result.exit_code == 0 and result.stderr == ""
+    assert "--name" in result.stdout

@@ -104,6 +104,8 @@ def exits_as_documented(command: str = "this command"):
     """Everything that can stop `command`, as its error line and exit status (docs/cli.md)."""
     try:
         yield
+    except click.exceptions.Exit as done:   # a subcommand's --help inside its group's invoke
+        sys.exit(done.exit_code)
     except click.UsageError as error:
         _show_usage(error)
         fail(error.format_message(), EXIT_USAGE)

@@ -102,6 +102,9 @@ class HeadsConfig:
     # TA grounding (heads.TagGrounding): the prompt's similarity to each tag the audio encoder
     # names, beside the audio's tag probabilities; 0 = off, else the width it adds to TA's MLP.
     ta_grounding: int = 0
+    # TA by attributes (heads.AttributeTABranch): kind -> its values ("instrument": families);
+    # empty = off (cross-attention TA).
+    ta_attributes: dict = field(default_factory=dict)
 
 
 @dataclass

@@ -8,6 +8,11 @@ TA: the RAW encoder frames (not the MI transformer's output) and the text tokens
     With grounding (cfg.ta_grounding > 0; musicnn's taggram in the frames): the prompt's
     cosine similarity to each tag name, beside the clip's mean tag probabilities, joins the
     MLP's input, so a word training never saw still lands on a tag the audio confirms or denies.
+TA by attributes (cfg.ta_attributes, a vocabulary kind -> values): instead of cross-attention,
+    an AttributeReader says per kind what the clip has (from its mean frame) and what the prompt
+    asserts (from its mean token), and whether the prompt is about music at all; the MLP weighs
+    per kind "asserted" and "asserted and heard" -> K bins. The reader is fitted on its own
+    labels first (training/attribute_fit.py), then frozen.
 Alignment embeddings (training only): attentive pooling of the projected audio frames and
 the masked mean of the projected text tokens.
 
@@ -153,6 +158,89 @@ class TagGrounding(nn.Module):
         return self.proj(torch.cat([similarity * probs, similarity, probs], dim=-1))
 
 
+class AttributeReader(nn.Module):
+    """Per attribute kind: what the clip has and what the prompt asserts, in one vocabulary.
+
+    vocabulary: kind -> values. "instrument" lists families, several of which can sound at once
+    (a sigmoid each); every other kind holds one value (a softmax). Audio: the clip's mean frame,
+    standardised by the fitted audio_mean/audio_scale -> a linear map per kind. Text: the
+    prompt's mean token -> one hidden layer -> whether the prompt is about music, whether it names
+    an instrument and which families, and per other kind a softmax whose first class is "not said".
+    """
+
+    def __init__(self, audio_dim: int, text_dim: int, vocabulary: dict[str, list[str]], hidden: int = 256):
+        super().__init__()
+        if not vocabulary.get("instrument"):
+            raise ValueError("TA attributes: the vocabulary needs the instrument families")
+        # sorted: a config's JSON is written with sorted keys, and the MLP's input order must not
+        # depend on the order the vocabulary was given in
+        self.kinds = sorted(k for k in vocabulary if k != "instrument")
+        families = len(vocabulary["instrument"])
+        self.register_buffer("audio_mean", torch.zeros(audio_dim))
+        self.register_buffer("audio_scale", torch.ones(audio_dim))
+        self.audio_families = nn.Linear(audio_dim, families)
+        self.audio_kinds = nn.ModuleDict({k: nn.Linear(audio_dim, len(vocabulary[k])) for k in self.kinds})
+        self.text_body = nn.Sequential(nn.Linear(text_dim, hidden), nn.ReLU())
+        self.text_music = nn.Linear(hidden, 1)
+        self.text_instrument = nn.Linear(hidden, 1)
+        self.text_families = nn.Linear(hidden, families)
+        self.text_kinds = nn.ModuleDict({k: nn.Linear(hidden, 1 + len(vocabulary[k])) for k in self.kinds})
+
+    def audio_logits(self, frames, frame_mask) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """-> family logits [B, F], {kind: value logits [B, V]}."""
+        clip = (masked_mean(frames, frame_mask) - self.audio_mean) / self.audio_scale     # [B, Da]
+        return self.audio_families(clip), {k: head(clip) for k, head in self.audio_kinds.items()}
+
+    def text_logits(self, tokens, token_mask) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict]:
+        """-> music [B], instrument named [B], family logits [B, F], {kind: [B, 1 + V]}."""
+        hidden = self.text_body(masked_mean(tokens, token_mask))
+        return (self.text_music(hidden)[:, 0], self.text_instrument(hidden)[:, 0], self.text_families(hidden),
+                {k: head(hidden) for k, head in self.text_kinds.items()})
+
+    def forward(self, frames, frame_mask, tokens, token_mask) -> dict[str, torch.Tensor]:
+        """asserted [B, K] (instrument first): P(the prompt names the kind); heard [B, K]: the
+        clip's probability of what it names; music [B]; audio/text [B, E]: the two sides' value
+        probabilities in one layout (for the alignment loss)."""
+        audio_families, audio_kinds = self.audio_logits(frames, frame_mask)
+        music, instrument, text_families, text_kinds = self.text_logits(tokens, token_mask)
+        has, named = torch.sigmoid(audio_families), torch.sigmoid(text_families)       # [B, F]
+        asserted = [torch.sigmoid(instrument)]
+        # at least 1 below: a prompt naming an instrument of no family ("a sitar") is not heard
+        heard = [(has * named).sum(-1) / named.sum(-1).clamp(min=1.0)]
+        audio_side, text_side = [has], [named]
+        for kind in self.kinds:
+            says = torch.softmax(text_kinds[kind], dim=-1)                   # [B, 1 + V]
+            holds = torch.softmax(audio_kinds[kind], dim=-1)                 # [B, V]
+            asserted.append(1.0 - says[:, 0])
+            heard.append((says[:, 1:] * holds).sum(-1) / (says[:, 1:].sum(-1) + 1e-3))
+            audio_side.append(holds)
+            text_side.append(says[:, 1:])
+        return {"asserted": torch.stack(asserted, -1), "heard": torch.stack(heard, -1),
+                "music": torch.sigmoid(music), "audio": torch.cat(audio_side, -1), "text": torch.cat(text_side, -1)}
+
+
+class AttributeTABranch(nn.Module):
+    """TA from the AttributeReader: per kind "asserted" and "asserted and heard" (both times the
+    prompt's probability of being about music), that probability, and the share of what it
+    asserts that the clip has -> MLP -> K bins."""
+
+    def __init__(self, audio_dim: int, text_dim: int, cfg: HeadsConfig):
+        super().__init__()
+        self.reader = AttributeReader(audio_dim, text_dim, cfg.ta_attributes)
+        kinds = 1 + len(self.reader.kinds)
+        self.mlp = mlp([2 * kinds + 3, *cfg.ta_mlp, cfg.num_bins], cfg.mlp_dropout)
+        self.grounding = None
+
+    def forward(self, frames, frame_mask, tokens, token_mask):
+        read = self.reader(frames, frame_mask, tokens, token_mask)
+        music = read["music"]                                                # [B]
+        asserted = read["asserted"] * music[:, None]   # what a prompt about no music names counts for nothing
+        both = asserted * read["heard"]                                      # [B, K]
+        share = both.sum(-1) / (asserted.sum(-1) + 1e-3)                     # [B]
+        features = torch.cat([asserted, both, music[:, None], share[:, None], (music * share)[:, None]], -1)
+        return self.mlp(features), read["audio"], read["text"]
+
+
 class TABranch(nn.Module):
     def __init__(self, audio_dim: int, text_dim: int, cfg: HeadsConfig, tag_index: list[int] | None = None):
         super().__init__()
@@ -187,7 +275,8 @@ class Heads(nn.Module):
     def __init__(self, audio_dim: int, text_dim: int, cfg: HeadsConfig, tag_index: list[int] | None = None):
         super().__init__()
         self.mi = MIBranch(audio_dim, cfg)
-        self.ta = TABranch(audio_dim, text_dim, cfg, tag_index)
+        self.ta = (AttributeTABranch(audio_dim, text_dim, cfg) if cfg.ta_attributes
+                   else TABranch(audio_dim, text_dim, cfg, tag_index))
         self.bins = ScoreBins(cfg)
 
     def forward(self, frames, frame_mask, tokens, token_mask) -> dict[str, torch.Tensor]:

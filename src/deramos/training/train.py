@@ -82,6 +82,9 @@ class TrainArgs:
     freeze_audio_encoder: bool = False      # train the heads only (the paper's recipe with MuQ)
     audio_encoder_lr_scale: float = 1.0     # a trainable audio encoder learns at lr * this
     ta_grounding: int | None = None         # TA tag grounding width; None: the preset's (0 = off)
+    ta_attributes: bool = False             # TA by attributes (heads.AttributeTABranch), reader fitted first
+    ta_attribute_prompts: int = 12000       # generated prompts the reader's text side is fitted on
+    musicnn_backbones: tuple[str, ...] | None = None   # musicnn preset: the backbones to run (None: the preset's)
     stop_after: int | None = None   # end this invocation after that epoch; the schedule still spans `epochs`
 
 
@@ -139,6 +142,14 @@ def build_model(args: TrainArgs) -> DeRAMOS:
         cfg.text.source = args.text_encoder
     if args.ta_grounding is not None:
         cfg.heads.ta_grounding = args.ta_grounding
+    if args.musicnn_backbones:
+        if cfg.audio.arch != "musicnn":
+            raise TrainingError(f"--musicnn-backbones: preset {args.preset!r} has no musicnn encoder")
+        cfg.audio.backbones = tuple(args.musicnn_backbones)
+    if args.ta_attributes:
+        from .attribute_fit import attribute_vocabulary
+
+        cfg.heads.ta_attributes = attribute_vocabulary()
     try:
         model = DeRAMOS(cfg, seed=args.seed)
     except (OSError, ValueError) as err:   # an encoder directory that is not one
@@ -389,9 +400,11 @@ def start_session(args: TrainArgs) -> TrainingSession:
     train, dev = load_splits(args, model.cfg.audio.sample_rate, progress=args.progress and rank == 0)
     system_truth = _system_truth(args.data)
     counterfactuals = load_train_counterfactuals(args, train)
+    run = Path(args.out)
+    if model.cfg.heads.ta_attributes:
+        prepare_attribute_reader(args, model, featurizer, train, run, rank)
     optimizer = torch.optim.AdamW(parameter_groups(model, args), lr=base_learning_rate(args),
                                   weight_decay=args.weight_decay)
-    run = Path(args.out)
     if rank == 0:
         run.mkdir(parents=True, exist_ok=True)
         (run / "config.json").write_text(json.dumps({"model": model.cfg.to_dict(), "training": asdict(args)}, indent=2))
@@ -401,6 +414,22 @@ def start_session(args: TrainArgs) -> TrainingSession:
         step_module = torch.nn.parallel.DistributedDataParallel(step_module, find_unused_parameters=True)
     return TrainingSession(args, run, model, featurizer, step_module, optimizer, loss_cfg, train, dev, system_truth,
                            counterfactuals, state, rank, world)
+
+
+def prepare_attribute_reader(args: TrainArgs, model, featurizer, train: list, run: Path, rank: int) -> None:
+    """Fit the TA attribute reader on its own labels (a new run; a resumed one loads it with the
+    rest of `last/`) and freeze it: the TA loss trains only the MLP that weighs what it reads."""
+    from .attribute_fit import fit_attribute_reader
+
+    if not (run / "last" / "train_state.json").exists():
+        report = fit_attribute_reader(model, featurizer, train, args.data, seed=args.seed,
+                                      prompts=args.ta_attribute_prompts, progress=args.progress and rank == 0)
+        if rank == 0:
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "attribute_fit.json").write_text(json.dumps(report, indent=2))
+            progress_log.info(f"attribute reader: {report['audio_clips']} clips, {report['prompts']} prompts; "
+                              f"train accuracy audio {report['audio_accuracy']}, text {report['text_accuracy']}")
+    model.heads.ta.reader.requires_grad_(False)
 
 
 def feature_cache_dir(args: TrainArgs) -> str:
@@ -511,6 +540,16 @@ def _default(name: str, **option):
               help="TA tag grounding: the prompt's similarity to each musicnn tag beside the audio's tag "
                    "probabilities, WIDTH wide in TA's MLP (musicnn preset only; 0 = off, the preset's default: "
                    "64 was measured against 0 in docs/realmusic.md and did not win).")
+@click.option("--ta-attributes", is_flag=True,
+              help="TA by attributes: a reader fitted first on the corpus's rendered attributes (audio) and on "
+                   "generated prompts with what each asserts (text), then frozen; the TA loss trains the MLP that "
+                   "weighs, per kind, whether the prompt names it and whether the clip has it (deramos-realmusic "
+                   "corpora; replaces TA's cross-attention).")
+@_default("ta_attribute_prompts", type=click.IntRange(min=100), metavar="N",
+          help="With --ta-attributes: generated prompts the reader's text side is fitted on.")
+@click.option("--musicnn-backbones", type=click.Choice(["MTT_musicnn", "MSD_musicnn"]), multiple=True,
+              help="musicnn preset: the backbones whose features make a frame (repeatable; default both). One "
+                   "backbone halves the audio encoder's work.")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")

@@ -78,3 +78,16 @@ def test_exported_bundle_scores_like_pytorch(model, tmp_path):
     assert all(s.ok for s in scores)
     assert np.abs(np.array([s.mi for s in scores]) - mi_torch).max() <= 1e-3
     assert np.abs(np.array([s.ta for s in scores]) - ta_torch).max() <= 1e-3
+
+
+def test_one_musicnn_backbone_is_half_the_frame():
+    """deramos-train --musicnn-backbones MSD_musicnn: one backbone's penultimate layer and
+    taggram (250) + the tempo and tonality features (36); another preset refuses the option."""
+    from deramos.runtime.errors import TrainingError
+    from deramos.training.train import TrainArgs, build_model
+
+    model = build_model(TrainArgs(data="unused", out="unused", preset="musicnn", musicnn_backbones=("MSD_musicnn",)))
+    assert list(model.audio_encoder.backbones) == ["MSD_musicnn"] and model.cfg.audio.hidden_size == 286
+    assert [i for _, i in model.audio_encoder.tags()] == list(range(200, 250))
+    with pytest.raises(TrainingError, match="--musicnn-backbones: preset 'tiny' has no musicnn encoder"):
+        build_model(TrainArgs(data="unused", out="unused", preset="tiny", musicnn_backbones=("MSD_musicnn",)))

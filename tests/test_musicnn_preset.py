@@ -88,6 +88,10 @@ def test_one_musicnn_backbone_is_half_the_frame():
 
     model = build_model(TrainArgs(data="unused", out="unused", preset="musicnn", musicnn_backbones=("MSD_musicnn",)))
     assert list(model.audio_encoder.backbones) == ["MSD_musicnn"] and model.cfg.audio.hidden_size == 286
+    assert model.cfg.heads.mi_heads == 2     # 286 = 2 x 143: the MI transformer's heads must divide it
+    frames = torch.rand(2, 3, 286)
+    out = model.heads(frames, torch.ones(2, 3, dtype=torch.bool), torch.rand(2, 4, 384), torch.ones(2, 4, dtype=torch.bool))
+    assert out["mi"].shape == (2,)
     assert [i for _, i in model.audio_encoder.tags()] == list(range(200, 250))
     with pytest.raises(TrainingError, match="--musicnn-backbones: preset 'tiny' has no musicnn encoder"):
         build_model(TrainArgs(data="unused", out="unused", preset="tiny", musicnn_backbones=("MSD_musicnn",)))

@@ -146,6 +146,8 @@ def build_model(args: TrainArgs) -> DeRAMOS:
         if cfg.audio.arch != "musicnn":
             raise TrainingError(f"--musicnn-backbones: preset {args.preset!r} has no musicnn encoder")
         cfg.audio.backbones = tuple(args.musicnn_backbones)
+        if len(cfg.audio.backbones) == 1:
+            cfg.heads.mi_heads = 2     # one backbone: 286-wide frames, which 4 heads do not divide
     if args.ta_attributes:
         from .attribute_fit import attribute_vocabulary
 
@@ -549,7 +551,7 @@ def _default(name: str, **option):
           help="With --ta-attributes: generated prompts the reader's text side is fitted on.")
 @click.option("--musicnn-backbones", type=click.Choice(["MTT_musicnn", "MSD_musicnn"]), multiple=True,
               help="musicnn preset: the backbones whose features make a frame (repeatable; default both). One "
-                   "backbone halves the audio encoder's work.")
+                   "backbone halves the audio encoder's work (286-wide frames; MI attention with 2 heads).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")

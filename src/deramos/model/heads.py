@@ -229,7 +229,6 @@ class AttributeTABranch(nn.Module):
         self.reader = AttributeReader(audio_dim, text_dim, cfg.ta_attributes)
         kinds = 1 + len(self.reader.kinds)
         self.mlp = mlp([2 * kinds + 3, *cfg.ta_mlp, cfg.num_bins], cfg.mlp_dropout)
-        self.grounding = None
 
     def forward(self, frames, frame_mask, tokens, token_mask):
         read = self.reader(frames, frame_mask, tokens, token_mask)

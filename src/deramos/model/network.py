@@ -38,7 +38,7 @@ class DeRAMOS(nn.Module):
             self.heads = Heads(cfg.audio.hidden_size, self.text_encoder.hidden_size, cfg.heads,
                                tag_index=[index for _, index in tags])
         self.cfg = cfg
-        if self.heads.ta.grounding is not None:
+        if getattr(self.heads.ta, "grounding", None) is not None:   # only the cross-attention TA has one
             self.heads.ta.grounding.set_tag_embeddings(self.embed_texts([name.lower() for name, _ in tags]))
         if cfg.audio.frozen:
             self.audio_encoder.requires_grad_(False)

@@ -37,6 +37,7 @@ from ..data.synth.music import tempo_word
 from ..model.heads import masked_mean
 from ..model.text_encoder import tokenizer_file
 from ..runtime.errors import TrainingError
+from .realmusic_report import read_records
 
 MIN_LABELLED_CLIPS = 20
 UNLABELLED = -100   # cross_entropy's ignore_index
@@ -93,12 +94,9 @@ def labelled_clips(examples: list, data: str | Path) -> tuple[list[RealAttribute
     path = Path(data) / "synth_meta.jsonl"
     if not path.is_file():
         raise TrainingError(f"--ta-attributes: {path} not found (a deramos-realmusic corpus has one)")
-    records = {}
-    for line in path.read_text().splitlines():
-        record = json.loads(line)
-        heard = record.get("rendered_attributes", {})
-        if "ensemble" in heard:   # deramos-realmusic's; deramos-synth's name other things ("pad", "swing")
-            records[record["wav"]] = RealAttributes.from_dict(heard)
+    # deramos-realmusic's attributes have an ensemble; deramos-synth's name other things ("pad", "swing")
+    records = {name: RealAttributes.from_dict(record["rendered_attributes"]) for name, record in read_records(data).items()
+               if "ensemble" in record.get("rendered_attributes", {})}
     seen, heard, waves = set(), [], []
     for example in examples:
         name = example.clip.path.name

@@ -32,6 +32,7 @@ from ..data.clips import WINDOW_POLICIES, crop, load_examples
 from ..data.musiceval import read_system_mos
 from ..model.checkpoint import recover_dir, save_checkpoint
 from ..model.config import PRESETS, preset
+from ..model.musicnn import MODELS as MUSICNN_BACKBONES
 from ..model.network import DeRAMOS
 from ..model.weights import save_tensors
 from ..runtime.cli_common import Command, defaults_of, errors_as_messages, show_progress
@@ -549,7 +550,7 @@ def _default(name: str, **option):
                    "corpora; replaces TA's cross-attention).")
 @_default("ta_attribute_prompts", type=click.IntRange(min=100), metavar="N",
           help="With --ta-attributes: generated prompts the reader's text side is fitted on.")
-@click.option("--musicnn-backbones", type=click.Choice(["MTT_musicnn", "MSD_musicnn"]), multiple=True,
+@click.option("--musicnn-backbones", type=click.Choice(MUSICNN_BACKBONES), multiple=True,
               help="musicnn preset: the backbones whose features make a frame (repeatable; default both). One "
                    "backbone halves the audio encoder's work (286-wide frames; MI attention with 2 heads).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 
 import pytest
 from runtime_helpers import error_lines, music, run_cli, write_wav
@@ -337,11 +338,20 @@ def test_each_actor_requests_its_measured_memory(ray_cluster, bad_rows, runtime_
     assert 64 * 2**20 <= measured <= 4 * GIB          # the tiny test bundle: a Ray worker and a small Scorer
     assert measured % (64 * 2**20) == 0
     total = ray.cluster_resources()["memory"]
-    held = []
-    said = []
-    summary = score_rows(rows_of(_jsonl_jobs(str(bad_rows))[0]), tmp_path / "m.jsonl", options,
-                         on_result=lambda row, result: held.append(total - ray.available_resources().get("memory", 0)),
-                         say=said.append)
+    held, said, done = [], [], threading.Event()
+
+    def watch():   # the whole run, not only when a result arrives: the pool may be gone by then
+        while not done.is_set():
+            held.append(total - ray.available_resources().get("memory", 0))
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    try:
+        summary = score_rows(rows_of(_jsonl_jobs(str(bad_rows))[0]), tmp_path / "m.jsonl", options, say=said.append)
+    finally:
+        done.set()
+        watcher.join()
     assert summary.pool.memory_per_actor >= measured // 2 and summary.pool.actors == 2
     assert max(held) >= summary.pool.memory_per_actor      # at least one actor holds its request
     assert "measuring one Scorer actor's memory on the cluster ..." in said

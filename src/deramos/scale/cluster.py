@@ -18,6 +18,7 @@ import logging
 import os
 import socket
 import threading
+import time
 import warnings
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,6 +51,9 @@ class Connection:
                 + f", {memory:.1f} GiB memory for tasks")
 
 
+CLIENT_ATTEMPTS = 3
+
+
 def connect(address: str = "auto", *, num_cpus: int | None = None) -> Connection:
     """Connect this process to a Ray cluster (see the module's docstring). A process already
     connected (ray.init called earlier) keeps its connection."""
@@ -70,13 +74,23 @@ def connect(address: str = "auto", *, num_cpus: int | None = None) -> Connection
         loopback_only()     # or Ray rewrites 127.0.0.1 to this machine's network address
     _check_service(host, port, address, client)
     quiet_console()
-    try:
-        with warnings.catch_warnings():     # Ray Client warns on stderr before it raises
-            warnings.simplefilter("ignore")
-            ray.init(address=address, **({} if client else {"include_dashboard": False}), log_to_driver=False,
-                     logging_level="ERROR")
-    except Exception as error:
-        raise ClusterError(f"cannot connect to the Ray cluster at {address}: {describe_error(error)}") from None
+    # Ray Client starts a server process per connection; on a loaded machine it can fail to come
+    # up in time ("Initialization failure from server"), and a second attempt finds it ready.
+    attempts = CLIENT_ATTEMPTS if client else 1
+    for attempt in range(attempts):
+        try:
+            with warnings.catch_warnings():     # Ray Client warns on stderr before it raises
+                warnings.simplefilter("ignore")
+                ray.init(address=address, **({} if client else {"include_dashboard": False}), log_to_driver=False,
+                         logging_level="ERROR")
+            break
+        except ConnectionAbortedError:
+            if attempt + 1 == attempts:
+                raise ClusterError(f"cannot connect to the Ray cluster at {address}: the Ray server ended the "
+                                   f"connection ({attempts} attempts)") from None
+            time.sleep(2.0)
+        except Exception as error:
+            raise ClusterError(f"cannot connect to the Ray cluster at {address}: {describe_error(error)}") from None
     quiet_console()
     return Connection(address, False, ray.cluster_resources())
 

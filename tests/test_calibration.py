@@ -67,7 +67,9 @@ def test_int8_files_and_heads_entry(bundle):
     assert manifest["int8"]["method"] == "minmax"
     assert manifest["int8"]["target"] == "x86-avx2"        # the default on any x86 build machine
     assert manifest["int8"]["scheme"] == {"activations": "int8-symmetric", "weights": "int8-symmetric-per-channel",
-                                          "weight_bits": 7}
+                                          "weight_bits": 7, "conv_gemm": True,
+                                          "default_ops": ["matmul", "conv", "conv-gemm"]}
+    assert manifest["int8"]["quantized_ops"] == ["matmul", "conv", "conv-gemm"]
     # what of each graph is really INT8, counted from the files (calibration/quantize.py)
     from deramos.build.stage import _graph_flops
     from deramos.calibration.quantize import quantized_share

@@ -45,6 +45,12 @@ BUILD_OPTIONS = (
                  help="Clips used to calibrate."),
     click.option("--int8-graphs", default=",".join(DEFAULTS["int8_graphs"]), show_default=True, callback=_graph_list,
                  help=f"Graphs to quantise (comma-separated, of {', '.join(INT8_GRAPHS)}); the rest stay FP32."),
+    click.option("--int8-ops", default="", callback=_graph_list,
+                 help="What INT8 quantises (comma-separated): matmul (MatMul/Gemm, QDQ), conv (convolutions, QDQ), "
+                      "conv-gemm (a convolution over one channel whose maximum over frequency is all that is "
+                      "kept, as one integer GEMM; CPU targets). For the default musicnn model on a CPU: conv-gemm "
+                      "(QDQ convolutions there are slower than FP32). [all the target has: matmul,conv,conv-gemm "
+                      "on CPUs, matmul,conv for tensorrt]"),
     click.option("--check-clips", type=click.IntRange(min=1), default=DEFAULTS["check_clips"], show_default=True,
                  help="Held-out clips each new precision is compared with FP32 on (at least 64)."),
     click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU (one set per precision in the "

@@ -20,12 +20,12 @@ from pathlib import Path
 import numpy as np
 
 from ..calibration.dataset import ClipSet
-from ..calibration.quantize import QUANTIZED_OPS, quantize
+from ..calibration.quantize import int8_candidates, quantize
 from ..runtime.audio import pad_waves
 from ..runtime.backends import OrtBackend
 from ..runtime.bundle import Bundle, graph_file_name
 from ..runtime.compare import Comparison, compare_scores
-from ..runtime.contract import AUDIO_ENCODER, TEXT_ENCODER, Tolerance, fp32_kept_prefixes
+from ..runtime.contract import AUDIO_ENCODER, TEXT_ENCODER, Tolerance
 from ..runtime.scorer import Scorer
 from ..runtime.text import PromptTokenizer
 from .onnxio import save_onnx
@@ -57,30 +57,31 @@ def layer_of(node_name: str) -> str:
     return "/" + "/".join(parts[:-2] if len(parts) > 3 else parts[:-1])
 
 
-def quantisable_layers(fp32_path: Path) -> dict[str, list[str]]:
+def quantisable_layers(fp32_path: Path, target: str = "x86-avx2", ops=None) -> dict[str, list[str]]:
+    """The nodes an INT8 build for `target` with `ops` may quantise, by layer."""
     import onnx
 
-    proto = onnx.load(str(fp32_path), load_external_data=False)
+    gemm, qdq = int8_candidates(onnx.load(str(fp32_path), load_external_data=False), target, ops)
     layers: dict[str, list[str]] = {}
-    for node in proto.graph.node:
-        if node.op_type in QUANTIZED_OPS and not node.name.startswith(fp32_kept_prefixes()):
-            layers.setdefault(layer_of(node.name), []).append(node.name)
+    for name in gemm + qdq:
+        layers.setdefault(layer_of(name), []).append(name)
     return layers
 
 
 def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, target: str, clips: ClipSet,
                       tolerance: Tolerance, say=lambda _: None, flops: dict[str, float] | None = None,
-                      min_flop_share: float = 0.0) -> SearchResult:
+                      min_flop_share: float = 0.0, ops=None) -> SearchResult:
     """Find the layers of `graph` to keep FP32 so INT8 meets `tolerance` on `clips`; leaves the
     bundle's INT8 file of `graph` quantised accordingly. Given `flops` (per node, calibration/
     quantize.py's op_flops), layers are kept FP32 in order of ranking cost per FLOP, and a
     result with less than `min_flop_share` of the FLOPs left in INT8 is a failure: a graph
     that passes by being FP32 where the work is is not INT8."""
     fp32_path = bundle.graph_path(graph, "fp32")
-    layers = quantisable_layers(fp32_path)
+    layers = quantisable_layers(fp32_path, target, ops)
     all_nodes = [n for nodes in layers.values() for n in nodes]
     reference = _scores(bundle, "fp32", clips)
-    quantised = lambda keep: _try(bundle, graph, ranges, method, target, clips, reference,  # noqa: E731
+    recipe = (ranges, method, target, ops)
+    quantised = lambda keep: _try(bundle, graph, recipe, clips, reference,  # noqa: E731
                                   [n for n in all_nodes if n not in keep], tolerance)
     kept: list[str] = []
     comparison = quantised(set())
@@ -113,23 +114,25 @@ def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, tar
     kept_nodes = [n for layer in kept for n in layers[layer]]
     result = SearchResult(graph, kept, kept_nodes, sensitivity, comparison)
     if comparison.passed:
-        result.seconds_per_batch = _speeds(bundle, graph, ranges, method, target, clips, all_nodes, kept_nodes)
+        result.seconds_per_batch = _speeds(bundle, graph, recipe, clips, all_nodes, kept_nodes)
     return result
 
 
-def _try(bundle, graph, ranges, method, target, clips, reference, nodes, tolerance) -> Comparison:
+def _try(bundle, graph, recipe, clips, reference, nodes, tolerance) -> Comparison:
     """Quantise only `nodes` of `graph`, write it as the bundle's INT8 file, score the clips."""
-    _write(bundle, graph, ranges, method, target, nodes)
+    _write(bundle, graph, recipe, nodes)
     candidate = _scores(bundle, "int8", clips)
     return compare_scores(reference, candidate, precision="int8", candidate_name="int8 (searched)",
                           reference_name="fp32", source=clips.source, tolerance=tolerance)
 
 
-def _write(bundle, graph, ranges, method, target, nodes) -> None:
-    """`graph` with only `nodes` quantised as its INT8 file (never none: that would be FP32)."""
+def _write(bundle, graph, recipe, nodes) -> None:
+    """`graph` with only `nodes` quantised as its INT8 file (never none: that would be FP32);
+    recipe: (ranges, method, target, ops) as quantize takes them."""
+    ranges, method, target, ops = recipe
     if not nodes:
         raise ValueError(f"{graph}: no node to quantise; an INT8 file of the FP32 graph would be mislabelled")
-    save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, method, target, nodes=nodes),
+    save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, method, target, nodes=nodes, ops=ops),
               bundle.root / graph_file_name(graph, "int8"))
 
 
@@ -148,16 +151,16 @@ def _ranking_cost(comparison: Comparison) -> float:
     return float(sum(1 - a.srcc for a in scores) + 1e-3 * sum(a.rel_noise for a in scores))
 
 
-def _speeds(bundle, graph, ranges, method, target, clips, all_nodes, kept_nodes, repeats: int = 5) -> dict[str, float]:
+def _speeds(bundle, graph, recipe, clips, all_nodes, kept_nodes, repeats: int = 5) -> dict[str, float]:
     """Seconds per batch of `graph` alone: FP32, INT8 everywhere, INT8 as searched (left in place)."""
     if graph == TEXT_ENCODER.name:
         feeds = TEXT_ENCODER.feeds(*PromptTokenizer(bundle.tokenizer_file, bundle.max_tokens).encode(clips.prompts[:8]))
     else:
         feeds = AUDIO_ENCODER.feeds(*pad_waves([w[:bundle.window_samples] for w in clips.waves[:8]]))
     timings = {"fp32": _time(bundle, "fp32", graph, feeds, repeats)}
-    _write(bundle, graph, ranges, method, target, all_nodes)
+    _write(bundle, graph, recipe, all_nodes)
     timings["int8_all_layers"] = _time(bundle, "int8", graph, feeds, repeats)
-    _write(bundle, graph, ranges, method, target, [n for n in all_nodes if n not in set(kept_nodes)])
+    _write(bundle, graph, recipe, [n for n in all_nodes if n not in set(kept_nodes)])
     timings["int8_searched"] = _time(bundle, "int8", graph, feeds, repeats)
     return timings
 

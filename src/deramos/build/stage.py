@@ -18,8 +18,8 @@ import numpy as np
 from ..calibration.dataset import ClipSet, load_calibration_set
 from ..calibration.drift import MIN_CLIPS, drift_set, measure_drift
 from ..calibration.quantize import (
-    QUANTIZED_OPS,
     check_int8_options,
+    int8_ops,
     int8_ranges,
     op_flops,
     quantize,
@@ -47,6 +47,7 @@ class BuildOptions:
     check_clips: int = MIN_CLIPS         # held-out clips every new precision is compared on (>= MIN_CLIPS)
     int8_graphs: tuple[str, ...] = INT8_DEFAULT_GRAPHS
     int8_target: str = field(default_factory=default_int8_target)
+    int8_ops: tuple[str, ...] = ()       # of calibration/quantize.py's INT8_OPS; empty: the target's default
     recalibrate: bool = False
     int8_search: bool = False            # INT8 misses its target: keep the costliest layers FP32 until it meets it
     # The search judges candidates on the clips it calibrated on, which flatters them: it asks for this
@@ -190,7 +191,7 @@ def _search_int8(bundle: Bundle, options: BuildOptions, held: ClipSet, say) -> C
         flops = _graph_flops(bundle, graph)
         result = search_exclusions(bundle, graph, ranges, options.calib_method, options.int8_target, clips,
                                    TOLERANCES["int8"].tightened(options.int8_search_margin), say,
-                                   flops=flops, min_flop_share=options.int8_min_flop_share)
+                                   flops=flops, min_flop_share=options.int8_min_flop_share, ops=options.int8_ops)
         if not result.comparison.passed:            # no INT8 graph of `graph` passed: INT8 is dropped
             bundle.record_int8_search(graph, result.to_dict())
             bundle.save()
@@ -238,7 +239,8 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
     written, reused, quantized = [], {}, {}
     for graph in options.int8_graphs:
         ranges, reused[graph] = int8_ranges(bundle, graph, options, clips, say)
-        paths = save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, options.calib_method, options.int8_target),
+        paths = save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, options.calib_method, options.int8_target,
+                                   ops=options.int8_ops),
                           bundle.root / graph_file_name(graph, "int8"))
         bundle.set_graph_files(graph, "int8", [p.name for p in paths])
         quantized[graph] = _quantized(bundle, graph, _graph_flops(bundle, graph))
@@ -250,7 +252,8 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
     bundle.set_int8({
         "target": options.int8_target, "target_means": INT8_TARGETS[options.int8_target][1],
         "scheme": int8_scheme(options.int8_target).to_dict(), "method": options.calib_method,
-        "quantized_graphs": list(options.int8_graphs), "quantized_ops": QUANTIZED_OPS, "quantized": quantized,
+        "quantized_graphs": list(options.int8_graphs), "quantized": quantized,
+        "quantized_ops": list(int8_ops(options.int8_target, options.int8_ops)),
         "fp32_kept": [f"nodes under {p}" for p in fp32_kept_prefixes()] + [g for g in GRAPHS if g not in options.int8_graphs],
         "calibration_set": _describe_clips(clips()) if not all(reused.values()) else "cached ranges",
         "reused_cache": reused,

@@ -30,8 +30,20 @@ from ..runtime.bundle import sha256_file
 from ..runtime.contract import AUDIO_ENCODER, INT8_GRAPHS, TEXT_ENCODER, fp32_kept_prefixes
 from ..runtime.targets import int8_scheme
 from ..runtime.text import PromptTokenizer
+from .conv_gemm import GEMM_OP, find_frequency_max_convs, rewrite_frequency_max_convs
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
+# What an INT8 build may quantise (`--int8-ops`): QDQ matrix products, QDQ convolutions, and on
+# CPU targets frequency-max convolutions as integer GEMMs (conv_gemm.py) in place of QDQ ones.
+# Default: all that the target has (runtime/targets.py). On a CPU ONNX Runtime's QDQ
+# convolutions lose to its FP32 ones (the default model's 0.46x): `--int8-ops conv-gemm` (or
+# the search) keeps them FP32.
+INT8_OPS = {"matmul": ("MatMul", "Gemm"), "conv": ("Conv",), "conv-gemm": ()}
+
+
+def int8_ops(target: str, ops=None) -> tuple[str, ...]:
+    """The op kinds an INT8 build for `target` quantises: `ops`, else the target's default."""
+    return tuple(ops) if ops else int8_scheme(target).default_ops
 METHODS = ("minmax", "entropy", "percentile")
 CACHE_VERSION = 1
 
@@ -118,21 +130,46 @@ def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list
             for name, d in tensors.data.items()}
 
 
-def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str, nodes: list[str] | None = None):
-    """The FP32 graph with QDQ nodes for `target`'s scheme (runtime/targets.py); an onnx ModelProto.
-    `nodes`: quantise only these (None: every MatMul/Gemm/Conv outside the FP32 region)."""
+def int8_candidates(model, target: str, ops=None) -> tuple[list[str], list[str]]:
+    """(integer-GEMM convolutions, QDQ nodes): what `quantize` makes INT8 of an onnx model for
+    `target` with `ops`, outside the FP32-kept region, by node name."""
+    kept, ops = fp32_kept_prefixes(), int8_ops(target, ops)
+    gemm = []
+    if "conv-gemm" in ops and int8_scheme(target).conv_gemm:
+        gemm = [m.name for m in find_frequency_max_convs(model) if not m.name.startswith(kept)]
+    qdq_types = {t for kind in ops for t in INT8_OPS[kind]}
+    qdq = [n.name for n in model.graph.node
+           if n.op_type in qdq_types and not n.name.startswith(kept) and n.name not in gemm]
+    return gemm, qdq
+
+
+def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str, nodes: list[str] | None = None,
+             ops=None):
+    """The FP32 graph made INT8 for `target`'s scheme (runtime/targets.py): frequency-max
+    convolutions as integer GEMMs on CPU targets, other ops as QDQ; an onnx ModelProto.
+    `nodes`: quantise only these (None: every candidate of `ops`, int8_candidates; `ops` None:
+    the target's default)."""
     import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
     scheme = int8_scheme(target)
     model = onnx.load(str(fp32_path), load_external_data=True)
-    excluded = [n.name for n in model.graph.node if n.name.startswith(fp32_kept_prefixes())]
+    gemm, qdq = int8_candidates(model, target, ops)
+    chosen = set(gemm + qdq) if nodes is None else set(nodes) & set(gemm + qdq)
+    if not chosen:
+        raise ValueError(f"{Path(fp32_path).name}: nothing to quantise for {target} with --int8-ops "
+                         f"{','.join(int8_ops(target, ops))}")
+    rewritten = rewrite_frequency_max_convs(model, ranges, scheme.weight_bits, names=chosen & set(gemm))
+    qdq = [n for n in qdq if n in chosen]
+    if not qdq:
+        return model
     tensors = TensorsData(_method(method), {name: TensorData(lowest=np.asarray(lo, np.float32), highest=np.asarray(hi, np.float32))
                                             for name, (lo, hi) in ranges.items()})
+    excluded = [n.name for n in model.graph.node if n.name not in qdq and n.name not in rewritten]
     quantizer = QDQQuantizer(model, True, scheme.weight_bits == 7, QuantType.QInt8, QuantType.QInt8, tensors,
-                             list(nodes or []), excluded, QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
-                                                       "DedicatedQDQPair": True})
+                             qdq, excluded, QUANTIZED_OPS, {"ActivationSymmetric": True, "WeightSymmetric": True,
+                                                           "DedicatedQDQPair": True})
     quantizer.quantize_model()
     return quantizer.model.model
 
@@ -193,11 +230,14 @@ def quantized_share(graph_path: Path, flops: dict[str, float] | None = None) -> 
         if node.op_type in ("QuantizeLinear", "DequantizeLinear") and node.input[0] in sizes:
             sizes[node.output[0]] = sizes[node.input[0]]
     ops = [n for n in proto.graph.node
-           if n.op_type in QUANTIZED_OPS and not n.name.startswith(fp32_kept_prefixes())]
-    weight = lambda node: next((sizes[i] for i in node.input[1:2] if i in sizes), 0)  # noqa: E731
-    quantized = [n for n in ops if len(n.input) > 1 and n.input[1] in dequantized]
+           if n.op_type in (*QUANTIZED_OPS, GEMM_OP) and not n.name.startswith(fp32_kept_prefixes())]
+    # an integer GEMM (conv_gemm.py) is INT8 by construction; it keeps its convolution's name
+    # and holds the weights as its first input
+    weight = lambda node: next((sizes[i] for i in node.input[:2] if i in sizes), 0)  # noqa: E731
+    quantized = [n for n in ops if n.op_type == GEMM_OP or (len(n.input) > 1 and n.input[1] in dequantized)]
     total = sum(weight(n) for n in ops)
     share = {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node),
+             "integer_gemms": sum(n.op_type == GEMM_OP for n in ops),
              "quantized_ops": len(quantized), "quantizable_ops": len(ops),
              "quantized_weight_share": round(sum(weight(n) for n in quantized) / total, 4) if total else 0.0}
     if flops:   # of ALL the graph's MatMul/Gemm/Conv FLOPs, the FP32-kept region included
@@ -227,6 +267,9 @@ def int8_ranges(bundle, graph: str, options, clips_source, say) -> tuple[dict, b
 def check_int8_options(options) -> None:
     if options.calib_method not in METHODS:
         raise ValueError(f"unknown calibration method {options.calib_method!r}; choose from {', '.join(METHODS)}")
+    unknown_ops = set(options.int8_ops or ()) - set(INT8_OPS)
+    if unknown_ops:
+        raise ValueError(f"--int8-ops {','.join(options.int8_ops)}: choose one or more of {', '.join(INT8_OPS)}")
     unknown = set(options.int8_graphs) - set(INT8_GRAPHS)
     if unknown:
         raise ValueError(f"cannot quantise {sorted(unknown)}; choose from {', '.join(INT8_GRAPHS)}")

@@ -25,6 +25,11 @@ class Int8Scheme:
     activations: str = "int8-symmetric"
     weights: str = "int8-symmetric-per-channel"
     weight_bits: int = 8             # 7: `reduce_range`, for CPUs whose kernels can saturate
+    # Frequency-max convolutions as integer GEMMs (calibration/conv_gemm.py) run on ONNX
+    # Runtime's CPU kernels; there the signed operand takes `weight_bits`. TensorRT has no
+    # MatMulInteger: its convolutions are QDQ.
+    conv_gemm: bool = True
+    default_ops: tuple[str, ...] = ("matmul", "conv", "conv-gemm")     # calibration/quantize.py's INT8_OPS
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -38,7 +43,7 @@ INT8_TARGETS: dict[str, tuple[Int8Scheme, str]] = {
     "x86-avx2": (REDUCED_RANGE, "any x86-64 CPU (AVX2; also right, slightly less exact, with VNNI)"),
     "x86-vnni": (FULL_RANGE, "x86-64 CPUs with AVX-512 VNNI, AVX-VNNI or AMX"),
     "arm64": (FULL_RANGE, "arm64 CPUs (Jetson CPU, Graviton): SDOT/UDOT accumulate in int32"),
-    "tensorrt": (FULL_RANGE, "NVIDIA GPUs through TensorRT (symmetric, full range)"),
+    "tensorrt": (Int8Scheme(conv_gemm=False, default_ops=("matmul", "conv")), "NVIDIA GPUs through TensorRT (symmetric, full range)"),
 }
 VNNI_FLAGS = {"avx512_vnni", "avx_vnni", "amx_int8"}
 

@@ -39,6 +39,17 @@ def test_fused_kernels_count_as_their_plain_type():
     assert rows[1].gflops is None
 
 
+def test_flops_go_to_the_kernel_that_runs_the_node():
+    from deramos.bench.profile import flops_by_kernel_type
+
+    fp32 = {"/encoder/Conv": "Conv", "/encoder/Conv_1": "Conv", "/encoder/dense/MatMul": "MatMul"}
+    int8 = {"/encoder/Conv": "MatMulInteger", "/encoder/Conv_1": "Conv", "/encoder/dense/MatMul": "MatMul"}
+    counts = {"/encoder/Conv": 5e9, "/encoder/Conv_1": 1e9, "/encoder/dense/MatMul": 2e9}
+    assert flops_by_kernel_type(counts, fp32, fp32) == {"Conv": 6e9, "MatMul": 2e9}
+    assert flops_by_kernel_type(counts, fp32, int8) == {"Conv": 1e9, "MatMul": 7e9}     # the integer GEMM is a MatMul
+    assert flops_by_kernel_type(counts, fp32, {}) == {"Conv": 6e9, "MatMul": 2e9}        # renamed nodes: FP32 type
+
+
 def test_a_real_trace_of_a_real_graph(tmp_path):
     """ONNX Runtime's profiler on a one-Conv graph: the Conv is found, with a positive time."""
     import onnx

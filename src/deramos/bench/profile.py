@@ -84,6 +84,18 @@ def node_op_types(graph_path: Path) -> dict[str, str]:
     return {node.name: node.op_type for node in proto.graph.node}
 
 
+def flops_by_kernel_type(flops_by_node: dict[str, float], fp32_types: dict[str, str],
+                         precision_types: dict[str, str]) -> dict[str, float]:
+    """FP32 FLOPs per node -> per plain kernel type of the graph that runs: a node counts under
+    its type in this precision's graph (an integer GEMM keeps its convolution's name,
+    calibration/conv_gemm.py: its FLOPs are the MatMul row's), else under its FP32 type."""
+    flops: dict[str, float] = defaultdict(float)
+    for node, count in flops_by_node.items():
+        kind = precision_types.get(node, fp32_types.get(node, "?"))
+        flops[FUSED.get(kind, kind)] += count
+    return dict(flops)
+
+
 def profile_audio_encoder(bundle, precision: str, batch: int, runs: int, threads: int) -> Profile:
     import onnxruntime as ort
 
@@ -95,10 +107,8 @@ def profile_audio_encoder(bundle, precision: str, batch: int, runs: int, threads
     feeds = AUDIO_ENCODER.feeds((0.1 * rng.standard_normal((batch, window))).astype(np.float32),
                                 np.full(batch, window, np.int64))
     flops_by_node = op_flops(bundle.graph_path(AUDIO_ENCODER.name, "fp32"), feeds)
-    types = node_op_types(bundle.graph_path(AUDIO_ENCODER.name, "fp32"))
-    flops: dict[str, float] = defaultdict(float)
-    for node, count in flops_by_node.items():
-        flops[types.get(node, "?")] += count
+    flops = flops_by_kernel_type(flops_by_node, node_op_types(bundle.graph_path(AUDIO_ENCODER.name, "fp32")),
+                                 node_op_types(bundle.graph_path(AUDIO_ENCODER.name, precision)))
     with tempfile.TemporaryDirectory() as scratch:
         options = ort.SessionOptions()
         options.enable_profiling, options.profile_file_prefix = True, str(Path(scratch) / "profile")

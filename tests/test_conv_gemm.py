@@ -54,20 +54,37 @@ def _case(seed=0, channels=12, kt=3, kf=5, n=2, t=40):
     return weight, bias, x
 
 
-def _integer_reference(weight, bias, x, scale, signed_bits):
+def _integer_reference(weight, bias, x, scale, int16_pairs=False):
     """The rewrite's arithmetic in numpy: symmetric per-tensor codes for x, per-channel for the
-    weights (the signed operand of `signed_bits`: x for short kernels, the weights for long
-    one-bin ones), exact integer dot products, the maximum over frequency, then the scales and bias."""
+    weights — 8 bits each, or for int16 pairs 7 bits for the weights (short kernels) or for x
+    (long one-bin kernels) — exact integer dot products, the maximum over frequency, then the
+    scales and bias."""
     c, _, kt, kf = weight.shape
     short = kt <= cg.MAX_SHORT_KERNEL
-    x_limit = 2 ** ((signed_bits if short else 8) - 1) - 1
-    codes = np.clip(np.round(x[:, 0] / np.float32(scale)), -x_limit, x_limit).astype(np.int64)   # half to even, as ONNX
-    codes_w, w_scale = cg.weight_codes(weight, 8 if short else signed_bits)          # [C, KT*KF]
+    low, high = (-64, 63) if int16_pairs and not short else (-128, 127)
+    codes = np.clip(np.round(x[:, 0] / np.float32(scale)), low, high).astype(np.int64)   # half to even, as ONNX
+    codes_w, w_scale = cg.weight_codes(weight, 7 if int16_pairs and short else 8)        # [C, KT*KF]
     n, t_in, f = codes.shape
     t, fo = t_in - kt + 1, f - kf + 1
     taps = np.stack([np.stack([codes[:, dt:dt + t, fi:fi + kf] for dt in range(kt)], axis=2) for fi in range(fo)], axis=1)
     acc = np.einsum("ck,nftk->ncft", codes_w, taps.reshape(n, fo, t, kt * kf))        # [N, C, FO, T]
     return acc.max(axis=2) * (scale * w_scale)[None, :, None] + bias[None, :, None]
+
+
+def _assert_cannot_saturate_an_int16(model, int16_pairs):
+    """On x86 without VNNI, MLAS adds pairs of u8 x s8 products in an int16: for such a CPU the
+    unsigned operand keeps 7 bits, so that no pair exceeds 2^15 - 1."""
+    from onnx import numpy_helper
+
+    (gemm,) = [n for n in model.graph.node if n.op_type == cg.GEMM_OP]
+    init = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    if gemm.input[0] in init:           # unsigned weights x signed activations (-128..127)
+        worst = 2 * int(init[gemm.input[0]].max()) * 128
+    else:                               # unsigned activations, clipped or not, x signed weights
+        clip = [n for n in model.graph.node if n.op_type == "Clip"]
+        highest = int(init[clip[0].input[2]]) if clip else 255
+        worst = 2 * highest * int(np.abs(init[gemm.input[1]].astype(np.int64)).max())
+    assert (worst <= 2 ** 15 - 1) == int16_pairs
 
 
 def _assert_same_arithmetic(got, expected, weight, scale):
@@ -99,33 +116,33 @@ def test_the_pattern_is_found_and_only_it():
 SHORT, LONG = dict(kt=3, kf=5), dict(kt=cg.MAX_SHORT_KERNEL + 4, kf=1)     # im2col / Toeplitz layouts
 
 
-@pytest.mark.parametrize("signed_bits", [8, 7])
+@pytest.mark.parametrize("int16_pairs", [False, True])
 @pytest.mark.parametrize("kernel", [SHORT, LONG, dict(kt=7, kf=F), dict(kt=33, kf=1, t=5)], ids=["short", "long", "all-bins",
                                                                                               "long-few-frames"])
-def test_rewrite_computes_the_integer_arithmetic(signed_bits, kernel):
-    weight, bias, x = _case(seed=signed_bits, **kernel)
+def test_rewrite_computes_the_integer_arithmetic(int16_pairs, kernel):
+    weight, bias, x = _case(seed=int(int16_pairs), **kernel)
     model = _graph(weight, bias)
     bound = float(np.abs(x).max())
-    assert cg.rewrite_frequency_max_convs(model, {"x": [[-bound], [bound]]}, signed_bits) == ["/encoder/Conv"]
+    assert cg.rewrite_frequency_max_convs(model, {"x": [[-bound], [bound]]}, int16_pairs) == ["/encoder/Conv"]
     ops = [n.op_type for n in model.graph.node]
-    assert "Conv" not in ops and ops.count(cg.GEMM_OP) == 1 and ("Clip" in ops) == (signed_bits == 7 and kernel["kt"] <= 16)
+    assert "Conv" not in ops and ops.count(cg.GEMM_OP) == 1
     assert {t.name for t in model.graph.initializer}.isdisjoint({"w", "b"})      # FP32 weights gone
+    _assert_cannot_saturate_an_int16(model, int16_pairs)
     got = _run(model, x)
-    short = kernel["kt"] <= cg.MAX_SHORT_KERNEL
-    scale = bound / (2 ** ((signed_bits if short else 8) - 1) - 1)
-    expected = _integer_reference(weight, bias, x, scale, signed_bits)
+    scale = bound / (63 if int16_pairs and kernel["kt"] > cg.MAX_SHORT_KERNEL else 127)
+    expected = _integer_reference(weight, bias, x, scale, int16_pairs)
     assert got.shape == (2, 12, kernel.get("t", 40)) == expected.shape
     _assert_same_arithmetic(got, expected, weight, scale)
 
 
-@pytest.mark.parametrize("signed_bits, worst", [(8, 0.03), (7, 0.06)])
+@pytest.mark.parametrize("int16_pairs, worst", [(False, 0.03), (True, 0.06)])
 @pytest.mark.parametrize("kernel", [dict(kt=7, kf=9), dict(kt=40, kf=1)], ids=["short", "long"])
-def test_rewrite_stays_close_to_the_fp32_convolution(signed_bits, worst, kernel):
+def test_rewrite_stays_close_to_the_fp32_convolution(int16_pairs, worst, kernel):
     weight, bias, x = _case(seed=3, channels=16, t=60, **kernel)
     fp32 = _run(_graph(weight, bias), x)
     model = _graph(weight, bias)
     bound = float(np.abs(x).max())
-    cg.rewrite_frequency_max_convs(model, {"x": [[-bound], [bound]]}, signed_bits)
+    cg.rewrite_frequency_max_convs(model, {"x": [[-bound], [bound]]}, int16_pairs)
     error = np.abs(_run(model, x) - fp32).max() / np.abs(fp32).max()
     assert error < worst
     assert error > 1e-4           # it is INT8, not the FP32 graph again
@@ -136,7 +153,7 @@ def test_a_negative_weight_channel_and_no_bias():
     weight[0] = -np.abs(weight[0])            # a filter whose response is negative everywhere
     model = _graph(weight)
     cg.rewrite_frequency_max_convs(model, {"x": [[-4.0], [4.0]]})
-    _assert_same_arithmetic(_run(model, x), _integer_reference(weight, np.zeros(12), x, 4.0 / 127, 8), weight, 4.0 / 127)
+    _assert_same_arithmetic(_run(model, x), _integer_reference(weight, np.zeros(12), x, 4.0 / 127), weight, 4.0 / 127)
 
 
 def test_no_range_no_rewrite():
@@ -182,7 +199,7 @@ def test_ops_choose_what_is_quantised(tmp_path):
     assert "Conv" in as_qdq and cg.GEMM_OP not in as_qdq
     with pytest.raises(ValueError, match=r"g.onnx: nothing to quantise for tensorrt with --int8-ops conv-gemm"):
         q.quantize(tmp_path / "g.onnx", ranges, "minmax", "tensorrt", ops=("conv-gemm",))     # no MatMulInteger in TensorRT
-    assert q.int8_ops("x86-avx2") == ("matmul", "conv", "conv-gemm") and q.int8_ops("tensorrt") == ("matmul", "conv")
+    assert q.int8_ops("x86-avx2") == ("matmul", "conv-gemm") and q.int8_ops("tensorrt") == ("matmul", "conv")
 
 
 def test_unknown_int8_ops_are_refused():

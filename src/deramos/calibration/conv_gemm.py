@@ -26,8 +26,11 @@ zero point 128. Measured on a 2-core Xeon (AVX-512 VNNI, AMX), 2 x 10 s windows,
 7 x 38 filter 32.7 -> 13.4 ms, 7 x 67 23.9 -> 8.2 ms; 14 patches, 128 x 1 15.5 -> 5.4 ms,
 64 x 1 9.5 -> 5.1 ms, 32 x 1 6.9 -> 4.8 ms.
 
-On CPUs whose INT8 kernels add two products in int16 (x86 without VNNI), the signed operand
-keeps 7 bits (`signed_bits`), so no pair can saturate: 2 x 255 x 63 < 2^15.
+On CPUs whose INT8 kernels add two products in int16 (x86 without VNNI: `int16_pairs`), the
+unsigned operand keeps 7 bits, so no pair can saturate (2 x 127 x 128 < 2^15): the weights in
+the im2col layout, the activations in the Toeplitz one. Measured on the default model (64
+held-out clips, drift std / spread of MI): 7-bit timbral weights 0.066, 7-bit temporal weights
+(the signed operand) 0.215, 7-bit temporal activations instead: see docs/measurements.md.
 """
 from __future__ import annotations
 
@@ -158,12 +161,12 @@ class _Nodes:
         return self.const(tag, np.array(values, np.int64))
 
 
-def _codes_by_frequency(g: _Nodes, source: str, scale: float, zero, bits: int) -> str:
-    """x [N, 1, T', F] float -> codes [N, F, T'] (8-bit, `bits` of them used), zero point `zero`."""
+def _codes_by_frequency(g: _Nodes, source: str, scale: float, zero, highest: int | None = None) -> str:
+    """x [N, 1, T', F] float -> 8-bit codes [N, F, T'] with zero point `zero` (at most `highest`)."""
     codes = g.add("QuantizeLinear", [source, g.const("x_scale", np.float32(scale)), g.const("x_zero", zero)], "quantize")
-    if bits < 8:               # a signed operand of 7 bits: no pair of products saturates an int16
-        limit = 2 ** (bits - 1) - 1
-        codes = g.add("Clip", [codes, g.const("low", np.int8(-limit)), g.const("high", np.int8(limit))], "clip")
+    if highest is not None:
+        codes = g.add("Clip", [codes, g.const("lowest", np.zeros((), zero.dtype)), g.const("highest", zero.dtype.type(highest))],
+                      "clip")
     codes = g.add("Squeeze", [codes, g.ints("axis1", 1)], "squeeze")
     return g.add("Transpose", [codes], "by_frequency", perm=[0, 2, 1])                       # [N, F, T']
 
@@ -177,16 +180,18 @@ def _finish(g: _Nodes, match: FrequencyMaxConv, peak: str, scale: np.ndarray) ->
     g.add("Add", [value, g.const("bias", match.bias[:, None].astype(np.float32))], "bias", output=match.reduce.output[0])
 
 
-def _short_kernel_nodes(match: FrequencyMaxConv, x_scale: float, bits: int) -> _Nodes:
-    """im2col layout: weights u8 (zero point 128) x taps s8 (`bits` bits)."""
+def _short_kernel_nodes(match: FrequencyMaxConv, value_range, int16_pairs: bool) -> _Nodes:
+    """im2col layout: weights u8 (zero point 128; 7 bits, zero point 64, for int16 pairs) x taps s8."""
     _, _, kt, kf = match.weight.shape
     g = _Nodes(match.name + "/int8_gemm")
-    codes, w_scale = weight_codes(match.weight)
-    xt = _codes_by_frequency(g, match.conv.input[0], x_scale, np.int8(0), bits)              # [N, F, T']
+    bits = 7 if int16_pairs else 8
+    codes, w_scale = weight_codes(match.weight, bits)
+    x_scale = activation_scale(value_range, 8)
+    xt = _codes_by_frequency(g, match.conv.input[0], x_scale, np.int8(0))                    # [N, F, T']
     shape = g.add("Shape", [xt], "shape")
     bins = g.add("Gather", [shape, g.scalar("freq_axis", 1)], "bins", axis=0)
     frames_in = g.add("Gather", [shape, g.scalar("time_axis", 2)], "frames_in", axis=0)
-    frames = g.add("Sub", [frames_in, g.scalar("kt_lead", kt - 1)], "frames")               # T = T' - KT + 1
+    frames = g.add("Sub", [frames_in, g.scalar("kt_lead", kt - 1)], "time_out")               # T = T' - KT + 1
     # row fo, tap (dt, df) of the stacked shifts [N, KT*F, T] -> dt*F + fo + df
     positions = g.add("Sub", [bins, g.scalar("kf_lead", kf - 1)], "positions")               # FO = F - KF + 1
     starts = g.add("Range", [g.scalar("zero", 0), positions, g.scalar("one", 1)], "starts")
@@ -202,7 +207,8 @@ def _short_kernel_nodes(match: FrequencyMaxConv, x_scale: float, bits: int) -> _
         shifted.append(g.add("Slice", [xt, first, g.add("Add", [frames, first], f"end{dt}"), axis2], f"shifted{dt}"))
     stacked = g.add("Concat", shifted, "stacked", axis=1)                                    # [N, KT*F, T]
     cols = g.add("Gather", [stacked, rows], "cols", axis=1)                                  # [N, FO, KT*KF, T]
-    acc = g.add(GEMM_OP, [g.const("w", (codes + 128).astype(np.uint8)), cols, g.const("w_zero", np.uint8(128)),
+    zero = 2 ** (bits - 1)
+    acc = g.add(GEMM_OP, [g.const("w", (codes + zero).astype(np.uint8)), cols, g.const("w_zero", np.uint8(zero)),
                           g.const_name("x_zero")], "acc", node_name=match.name)                    # [N, FO, C, T]
     _finish(g, match, g.add("ReduceMax", [acc], "max", axes=[1], keepdims=0), x_scale * w_scale)
     return g
@@ -219,17 +225,20 @@ def toeplitz(codes: np.ndarray, kt: int, chunk: int) -> np.ndarray:
     return matrix.reshape(width, channels * chunk)
 
 
-def _one_bin_nodes(match: FrequencyMaxConv, x_scale: float, bits: int) -> _Nodes:
-    """Toeplitz layout: windows u8 (zero point 128) x weights s8 (`bits` bits)."""
+def _one_bin_nodes(match: FrequencyMaxConv, value_range, int16_pairs: bool) -> _Nodes:
+    """Toeplitz layout: windows u8 (zero point 128; 7 bits, zero point 64, for int16 pairs) x weights s8."""
     channels, _, kt, _ = match.weight.shape
     chunk = max(1, kt // 2)
     later = -(-(kt - 1) // chunk)                  # chunks after its own that a chunk's outputs read
     g = _Nodes(match.name + "/int8_gemm")
-    codes, w_scale = weight_codes(match.weight, bits)
-    xt = _codes_by_frequency(g, match.conv.input[0], x_scale, np.uint8(128), 8)              # [N, F, T']
+    codes, w_scale = weight_codes(match.weight)
+    bits = 7 if int16_pairs else 8
+    x_scale = activation_scale(value_range, bits)
+    zero = np.uint8(2 ** (bits - 1))
+    xt = _codes_by_frequency(g, match.conv.input[0], x_scale, zero, 2 * int(zero) - 1 if int16_pairs else None)   # [N, F, T']
     one = g.ints("one1", 1)
     frames_in = g.add("Gather", [g.add("Shape", [xt], "shape"), g.scalar("time_axis", 2)], "frames_in", axis=0)
-    frames = g.add("Sub", [frames_in, g.scalar("kt_lead", kt - 1)], "frames")               # T = T' - KT + 1
+    frames = g.add("Sub", [frames_in, g.scalar("kt_lead", kt - 1)], "time_out")               # T = T' - KT + 1
     chunk_c = g.scalar("chunk", chunk)
     chunks = g.add("Div", [g.add("Add", [frames, g.scalar("round_up", chunk - 1)], "frames_up"), chunk_c], "chunks")
     padded = g.add("Mul", [g.add("Add", [chunks, g.scalar("later", later)], "chunks_read"), chunk_c], "padded")
@@ -259,17 +268,14 @@ def _one_bin_nodes(match: FrequencyMaxConv, x_scale: float, bits: int) -> _Nodes
     return g
 
 
-def integer_gemm_nodes(match: FrequencyMaxConv, ranges: dict, signed_bits: int = 8):
+def integer_gemm_nodes(match: FrequencyMaxConv, ranges: dict, int16_pairs: bool = False):
     """(nodes, initializers) computing match.reduce's output from match.conv's input."""
-    value_range = ranges[match.conv.input[0]]
-    if is_short(match):        # activations are the signed operand
-        built = _short_kernel_nodes(match, activation_scale(value_range, signed_bits), signed_bits)
-    else:                      # weights are
-        built = _one_bin_nodes(match, activation_scale(value_range, 8), signed_bits)
+    build = _short_kernel_nodes if is_short(match) else _one_bin_nodes
+    built = build(match, ranges[match.conv.input[0]], int16_pairs)
     return built.nodes, built.initializers
 
 
-def rewrite_frequency_max_convs(model, ranges: dict, signed_bits: int = 8, names=None) -> list[str]:
+def rewrite_frequency_max_convs(model, ranges: dict, int16_pairs: bool = False, names=None) -> list[str]:
     """Replace, in place, every frequency-max convolution of `model` (only those in `names`, when
     given) whose input has a calibrated range by its integer GEMM; the rewritten convolutions'
     names (each GEMM node keeps its convolution's name)."""
@@ -279,7 +285,7 @@ def rewrite_frequency_max_convs(model, ranges: dict, signed_bits: int = 8, names
     for match in find_frequency_max_convs(model, names):
         if match.conv.input[0] not in ranges or not match.conv.name or not match.reduce.name:
             continue
-        nodes, initializers = integer_gemm_nodes(match, ranges, signed_bits)
+        nodes, initializers = integer_gemm_nodes(match, ranges, int16_pairs)
         replaced[match.reduce.name] = nodes
         dropped.add(match.conv.name)
         model.graph.initializer.extend(initializers)

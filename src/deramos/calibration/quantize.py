@@ -34,10 +34,8 @@ from .conv_gemm import GEMM_OP, find_frequency_max_convs, rewrite_frequency_max_
 
 QUANTIZED_OPS = ["MatMul", "Gemm", "Conv"]
 # What an INT8 build may quantise (`--int8-ops`): QDQ matrix products, QDQ convolutions, and on
-# CPU targets frequency-max convolutions as integer GEMMs (conv_gemm.py) in place of QDQ ones.
-# Default: all that the target has (runtime/targets.py). On a CPU ONNX Runtime's QDQ
-# convolutions lose to its FP32 ones (the default model's 0.46x): `--int8-ops conv-gemm` (or
-# the search) keeps them FP32.
+# CPU targets frequency-max convolutions as integer GEMMs (conv_gemm.py). Default per target
+# (runtime/targets.py): matmul + conv-gemm on CPUs, matmul + conv for TensorRT.
 INT8_OPS = {"matmul": ("MatMul", "Gemm"), "conv": ("Conv",), "conv-gemm": ()}
 
 
@@ -160,7 +158,7 @@ def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, targe
     if not chosen:
         raise ValueError(f"{Path(fp32_path).name}: nothing to quantise for {target} with --int8-ops "
                          f"{','.join(int8_ops(target, ops))}")
-    rewritten = rewrite_frequency_max_convs(model, ranges, scheme.weight_bits, names=chosen & set(gemm))
+    rewritten = rewrite_frequency_max_convs(model, ranges, scheme.weight_bits == 7, names=chosen & set(gemm))
     qdq = [n for n in qdq if n in chosen]
     if not qdq:
         return model
@@ -233,7 +231,7 @@ def quantized_share(graph_path: Path, flops: dict[str, float] | None = None) -> 
            if n.op_type in (*QUANTIZED_OPS, GEMM_OP) and not n.name.startswith(fp32_kept_prefixes())]
     # an integer GEMM (conv_gemm.py) is INT8 by construction; it keeps its convolution's name
     # and holds the weights as its first input
-    weight = lambda node: next((sizes[i] for i in node.input[:2] if i in sizes), 0)  # noqa: E731
+    weight = lambda node: next((sizes[i] for i in node.input[:2] if i in sizes), 0)
     quantized = [n for n in ops if n.op_type == GEMM_OP or (len(n.input) > 1 and n.input[1] in dequantized)]
     total = sum(weight(n) for n in ops)
     share = {"qdq_nodes": sum(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in proto.graph.node),

@@ -48,9 +48,8 @@ BUILD_OPTIONS = (
     click.option("--int8-ops", default="", callback=_graph_list,
                  help="What INT8 quantises (comma-separated): matmul (MatMul/Gemm, QDQ), conv (convolutions, QDQ), "
                       "conv-gemm (a convolution over one channel whose maximum over frequency is all that is "
-                      "kept, as one integer GEMM; CPU targets). For the default musicnn model on a CPU: conv-gemm "
-                      "(QDQ convolutions there are slower than FP32). [all the target has: matmul,conv,conv-gemm "
-                      "on CPUs, matmul,conv for tensorrt]"),
+                      "kept, as one integer GEMM; CPU targets). [the target's: matmul,conv-gemm on CPUs, where QDQ "
+                      "convolutions ran slower than FP32; matmul,conv for tensorrt]"),
     click.option("--check-clips", type=click.IntRange(min=1), default=DEFAULTS["check_clips"], show_default=True,
                  help="Held-out clips each new precision is compared with FP32 on (at least 64)."),
     click.option("--trt", is_flag=True, help="Also build TensorRT engines for this GPU (one set per precision in the "

@@ -30,11 +30,11 @@ def checkpoint(runtime_model, tmp_path_factory):
     return save_checkpoint(runtime_model, tmp_path_factory.mktemp("tiny") / "checkpoint")
 
 
-def test_the_group_names_its_three_steps():
+def test_the_group_names_its_four_steps():
     done = CliRunner().invoke(main, ["--help"])
     assert done.exit_code == 0
     listed = [line.split()[0] for line in done.output.split("Commands:")[1].splitlines() if line.startswith("  ")]
-    assert listed == ["corpus", "merge", "report"]
+    assert listed == ["corpus", "ladders", "merge", "report"]
 
 
 def test_report_prints_and_writes_the_same_numbers(heldout, checkpoint, tmp_path):

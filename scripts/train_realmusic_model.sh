@@ -28,6 +28,9 @@ REAL_PIECES=${REAL_PIECES:-240}
 # prompts are written as people write them (realmusic/phrasing.py), with not-music counterfactuals.
 ARRANGEMENTS=${ARRANGEMENTS:-0.4}
 PEOPLE_PROMPTS=${PEOPLE_PROMPTS:-0.5}
+# Issue 19, item 5: ONE_FAMILY_SYSTEMS further training systems degrade each clip with one family
+# alone at a uniform severity (the archetypes leave reverb and wobble rare and mix the rest).
+ONE_FAMILY_SYSTEMS=${ONE_FAMILY_SYSTEMS:-2}
 HELDOUT_CLIPS_PER_SYSTEM=${HELDOUT_CLIPS_PER_SYSTEM:-25}
 EPOCHS=${EPOCHS:-30}
 LR=${LR:-1e-3}
@@ -62,7 +65,8 @@ stage() {   # stage NAME COMMAND...: run it and log its wall time
 real_corpora() {
     rm -rf "$WORK/real-train" "$WORK/real-heldout"
     "$BIN/deramos-realmusic" corpus --set train --out "$WORK/real-train" --clips-per-system "$REAL_CLIPS_PER_SYSTEM" \
-        --pieces "$REAL_PIECES" --arrangement-share "$ARRANGEMENTS" --people-prompts "$PEOPLE_PROMPTS" --no-progress
+        --pieces "$REAL_PIECES" --arrangement-share "$ARRANGEMENTS" --people-prompts "$PEOPLE_PROMPTS" \
+        --one-family-systems "$ONE_FAMILY_SYSTEMS" --no-progress
     # held-out prompts stay the five-kind template (the table comparable with earlier models); the
     # hand-written free-form prompts (tests/data/freeform) are paired with these clips separately
     "$BIN/deramos-realmusic" corpus --set heldout --out "$WORK/real-heldout" --clips-per-system "$HELDOUT_CLIPS_PER_SYSTEM" \
@@ -92,6 +96,10 @@ real_heldout() {
     "$BIN/deramos-realmusic" report --data "$WORK/real-heldout" --model "default=$WORK/run/$SELECTION" \
         --freeform tests/data/freeform --cache-dir "$WORK/cache" --json "$WORK/realmusic-heldout.json" --markdown "$WORK/realmusic-heldout.md"
 }
+severity_ladders() {   # MI against severity, one family at a time, on the 48 clean held-out clips
+    "$BIN/deramos-realmusic" ladders --clips tests/data/realmusic_clean/clips.jsonl --model "default=$WORK/run/$SELECTION" \
+        --json "$WORK/severity-ladders.json" --markdown "$WORK/severity-ladders.md" --no-progress > /dev/null
+}
 synthetic_heldout() {
     "$BIN/deramos-eval" --data "$WORK/heldout" --checkpoint "$WORK/run/$SELECTION" \
         --list "$WORK/heldout/all_mos_list.txt" --cache-dir "$WORK/cache" --json > "$WORK/heldout-metrics.json"
@@ -105,8 +113,9 @@ stage "merge" merge
 stage "training (encoding included)" train
 stage "real-music held-out" real_heldout
 stage "synthetic held-out" synthetic_heldout
+stage "severity ladders" severity_ladders
 
-cat "$WORK/realmusic-heldout.md"
+cat "$WORK/realmusic-heldout.md" "$WORK/severity-ladders.md"
 cat "$WORK/stages.tsv"
 [ "$INSTALL" = 1 ] || exit 0
 rm -rf src/deramos/default_model
@@ -115,4 +124,6 @@ cp "$WORK/run/$SELECTION/"{config.json,model.safetensors,tokenizer.json} src/der
 cp "$WORK/heldout-metrics.json" src/deramos/default_model/heldout-metrics.json
 "$PY" -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["default"], open(sys.argv[2], "w"), indent=1)' \
     "$WORK/realmusic-heldout.json" src/deramos/default_model/realmusic-heldout.json
+"$PY" -c 'import json,sys; json.dump(json.load(open(sys.argv[1]))["default"], open(sys.argv[2], "w"), indent=1)' \
+    "$WORK/severity-ladders.json" src/deramos/default_model/severity-ladders.json
 echo "default model written to src/deramos/default_model ($(du -sh src/deramos/default_model | cut -f1))"

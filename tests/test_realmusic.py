@@ -193,3 +193,31 @@ def test_the_share_of_people_prompts_leaves_the_audio_alone(tmp_path):
     audio_b, prompts_b = build(0.9)
     assert audio_a == audio_b and len(audio_a) == 6
     assert prompts_a != prompts_b
+
+
+def test_one_family_systems_follow_the_archetypes_and_leave_them_as_they_were():
+    from deramos.data.realmusic.corpus import OneFamilyProfile, plan_corpus
+
+    before, plans_before, _, _ = plan_corpus(3, 6, 0.25, seed=1, held_out=False)
+    after, plans, _, _ = plan_corpus(3, 6, 0.25, seed=1, held_out=False, one_family_systems=2)
+    assert list(after) == ["S001", "S002", "S003", "S004", "S005"]
+    assert [after[s] for s in before] == list(before.values())
+    assert after["S004"] == after["S005"] == OneFamilyProfile()
+    assert {p.system for p in plans} == set(after) and len(plans) == 5 * 6
+    assert len(plans_before) == 3 * 6
+
+
+def test_a_one_family_clip_has_one_post_render_family_at_a_uniform_severity():
+    from deramos.data.realmusic.corpus import OneFamilyProfile
+    from deramos.data.synth.degrade import EFFECTS
+
+    rng = np.random.default_rng(3)
+    draws = [OneFamilyProfile().draw(rng) for _ in range(4000)]
+    assert all(len(d) == 1 for d in draws)
+    families = [next(iter(d)) for d in draws]
+    severities = np.array([next(iter(d.values())) for d in draws])
+    assert set(families) == set(EFFECTS) and len(EFFECTS) == 8
+    shares = np.array([families.count(f) for f in sorted(EFFECTS)]) / len(draws)
+    assert np.all(np.abs(shares - 1 / 8) < 0.025), shares          # 4000 draws: sd of a share 0.005
+    assert 0.05 <= severities.min() and severities.max() <= 1.0
+    assert abs(severities.mean() - 0.525) < 0.02 and abs(np.median(severities) - 0.525) < 0.03

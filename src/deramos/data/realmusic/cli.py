@@ -19,6 +19,9 @@ APT_RENDERING = "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfon
               help="Which sources to draw on: the training set's or the held-out set's (disjoint).")
 @click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False), help="Folder to write the corpus to.")
 @click.option("--systems", default=8, show_default=True, type=click.IntRange(min=1), help="Simulated systems.")
+@click.option("--one-family-systems", default=0, show_default=True, type=click.IntRange(min=0),
+              help="Further systems whose every clip has one degradation family alone at a uniform severity "
+                   "(what each family costs MI, unconfounded).")
 @click.option("--clips-per-system", default=50, show_default=True, type=click.IntRange(min=3), help="Clips each system makes.")
 @click.option("--recording-share", default=0.25, show_default=True, type=click.FloatRange(0.0, 1.0),
               help="Share of clips cut from recordings rather than rendered from scores.")
@@ -34,7 +37,7 @@ APT_RENDERING = "apt-get install fluidsynth fluid-soundfont-gm timgm6mb-soundfon
 @click.option("--seed", default=0, show_default=True, type=click.IntRange(min=0), help="Random seed.")
 @click.option("--workers", default=2, show_default=True, type=click.IntRange(min=1), help="Rendering processes.")
 @click.option("--progress/--no-progress", default=True, show_default=True, help="Show a progress bar.")
-def corpus(which, out_dir, systems, clips_per_system, recording_share, arrangement_share, people_share, pieces, seconds,
+def corpus(which, out_dir, systems, one_family_systems, clips_per_system, recording_share, arrangement_share, people_share, pieces, seconds,
          seed, workers, progress):
     """Render real music into a MOS corpus laid out like MusicEval.
 
@@ -55,7 +58,7 @@ def corpus(which, out_dir, systems, clips_per_system, recording_share, arrangeme
     try:
         summary = build_corpus(out_dir, which, systems, clips_per_system, recording_share, pieces, seconds,
                                seed, workers, progress, arrangement_share=arrangement_share,
-                               people_share=people_share)
+                               people_share=people_share, one_family_systems=one_family_systems)
     except (RenderError, ValueError) as error:
         fail(error)
     splits = ", ".join(f"{name} {count}" for name, count in summary["splits"].items())

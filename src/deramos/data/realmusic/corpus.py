@@ -10,6 +10,9 @@ gets a prompt attribute wrong) "answers" prompts with real music:
 - or an excerpt of a recording from a Debian game-soundtrack package, whose attributes come
   from musicnn's tags (the prompt is then what the system gets wrong, not the audio).
 Then deramos-synth's degradations, simulated raters and counterfactual prompts, as there.
+Optional one-family systems (OneFamilyProfile) degrade every clip with one post-render family
+alone at a uniform severity: the archetypes mix families and leave some (reverb, wobble) rare,
+so a model would not learn what each one alone costs.
 
 The training and held-out sets draw on disjoint sources (composers, tune collections, groove
 variants, soundfont, packages): SOURCES says which. Every style is in both sets but with
@@ -43,7 +46,7 @@ from ..synth.corpus import (
     _write_tables,
     latent_mi,
 )
-from ..synth.degrade import apply_degradations
+from ..synth.degrade import EFFECTS, apply_degradations
 from . import phrasing
 from .arrange import (
     STYLES,
@@ -223,11 +226,32 @@ def _arrangement_prompts(systems: int, clips_per_system: int, share: float, styl
     return prompts
 
 
+@dataclass(frozen=True)
+class OneFamilyProfile:
+    """A simulated system whose every clip has one post-render degradation family alone, drawn
+    uniformly, at a severity drawn uniformly from (0.05, 1]: what each family costs, unconfounded."""
+
+    name: str = "one_family"
+    mismatch_rate: float = 0.15
+    families: tuple = tuple(sorted(EFFECTS))
+
+    def draw(self, rng) -> dict[str, float]:
+        return {str(rng.choice(self.families)): round(float(rng.uniform(0.05, 1.0)), 3)}
+
+
+def draw_degradations(profile, rng) -> dict[str, float]:
+    return profile.draw(rng) if isinstance(profile, OneFamilyProfile) else _draw_degradations(profile, rng)
+
+
 def plan_corpus(systems: int, clips_per_system: int, recording_share: float, seed: int, held_out: bool,
-                arrangement_share: float = 0.0, styles=tuple(STYLES), people_share: float = 0.0):
+                arrangement_share: float = 0.0, styles=tuple(STYLES), people_share: float = 0.0,
+                one_family_systems: int = 0):
+    """The archetype systems S001.. first, then `one_family_systems` OneFamilyProfile systems."""
     rng = np.random.default_rng([seed, 0])
+    archetypes = [ARCHETYPES[i % len(ARCHETYPES)] for i in rng.permutation(systems)]
+    systems += one_family_systems
     system_ids = [f"S{i:03d}" for i in range(1, systems + 1)]
-    profiles = dict(zip(system_ids, [ARCHETYPES[i % len(ARCHETYPES)] for i in rng.permutation(systems)]))
+    profiles = dict(zip(system_ids, archetypes + [OneFamilyProfile()] * one_family_systems))
     raters = [Rater(float(rng.normal(0, 0.3)), float(rng.normal(0, 0.3)), float(rng.uniform(0.35, 0.6))) for _ in range(8)]
     n_prompts = max(clips_per_system, math.ceil(systems * clips_per_system / 3))   # distinct within a system
     words = word_stream(rng, people_share, [seed, 8])
@@ -382,7 +406,7 @@ def _tagger():
 def synthesize_clip(plan: ClipPlan, profile, raters, renderer: Renderer, seed: int, wav_dir: Path,
                     people_share: float = 0.0) -> dict:
     rng = np.random.default_rng([seed, 1, plan.index])
-    severities = _draw_degradations(profile, rng)
+    severities = draw_degradations(profile, rng)
     if plan.kind == "score":
         asked = plan.asked
         heard = asked
@@ -464,13 +488,14 @@ def counterfactuals(asked: RealAttributes, heard: RealAttributes, own: dict, rat
 def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_system: int = 60,
                  recording_share: float = 0.25, pieces: int = 80, seconds: float = 8.0, seed: int = 0,
                  workers: int = 1, progress: bool = True, arrangement_share: float = 0.0, tunes: int = 120,
-                 people_share: float = 0.0) -> dict:
+                 people_share: float = 0.0, one_family_systems: int = 0) -> dict:
     """Write a real-music MOS corpus (`which`: train or heldout) to `out_dir`; return a summary.
 
     Of the clips, `recording_share` are recordings, `arrangement_share` arranged tunes (of
     `tunes` parsed), the rest scores. Of the prompts, `people_share` are written as people write
     them (realmusic/phrasing.py: 1-4 kinds), the rest name all five template kinds; with
-    people_share > 0 the counterfactual prompts are mixed too (corpus.counterfactuals)."""
+    people_share > 0 the counterfactual prompts are mixed too (corpus.counterfactuals).
+    `one_family_systems` systems follow the `systems` archetype ones (OneFamilyProfile)."""
     from tqdm import tqdm
 
     started = time.perf_counter()
@@ -495,7 +520,8 @@ def build_corpus(out_dir, which: str = "train", systems: int = 8, clips_per_syst
     renderer = Renderer(pool, recordings, [find_soundfont(name) for name in source["soundfonts"]], seconds,
                         tune_list, source["variants"])
     profiles, plans, raters, prompts = plan_corpus(systems, clips_per_system, recording_share, seed, which == "heldout",
-                                                   arrangement_share, tuple(source["variants"]), people_share)
+                                                   arrangement_share, tuple(source["variants"]), people_share,
+                                                   one_family_systems)
     jobs = [(plan, profiles[plan.system], raters, seed, str(wav_dir), people_share) for plan in plans]
     records = []
     for result in tqdm(_run(jobs, renderer, workers), total=len(jobs), desc=f"realmusic {which}", disable=not progress):

@@ -44,10 +44,22 @@ MIN_OWN_OVER_MISMATCHED = 0.2   # shipped: at least 0.32 on every example; the p
 MIN_UNRELATED_BEATEN = 0.93     # share of the 78 not-music prompts below the own one: shipped >= 0.949, previous 0.910
 
 
+def test_the_shipped_ladders_are_of_this_model_on_the_clean_held_out_clips():
+    """severity-ladders.json (deramos-realmusic ladders) scored the same 48 clean clips as the held-out
+    report did, through another path (the FLAC copies in tests/data): their clean MI must agree."""
+    ladders = json.loads((MODEL_DIR / "severity-ladders.json").read_text())
+    report = json.loads((MODEL_DIR / "realmusic-heldout.json").read_text())
+    assert sorted(ladders) == ["bitcrush", "clipping", "codec", "dropouts", "lowpass", "noise", "reverb", "wobble"]
+    assert {m["clips"] for m in ladders.values()} == {report["clean_clips"]} == {48}
+    for family, m in ladders.items():
+        assert m["mi_mean_per_rung"][0] == pytest.approx(report["mi_clean_mean"], abs=0.02), family
+        assert m["latent_mi_per_rung"][0] == 4.7 and len(m["mi_mean_per_rung"]) == 5
+
+
 def test_shipped_files_and_size():
     names = {p.name for p in MODEL_DIR.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json", "heldout-metrics.json",
-            "realmusic-heldout.json"} <= names
+            "realmusic-heldout.json", "severity-ladders.json"} <= names
     assert (MODEL_DIR / "model.safetensors").stat().st_size <= 20 * 2**20
     config = json.loads((MODEL_DIR / "config.json").read_text())["model"]
     assert config["name"] == "musicnn"

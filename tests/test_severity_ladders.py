@@ -86,6 +86,7 @@ def test_every_family_changes_the_audio_at_every_rung():
 
 @pytest.mark.parametrize("families, severities, message", [
     (("detune",), (0.5,), "unknown or render-time degradation families ['detune']"),
+    ((), (0.5,), "no degradation family to ladder; choose from bitcrush, clipping"),
     (("noise",), (1.0, 0.5), "severities [1.0, 0.5]: need increasing values in (0, 1]"),
     (("noise",), (0.0, 0.5), "severities [0.0, 0.5]: need increasing values in (0, 1]"),
 ])
@@ -116,6 +117,19 @@ def test_default_model_mi_falls_with_heavy_noise_and_the_cli_prints_what_it_writ
     assert noise["clips"] == 2 and noise["falls_at_full_severity"] == 1.0
     clean, _, full = noise["mi_mean_per_rung"]
     assert clean - full > 1.0, noise        # 0 dB SNR: measured 3.9 -> 1.8 on the first three clean clips
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--families", ",", "no degradation family to ladder"),
+    ("--severities", "0.5,x", "Invalid value for '--severities': '0.5,x': expected comma-separated numbers"),
+    ("--severities", "1,0.5", "severities [1.0, 0.5]: need increasing values in (0, 1]"),
+])
+def test_cli_refuses_a_bad_ladder_in_one_line(option, value, message):
+    done = CliRunner().invoke(main, ["ladders", "--clips", str(CLEAN / "clips.jsonl"), "--model", f"default={DEFAULT_MODEL}",
+                                     "--limit", "2", "--no-progress", option, value])
+    assert done.exit_code == 2 and done.stdout == ""
+    errors = [line for line in done.stderr.splitlines() if line.lower().startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], done.stderr
 
 
 def test_cli_names_a_missing_clip_in_one_line(tmp_path):

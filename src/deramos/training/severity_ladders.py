@@ -94,6 +94,8 @@ def ladder_report(clips: Sequence[Clip], sample_rate: int, score_mi, families: S
                   severities: Sequence[float] = SEVERITIES, seed: int = 0, progress=None) -> dict:
     """family -> family_metrics, over every clip's ladder of that family."""
     unknown = sorted(set(families) - set(LADDER_FAMILIES))
+    if not families:
+        raise EvaluationError(f"no degradation family to ladder; choose from {', '.join(LADDER_FAMILIES)}")
     if unknown:
         raise EvaluationError(f"unknown or render-time degradation families {unknown}; laddered: {', '.join(LADDER_FAMILIES)}")
     if not severities or any(not 0.0 < s <= 1.0 for s in severities) or list(severities) != sorted(set(severities)):

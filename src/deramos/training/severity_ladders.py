@@ -90,9 +90,8 @@ def family_metrics(family: str, mi: np.ndarray, severities: Sequence[float], res
     }
 
 
-def ladder_report(clips: Sequence[Clip], sample_rate: int, score_mi, families: Sequence[str] = LADDER_FAMILIES,
-                  severities: Sequence[float] = SEVERITIES, seed: int = 0, progress=None) -> dict:
-    """family -> family_metrics, over every clip's ladder of that family."""
+def check_ladder(families: Sequence[str], severities: Sequence[float]) -> None:
+    """An EvaluationError unless `families` are laddered families and `severities` increase in (0, 1]."""
     unknown = sorted(set(families) - set(LADDER_FAMILIES))
     if not families:
         raise EvaluationError(f"no degradation family to ladder; choose from {', '.join(LADDER_FAMILIES)}")
@@ -100,6 +99,12 @@ def ladder_report(clips: Sequence[Clip], sample_rate: int, score_mi, families: S
         raise EvaluationError(f"unknown or render-time degradation families {unknown}; laddered: {', '.join(LADDER_FAMILIES)}")
     if not severities or any(not 0.0 < s <= 1.0 for s in severities) or list(severities) != sorted(set(severities)):
         raise EvaluationError(f"severities {list(severities)}: need increasing values in (0, 1]")
+
+
+def ladder_report(clips: Sequence[Clip], sample_rate: int, score_mi, families: Sequence[str] = LADDER_FAMILIES,
+                  severities: Sequence[float] = SEVERITIES, seed: int = 0, progress=None) -> dict:
+    """family -> family_metrics, over every clip's ladder of that family."""
+    check_ladder(families, severities)
     out = {}
     for family in families:
         out[family] = family_metrics(family, climb(clips, family, severities, sample_rate, score_mi, seed), severities)

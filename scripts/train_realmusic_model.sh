@@ -33,6 +33,9 @@ PEOPLE_PROMPTS=${PEOPLE_PROMPTS:-0.5}
 # the shipped default; 2 was tried (docs/realmusic.md, "One family at a time"): no family's
 # within-clip SRCC moved beyond its interval, reverb stayed unheard, and the model was not shipped.
 ONE_FAMILY_SYSTEMS=${ONE_FAMILY_SYSTEMS:-0}
+# The signal-processing features beside musicnn's in each frame (deramos-train --signal-features);
+# empty: the preset's (rhythm tonality). "rhythm tonality envelope" adds the envelope (reverb, floor).
+SIGNAL_FEATURES=${SIGNAL_FEATURES:-}
 HELDOUT_CLIPS_PER_SYSTEM=${HELDOUT_CLIPS_PER_SYSTEM:-25}
 EPOCHS=${EPOCHS:-30}
 LR=${LR:-1e-3}
@@ -90,7 +93,8 @@ train() {   # one run per seed; $WORK/run is the one whose $SELECTION checkpoint
     for seed in $SEEDS; do
         "$BIN/deramos-train" --data "$WORK/merged" --preset musicnn --epochs "$EPOCHS" --patience "$EPOCHS" --seed "$seed" \
             --batch-size 24 --lr "$LR" --counterfactual-prompts "$COUNTERFACTUALS" --contrast-weight "$CONTRAST" --stop-after "$STOP_AFTER" \
-            --out "$WORK/run-seed$seed" --cache-dir "$WORK/cache" --no-progress $([ "$TA_ATTRIBUTES" = 1 ] && echo --ta-attributes)
+            --out "$WORK/run-seed$seed" --cache-dir "$WORK/cache" --no-progress $([ "$TA_ATTRIBUTES" = 1 ] && echo --ta-attributes) \
+            $(for f in $SIGNAL_FEATURES; do echo --signal-features "$f"; done)
     done
     "$PY" scripts/pick_seed.py --selection "$SELECTION" --link "$WORK/run" "$WORK"/run-seed*
 }

@@ -95,3 +95,19 @@ def test_one_musicnn_backbone_is_half_the_frame():
     assert [i for _, i in model.audio_encoder.tags()] == list(range(200, 250))
     with pytest.raises(TrainingError, match="--musicnn-backbones: preset 'tiny' has no musicnn encoder"):
         build_model(TrainArgs(data="unused", out="unused", preset="tiny", musicnn_backbones=("MSD_musicnn",)))
+
+
+def test_signal_features_add_the_envelope_after_the_others():
+    """deramos-train --signal-features rhythm tonality envelope: 12 more values at the end of every
+    frame (548 = 4 x 137, so the MI heads stay 4); another preset refuses the option."""
+    from deramos.runtime.errors import TrainingError
+    from deramos.training.train import TrainArgs, build_model
+
+    model = build_model(TrainArgs(data="unused", out="unused", preset="musicnn",
+                                  signal_features=("envelope", "rhythm", "tonality")))
+    assert model.cfg.audio.features == ("penultimate", "taggram", "rhythm", "tonality", "envelope")
+    assert model.cfg.audio.hidden_size == 548 and model.cfg.heads.mi_heads == 4
+    only = build_model(TrainArgs(data="unused", out="unused", preset="musicnn", signal_features=("envelope",)))
+    assert only.cfg.audio.features == ("penultimate", "taggram", "envelope") and only.cfg.audio.hidden_size == 512
+    with pytest.raises(TrainingError, match="--signal-features: preset 'tiny' has no musicnn encoder"):
+        build_model(TrainArgs(data="unused", out="unused", preset="tiny", signal_features=("envelope",)))

@@ -1,5 +1,6 @@
-"""Tempo and tonality features (deramos/model/tempo_tonality.py): they find the beat and the mode of
-known signals, ignore transposition and batching, and export to ONNX with the encoder."""
+"""Tempo, tonality and envelope features (deramos/model/tempo_tonality.py): they find the beat and the
+mode of known signals, hear a reverberant tail and a raised floor, ignore transposition and
+batching, and export to ONNX with the encoder."""
 from __future__ import annotations
 
 import numpy as np
@@ -9,7 +10,8 @@ import torch
 
 from deramos.model.config import preset
 from deramos.model.musicnn import LogMel, MusicnnEncoder
-from deramos.model.tempo_tonality import RHYTHM_BIN_EDGES, WIDTHS, TempoTonality
+from deramos.data.synth.degrade import add_noise, reverb
+from deramos.model.tempo_tonality import ENVELOPE_GROUPS, ENVELOPE_LAGS, RHYTHM_BIN_EDGES, WIDTHS, TempoTonality
 
 SR = 16000
 FPS = SR / 256
@@ -74,8 +76,52 @@ def test_a_clip_gives_the_same_features_alone_or_in_a_batch():
     assert torch.allclose(together[1, :alone.shape[1]], alone[0], atol=1e-5)
 
 
+def staccato(seconds: float = 6.0) -> np.ndarray:
+    """Short broadband notes (decaying noise bursts) with silence between them: steep falls, a low floor."""
+    rng = np.random.default_rng(0)
+    wave = np.zeros(int(SR * seconds), np.float32)
+    burst = (rng.standard_normal(1600) * np.exp(-np.arange(1600) / 300)).astype(np.float32) * 0.3
+    for start in range(0, len(wave) - 1600, SR // 2):
+        wave[start:start + 1600] += burst
+    return wave
+
+
+def envelope_parts(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(steepest fall / steepest rise [groups, lags], floor / peak [groups]), mean over the patches."""
+    out = features([wave], ("envelope",))[0].mean(dim=0).numpy().reshape(len(ENVELOPE_GROUPS), len(ENVELOPE_LAGS) + 1)
+    return out[:, :-1], out[:, -1]
+
+
+def test_envelope_falls_of_short_notes_are_as_steep_as_their_rises():
+    falls, floor = envelope_parts(staccato())
+    assert features([staccato()], ("envelope",)).shape[-1] == WIDTHS["envelope"] == 12
+    assert (falls < -0.8).all() and (falls > -1.3).all(), falls
+    assert (floor < 0.1).all(), floor
+
+
+def test_envelope_floor_rises_with_reverb_on_real_music():
+    dry, _ = sf.read("tests/data/realmusic_clean/arrangement_chiptune_S001_P5009.flac", dtype="float32")
+    wet = reverb(dry, 1.0, np.random.default_rng(1), SR).astype(np.float32)
+    (_, dry_floor), (_, wet_floor) = envelope_parts(dry), envelope_parts(wet)
+    assert (wet_floor > dry_floor + 0.1).all(), (dry_floor, wet_floor)   # the tail fills the gaps
+
+
+def test_envelope_floor_rises_with_noise():
+    dry = staccato()
+    _, clean_floor = envelope_parts(dry)
+    _, noisy_floor = envelope_parts(add_noise(dry, 1.0, np.random.default_rng(2), SR).astype(np.float32))
+    assert (clean_floor < 0.1).all() and (noisy_floor > clean_floor + 0.2).all(), (clean_floor, noisy_floor)
+
+
+def test_envelope_ignores_what_lies_past_a_clip_end():
+    long, short = staccato(6.0), staccato(2.5)
+    together = features([long, short], ("envelope",))
+    alone = features([short], ("envelope",))
+    assert torch.allclose(together[1, :alone.shape[1]], alone[0], atol=1e-5)
+
+
 def test_silence_gives_finite_features():
-    out = features([np.zeros(SR * 4, np.float32)])
+    out = features([np.zeros(SR * 4, np.float32)], ("rhythm", "tonality", "envelope"))
     assert torch.isfinite(out).all()
 
 
@@ -87,9 +133,9 @@ def test_unknown_feature_is_refused():
 def test_encoder_appends_them_after_the_backbones_and_exports(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     cfg = preset("musicnn").audio
-    cfg.features = ("penultimate", "taggram", "rhythm", "tonality")
+    cfg.features = ("penultimate", "taggram", "rhythm", "tonality", "envelope")
     encoder = MusicnnEncoder(cfg).eval()
-    assert cfg.hidden_size == 500 + WIDTHS["rhythm"] + WIDTHS["tonality"]
+    assert cfg.hidden_size == 500 + WIDTHS["rhythm"] + WIDTHS["tonality"] + WIDTHS["envelope"]
     wave, _ = sf.read("tests/data/musicnn/beethoven_op18no1_4s.wav", dtype="float32")
     batch = torch.from_numpy(np.stack([wave, np.concatenate([wave[:SR * 3], np.zeros(len(wave) - SR * 3, np.float32)])]))
     lengths = torch.tensor([len(wave), SR * 3])

@@ -17,6 +17,16 @@ tonality [P, 10]: energies of 53 pitches (G2-B6) from Hann-windowed complex sinu
                   shifts 1-6 (interval content, the same in every key) and its entropy
                   (1 for noise, low for a few clear pitch classes); shifting every note by
                   a semitone leaves all ten unchanged.
+envelope [P, 12]: how the patch's log-mel falls and how far its quiet frames sit below its loud
+                  ones, in three band groups (low, mid, high thirds of the mel bands). Per lag
+                  of 16, 32 and 48 frames (0.26-0.77 s): the mean of the 8 steepest falls over
+                  that lag divided by the mean of the 8 steepest rises, per band, averaged over
+                  the group (9): a reverberant tail caps how fast energy can fall (issue 19:
+                  reverb was barely heard; within-clip SRCC +0.5 to +0.7 with its severity on 24
+                  real clips, where noise, clipping and codec damage move it less or the other
+                  way). Per group, the mean of the 16 lowest frames over the mean of the 16
+                  highest (3): the floor that noise, clipping and reverb raise and low-passing
+                  or a codec empties in the high bands (within-clip SRCC 0.9-1.0 for those).
 """
 from __future__ import annotations
 
@@ -33,7 +43,11 @@ PITCHES = np.arange(43, 96)                      # MIDI G2 (98 Hz) .. B6 (1976 H
 # would otherwise fall through).
 RHYTHM_LAGS = tuple(range(15, 95))
 RHYTHM_BIN_EDGES = tuple(int(round(FRAMES_PER_SECOND * 60.0 / bpm)) for bpm in np.geomspace(250.0, 40.0, 25))
-WIDTHS = {"rhythm": len(RHYTHM_BIN_EDGES) - 1 + 2, "tonality": 10}
+ENVELOPE_LAGS = (16, 32, 48)                     # mel frames: 0.26, 0.51, 0.77 s
+ENVELOPE_GROUPS = ((0, 32), (32, 64), (64, 96))  # mel bands: low, mid, high thirds
+ENVELOPE_STEEPEST, ENVELOPE_EXTREMES = 8, 16     # falls/rises, lowest/highest frames averaged per band
+WIDTHS = {"rhythm": len(RHYTHM_BIN_EDGES) - 1 + 2, "tonality": 10,
+          "envelope": len(ENVELOPE_GROUPS) * (len(ENVELOPE_LAGS) + 1)}
 
 # Krumhansl & Kessler (1982) probe-tone ratings, tonic first.
 MAJOR_PROFILE = (6.35, 2.23, 3.48, 2.33, 4.38, 4.09, 2.52, 5.19, 2.39, 3.66, 2.29, 2.88)
@@ -66,7 +80,7 @@ class TempoTonality(nn.Module):
     """wave [B, N] at 16 kHz, lengths [B], log-mel [B, M, T], valid [B, T], patch index [P, L]
     -> features [B, P, D].
 
-    `features` picks "rhythm" and/or "tonality", in that order of the tuple. The log-mel and
+    `features` picks "rhythm", "tonality" and/or "envelope"; they come in that order. The log-mel and
     the patch index are the musicnn encoder's own, so every feature row describes exactly
     the frames of its musicnn patch. Frames past a clip's end are zero in the log-mel and the
     wave is zeroed past its length, so a clip gives the same features alone or in a batch."""
@@ -91,6 +105,8 @@ class TempoTonality(nn.Module):
             parts.append(self.rhythm(log_mel, index))
         if "tonality" in self.features:
             parts.append(self.tonality(wave, lengths, valid, index))
+        if "envelope" in self.features:
+            parts.append(self.envelope(log_mel, valid, index))
         return torch.cat(parts, dim=-1)
 
     def rhythm(self, log_mel: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -123,3 +139,24 @@ class TempoTonality(nn.Module):
         shifts = [(z * torch.roll(z, shift, dims=-1)).mean(dim=-1) for shift in range(1, 7)]
         entropy = -(profile * torch.log(profile + 1e-8)).sum(dim=-1) / float(np.log(12.0))
         return torch.stack([major, minor, major - minor, *shifts, entropy], dim=-1)
+
+    @staticmethod
+    def envelope(log_mel: torch.Tensor, valid: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        patches = F.pad(log_mel, (0, index.shape[1]))[:, :, index]               # [B, M, P, L]
+        inside = F.pad(valid.to(log_mel.dtype), (0, index.shape[1]))[:, index]  # [B, P, L]
+        inside = inside[:, None]                                                 # [B, 1, P, L]
+        # Frames past the end: no rise or fall, never among the lowest (the log-mel is >= 0).
+        loudest = patches.amax(dim=-1, keepdim=True)
+        falls, floors = [], []
+        for lag in ENVELOPE_LAGS:
+            step = (patches[..., lag:] - patches[..., :-lag]) * inside[..., lag:] * inside[..., :-lag]
+            fall = -torch.topk(-step, ENVELOPE_STEEPEST, dim=-1).values.mean(dim=-1)   # [B, M, P]
+            rise = torch.topk(step, ENVELOPE_STEEPEST, dim=-1).values.mean(dim=-1)
+            falls.append(fall / (rise + 0.05))
+        filled = patches * inside + loudest * (1.0 - inside)
+        lowest = -torch.topk(-filled, ENVELOPE_EXTREMES, dim=-1).values.mean(dim=-1)
+        highest = torch.topk(patches * inside, ENVELOPE_EXTREMES, dim=-1).values.mean(dim=-1)
+        floors.append(lowest / (highest + 0.05))
+        per_band = torch.stack([*falls, *floors], dim=-1)                        # [B, M, P, 4]
+        groups = [per_band[:, lo:hi].mean(dim=1) for lo, hi in ENVELOPE_GROUPS]   # [B, P, 4] each
+        return torch.stack(groups, dim=-2).flatten(-2)                          # [B, P, 12]

@@ -33,6 +33,7 @@ from ..data.musiceval import read_system_mos
 from ..model.checkpoint import recover_dir, save_checkpoint
 from ..model.config import PRESETS, preset
 from ..model.musicnn import MODELS as MUSICNN_BACKBONES
+from ..model.tempo_tonality import WIDTHS as SIGNAL_FEATURES
 from ..model.network import DeRAMOS
 from ..model.weights import save_tensors
 from ..runtime.cli_common import Command, defaults_of, errors_as_messages, show_progress
@@ -86,6 +87,7 @@ class TrainArgs:
     ta_attributes: bool = False             # TA by attributes (heads.AttributeTABranch), reader fitted first
     ta_attribute_prompts: int = 12000       # generated prompts the reader's text side is fitted on
     musicnn_backbones: tuple[str, ...] | None = None   # musicnn preset: the backbones to run (None: the preset's)
+    signal_features: tuple[str, ...] | None = None     # musicnn preset: rhythm/tonality/envelope (None: the preset's)
     stop_after: int | None = None   # end this invocation after that epoch; the schedule still spans `epochs`
 
 
@@ -149,6 +151,11 @@ def build_model(args: TrainArgs) -> DeRAMOS:
         cfg.audio.backbones = tuple(args.musicnn_backbones)
         if len(cfg.audio.backbones) == 1:
             cfg.heads.mi_heads = 2     # one backbone: 286-wide frames, which 4 heads do not divide
+    if args.signal_features:
+        if cfg.audio.arch != "musicnn":
+            raise TrainingError(f"--signal-features: preset {args.preset!r} has no musicnn encoder")
+        network = tuple(f for f in cfg.audio.features if f not in SIGNAL_FEATURES)
+        cfg.audio.features = network + tuple(f for f in SIGNAL_FEATURES if f in args.signal_features)
     if args.ta_attributes:
         from .attribute_fit import attribute_vocabulary
 
@@ -553,6 +560,10 @@ def _default(name: str, **option):
 @click.option("--musicnn-backbones", type=click.Choice(MUSICNN_BACKBONES), multiple=True,
               help="musicnn preset: the backbones whose features make a frame (repeatable; default both). One "
                    "backbone halves the audio encoder's work (286-wide frames; MI attention with 2 heads).")
+@click.option("--signal-features", type=click.Choice(tuple(SIGNAL_FEATURES)), multiple=True,
+              help="musicnn preset: the signal-processing features beside musicnn's in every frame (repeatable; "
+                   "default rhythm and tonality). envelope adds 12: how fast the log-mel falls and how high its "
+                   "floor sits, per band third (reverb, noise, clipping, low-pass; deramos/model/tempo_tonality.py).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")

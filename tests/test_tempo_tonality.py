@@ -1,5 +1,5 @@
 """Tempo, tonality and envelope features (deramos/model/tempo_tonality.py): they find the beat and the
-mode of known signals, hear a reverberant tail and a raised floor, ignore transposition and
+mode of known signals, see the floor that reverb and noise raise, ignore transposition and
 batching, and export to ONNX with the encoder."""
 from __future__ import annotations
 
@@ -93,8 +93,9 @@ def envelope_parts(wave: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def test_envelope_falls_of_short_notes_are_as_steep_as_their_rises():
-    falls, floor = envelope_parts(staccato())
-    assert features([staccato()], ("envelope",)).shape[-1] == WIDTHS["envelope"] == 12
+    wave = staccato()
+    falls, floor = envelope_parts(wave)
+    assert features([wave], ("envelope",)).shape[-1] == WIDTHS["envelope"] == 12
     assert (falls < -0.8).all() and (falls > -1.3).all(), falls
     assert (floor < 0.1).all(), floor
 

@@ -33,8 +33,8 @@ from ..data.musiceval import read_system_mos
 from ..model.checkpoint import recover_dir, save_checkpoint
 from ..model.config import PRESETS, preset
 from ..model.musicnn import MODELS as MUSICNN_BACKBONES
-from ..model.tempo_tonality import WIDTHS as SIGNAL_FEATURES
 from ..model.network import DeRAMOS
+from ..model.tempo_tonality import WIDTHS as SIGNAL_FEATURES
 from ..model.weights import save_tensors
 from ..runtime.cli_common import Command, defaults_of, errors_as_messages, show_progress
 from ..runtime.errors import TrainingError, message_of, one_line, progress_log

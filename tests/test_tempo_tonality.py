@@ -1,6 +1,7 @@
-"""Tempo, tonality and envelope features (deramos/model/tempo_tonality.py): they find the beat and the
-mode of known signals, see the floor that reverb and noise raise, ignore transposition and
-batching, and export to ONNX with the encoder."""
+"""Tempo, tonality, envelope and tuning features (deramos/model/tempo_tonality.py): they find the beat
+and the mode of known signals, see the floor that reverb and noise raise and the pitch drift of
+tape wobble, ignore transposition, the reference pitch and batching, and export to ONNX with the
+encoder."""
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,7 @@ import torch
 
 from deramos.model.config import preset
 from deramos.model.musicnn import LogMel, MusicnnEncoder
-from deramos.data.synth.degrade import add_noise, reverb
+from deramos.data.synth.degrade import add_noise, reverb, wobble
 from deramos.model.tempo_tonality import ENVELOPE_GROUPS, ENVELOPE_LAGS, RHYTHM_BIN_EDGES, WIDTHS, TempoTonality
 
 SR = 16000
@@ -121,9 +122,47 @@ def test_envelope_ignores_what_lies_past_a_clip_end():
     assert torch.allclose(together[1, :alone.shape[1]], alone[0], atol=1e-5)
 
 
+def tuning_parts(wave: np.ndarray) -> np.ndarray:
+    """[spread, wander, drift at 12 and 24 frames], averaged over the patches."""
+    out = features([wave], ("tuning",))
+    assert out.shape[-1] == WIDTHS["tuning"] == 4
+    return out[0].mean(dim=0).numpy()
+
+
+def test_tuning_is_still_for_steady_chords_in_any_reference_pitch():
+    # A440, then sharper by 8, 17 (midway between two grids), 25 and 50 cents
+    for offset in (0.0, 0.08, 0.17, 0.25, 0.5):
+        spread, wander, *drift = tuning_parts(chord([76 + offset, 79 + offset, 84 + offset]))
+        assert spread < 0.55 and wander < 0.01 and max(drift) < 0.01, (offset, spread, wander, drift)
+
+
+def test_tuning_spreads_for_noise():
+    noise = np.random.default_rng(3).normal(0.0, 0.1, SR * 6).astype(np.float32)
+    spread, wander, *drift = tuning_parts(noise)
+    assert spread > 0.8 and wander > 0.5 and min(drift) > 0.5, (spread, wander, drift)
+
+
+def test_tuning_drifts_with_tape_wobble_on_real_music():
+    dry, _ = sf.read("tests/data/realmusic_clean/arrangement_chiptune_S001_P5009.flac", dtype="float32")
+    rows = [tuning_parts(wobble(dry, severity, np.random.default_rng(4), SR).astype(np.float32))
+            for severity in (0.25, 0.5, 1.0)]
+    clean = tuning_parts(dry)
+    assert clean[1] < 0.05 and clean[2] < 0.05, clean
+    assert clean[1] < rows[0][1] < rows[1][1] and clean[2] < rows[0][2] < rows[1][2], (clean, rows)
+    assert min(r[1] for r in rows) > 4 * clean[1] and rows[2][2] > 10 * clean[2], (clean, rows)
+
+
+def test_tuning_ignores_what_lies_past_a_clip_end():
+    long, short = chord([60, 64, 67], 6.0), chord([62, 65, 69], 2.5)
+    together = features([long, short], ("tuning",))
+    alone = features([short], ("tuning",))
+    assert torch.allclose(together[1, :alone.shape[1]], alone[0], atol=1e-5)
+
+
 def test_silence_gives_finite_features():
-    out = features([np.zeros(SR * 4, np.float32)], ("rhythm", "tonality", "envelope"))
+    out = features([np.zeros(SR * 4, np.float32)], ("rhythm", "tonality", "envelope", "tuning"))
     assert torch.isfinite(out).all()
+    assert (out[..., -WIDTHS["tuning"]:] == 0).all()   # no pitch: neither in tune nor out
 
 
 def test_unknown_feature_is_refused():
@@ -134,9 +173,9 @@ def test_unknown_feature_is_refused():
 def test_encoder_appends_them_after_the_backbones_and_exports(tmp_path):
     onnxruntime = pytest.importorskip("onnxruntime")
     cfg = preset("musicnn").audio
-    cfg.features = ("penultimate", "taggram", "rhythm", "tonality", "envelope")
+    cfg.features = ("penultimate", "taggram", "rhythm", "tonality", "envelope", "tuning")
     encoder = MusicnnEncoder(cfg).eval()
-    assert cfg.hidden_size == 500 + WIDTHS["rhythm"] + WIDTHS["tonality"] + WIDTHS["envelope"]
+    assert cfg.hidden_size == 500 + WIDTHS["rhythm"] + WIDTHS["tonality"] + WIDTHS["envelope"] + WIDTHS["tuning"]
     wave, _ = sf.read("tests/data/musicnn/beethoven_op18no1_4s.wav", dtype="float32")
     batch = torch.from_numpy(np.stack([wave, np.concatenate([wave[:SR * 3], np.zeros(len(wave) - SR * 3, np.float32)])]))
     lengths = torch.tensor([len(wave), SR * 3])

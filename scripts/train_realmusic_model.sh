@@ -34,8 +34,9 @@ PEOPLE_PROMPTS=${PEOPLE_PROMPTS:-0.5}
 # within-clip SRCC moved beyond its interval, reverb stayed unheard, and the model was not shipped.
 ONE_FAMILY_SYSTEMS=${ONE_FAMILY_SYSTEMS:-0}
 # The signal-processing features beside musicnn's in each frame (deramos-train --signal-features);
-# empty: the preset's (rhythm tonality). "rhythm tonality envelope" adds the envelope (reverb, floor):
-# tried, not shipped (docs/realmusic.md, "Envelope features"): no family's MI ladder improved.
+# empty: the preset's (rhythm tonality tuning; tuning hears wobble and detuning, shipped: docs/realmusic.md,
+# "Tuning features"). "rhythm tonality envelope" swaps it for the envelope (reverb, floor): tried, not
+# shipped ("Envelope features"): no family's MI ladder improved.
 SIGNAL_FEATURES=${SIGNAL_FEATURES:-}
 HELDOUT_CLIPS_PER_SYSTEM=${HELDOUT_CLIPS_PER_SYSTEM:-25}
 EPOCHS=${EPOCHS:-30}

@@ -33,7 +33,7 @@ def real_clips() -> list[np.ndarray]:
 
 def test_preset_shape_and_what_a_checkpoint_stores(model, tmp_path):
     cfg = model.cfg
-    assert (cfg.audio.arch, cfg.audio.hidden_size, cfg.audio.samples_per_frame) == ("musicnn", 536, 94 * 256)
+    assert (cfg.audio.arch, cfg.audio.hidden_size, cfg.audio.samples_per_frame) == ("musicnn", 540, 94 * 256)
     assert cfg.audio.source == MUSICNN_SOURCE and cfg.audio.frozen and cfg.text.frozen
     assert model.stored_parameter_prefixes() == ("heads.",)
     assert not any(p.requires_grad for p in model.audio_encoder.parameters())
@@ -82,14 +82,14 @@ def test_exported_bundle_scores_like_pytorch(model, tmp_path):
 
 def test_one_musicnn_backbone_is_half_the_frame():
     """deramos-train --musicnn-backbones MSD_musicnn: one backbone's penultimate layer and
-    taggram (250) + the tempo and tonality features (36); another preset refuses the option."""
+    taggram (250) + the rhythm, tonality and tuning features (40); another preset refuses the option."""
     from deramos.runtime.errors import TrainingError
     from deramos.training.train import TrainArgs, build_model
 
     model = build_model(TrainArgs(data="unused", out="unused", preset="musicnn", musicnn_backbones=("MSD_musicnn",)))
-    assert list(model.audio_encoder.backbones) == ["MSD_musicnn"] and model.cfg.audio.hidden_size == 286
-    assert model.cfg.heads.mi_heads == 2     # 286 = 2 x 143: the MI transformer's heads must divide it
-    frames = torch.rand(2, 3, 286)
+    assert list(model.audio_encoder.backbones) == ["MSD_musicnn"] and model.cfg.audio.hidden_size == 290
+    assert model.cfg.heads.mi_heads == 2     # 290 = 2 x 145: the MI transformer's heads must divide it
+    frames = torch.rand(2, 3, 290)
     out = model.heads(frames, torch.ones(2, 3, dtype=torch.bool), torch.rand(2, 4, 384), torch.ones(2, 4, dtype=torch.bool))
     assert out["mi"].shape == (2,)
     assert [i for _, i in model.audio_encoder.tags()] == list(range(200, 250))
@@ -98,10 +98,15 @@ def test_one_musicnn_backbone_is_half_the_frame():
 
 
 def test_signal_features_add_the_envelope_after_the_others():
-    """deramos-train --signal-features rhythm tonality envelope: 12 more values at the end of every
-    frame (548 = 4 x 137, so the MI heads stay 4); another preset refuses the option."""
+    """The preset: rhythm, tonality and tuning (540 = 4 x 135). deramos-train --signal-features
+    rhythm tonality envelope: 12 more values at the end of every frame instead of the tuning's 4
+    (548 = 4 x 137, so the MI heads stay 4); another preset refuses the option."""
     from deramos.runtime.errors import TrainingError
     from deramos.training.train import TrainArgs, build_model
+
+    default = build_model(TrainArgs(data="unused", out="unused", preset="musicnn"))
+    assert default.cfg.audio.features == ("penultimate", "taggram", "rhythm", "tonality", "tuning")
+    assert default.cfg.audio.hidden_size == 540 and default.cfg.heads.mi_heads == 4
 
     model = build_model(TrainArgs(data="unused", out="unused", preset="musicnn",
                                   signal_features=("envelope", "rhythm", "tonality")))

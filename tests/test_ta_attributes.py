@@ -47,9 +47,12 @@ def model():
     return attribute_model()
 
 
+WIDTH = preset("musicnn").audio.hidden_size   # the musicnn preset's frame
+
+
 def _inputs(batch=2, frames=5, tokens=7):
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, frames, 536, generator=g)
+    x = torch.rand(batch, frames, WIDTH, generator=g)
     tk = torch.randn(batch, tokens, 384, generator=g)
     return x, torch.ones(batch, frames, dtype=torch.bool), tk, torch.ones(batch, tokens, dtype=torch.bool)
 
@@ -83,7 +86,7 @@ def test_the_reader_ignores_padding_and_reads_the_prompt(model):
     assert read["music"].shape == (2,) and read["audio"].shape == read["text"].shape == (2, VALUES)
     for name in ("asserted", "heard", "music"):
         assert 0.0 <= float(read[name].min()) and float(read[name].max()) <= 1.0
-    padded = (torch.cat([frames, torch.rand(2, 2, 536)], 1), torch.cat([fmask, torch.zeros(2, 2, dtype=torch.bool)], 1),
+    padded = (torch.cat([frames, torch.rand(2, 2, WIDTH)], 1), torch.cat([fmask, torch.zeros(2, 2, dtype=torch.bool)], 1),
               torch.cat([tokens, torch.randn(2, 3, 384)], 1), torch.cat([tmask, torch.zeros(2, 3, dtype=torch.bool)], 1))
     again = model.heads.ta.reader(*padded)
     for name in read:

@@ -47,9 +47,12 @@ def test_prompt_lands_on_its_tag(model, prompt, tag):
     assert torch.allclose(grounding.tag_embeddings.norm(dim=-1), torch.ones(100), atol=1e-5)
 
 
+WIDTH = preset("musicnn").audio.hidden_size   # the musicnn preset's frame
+
+
 def _inputs(batch=2, frames=5, tokens=7):
     g = torch.Generator().manual_seed(1)
-    x = torch.rand(batch, frames, 536, generator=g)
+    x = torch.rand(batch, frames, WIDTH, generator=g)
     tk = torch.randn(batch, tokens, 384, generator=g)
     return x, torch.ones(batch, frames, dtype=torch.bool), tk, torch.ones(batch, tokens, dtype=torch.bool)
 
@@ -61,7 +64,7 @@ def test_grounding_reads_the_prompt_and_ignores_padding(model):
     assert base.shape == (2, 64)
     padded_tokens = torch.cat([tokens, torch.randn(2, 3, 384)], dim=1)
     padded_mask = torch.cat([tmask, torch.zeros(2, 3, dtype=torch.bool)], dim=1)
-    padded_frames = torch.cat([frames, torch.rand(2, 2, 536)], dim=1)
+    padded_frames = torch.cat([frames, torch.rand(2, 2, WIDTH)], dim=1)
     padded_fmask = torch.cat([fmask, torch.zeros(2, 2, dtype=torch.bool)], dim=1)
     torch.testing.assert_close(model.heads.ta.grounding(padded_frames, padded_fmask, padded_tokens, padded_mask),
                                base, atol=1e-6, rtol=0)

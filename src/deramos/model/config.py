@@ -177,17 +177,18 @@ def small() -> ModelConfig:
 def musicnn() -> ModelConfig:
     """The paper's shape with weights that ship here: frozen musicnn (MTT and MSD backbones,
     pre-trained on real music, inside the package) + frozen MiniLM + the DeRA-MOS heads.
-    Each 3 s patch passes on both backbones' penultimate layer and taggram (500) and the
-    tempo and tonality features musicnn lacks (36; deramos/model/tempo_tonality.py)."""
+    Each 3 s patch passes on both backbones' penultimate layer and taggram (500), the tempo
+    and tonality features musicnn lacks (36) and the tuning features that hear wobble and
+    detuning (4; deramos/model/tempo_tonality.py)."""
     base = small()
     return ModelConfig(
         name="musicnn",
         audio=AudioEncoderConfig(
             arch="musicnn", sample_rate=16000, n_fft=512, hop_length=256, n_mels=96,
-            mel_mean=0.0, mel_std=1.0, conv_dim=0, hidden_size=536, num_layers=0, num_heads=1,
+            mel_mean=0.0, mel_std=1.0, conv_dim=0, hidden_size=540, num_layers=0, num_heads=1,
             ffn_dim=0, depthwise_kernel=1, dropout=0.0, pos_conv_kernel=1, pos_conv_groups=1,
             window_seconds=10.0, frozen=True, source=MUSICNN_SOURCE,
-            backbones=("MTT_musicnn", "MSD_musicnn"), features=("penultimate", "taggram", "rhythm", "tonality"),
+            backbones=("MTT_musicnn", "MSD_musicnn"), features=("penultimate", "taggram", "rhythm", "tonality", "tuning"),
             patch_hop=94,
         ),
         text=base.text,

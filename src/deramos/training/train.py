@@ -87,7 +87,7 @@ class TrainArgs:
     ta_attributes: bool = False             # TA by attributes (heads.AttributeTABranch), reader fitted first
     ta_attribute_prompts: int = 12000       # generated prompts the reader's text side is fitted on
     musicnn_backbones: tuple[str, ...] | None = None   # musicnn preset: the backbones to run (None: the preset's)
-    signal_features: tuple[str, ...] | None = None     # musicnn preset: rhythm/tonality/envelope (None: the preset's)
+    signal_features: tuple[str, ...] | None = None     # musicnn preset: rhythm/tonality/envelope/tuning (None: the preset's)
     stop_after: int | None = None   # end this invocation after that epoch; the schedule still spans `epochs`
 
 
@@ -150,7 +150,7 @@ def build_model(args: TrainArgs) -> DeRAMOS:
             raise TrainingError(f"--musicnn-backbones: preset {args.preset!r} has no musicnn encoder")
         cfg.audio.backbones = tuple(args.musicnn_backbones)
         if len(cfg.audio.backbones) == 1:
-            cfg.heads.mi_heads = 2     # one backbone: 286-wide frames, which 4 heads do not divide
+            cfg.heads.mi_heads = 2     # one backbone: 290-wide frames, which 4 heads do not divide
     if args.signal_features:
         if cfg.audio.arch != "musicnn":
             raise TrainingError(f"--signal-features: preset {args.preset!r} has no musicnn encoder")
@@ -559,11 +559,13 @@ def _default(name: str, **option):
           help="With --ta-attributes: generated prompts the reader's text side is fitted on.")
 @click.option("--musicnn-backbones", type=click.Choice(MUSICNN_BACKBONES), multiple=True,
               help="musicnn preset: the backbones whose features make a frame (repeatable; default both). One "
-                   "backbone halves the audio encoder's work (286-wide frames; MI attention with 2 heads).")
+                   "backbone halves the audio encoder's work (290-wide frames; MI attention with 2 heads).")
 @click.option("--signal-features", type=click.Choice(tuple(SIGNAL_FEATURES)), multiple=True,
               help="musicnn preset: the signal-processing features beside musicnn's in every frame (repeatable; "
-                   "default rhythm and tonality). envelope adds 12: how fast the log-mel falls and how high its "
-                   "floor sits, per band third (reverb, noise, clipping, low-pass; deramos/model/tempo_tonality.py).")
+                   "default rhythm, tonality and tuning). envelope adds 12: how fast the log-mel falls and how high its "
+                   "floor sits, per band third (reverb, noise, clipping, low-pass); tuning adds 4: how the pitches' "
+                   "place between two semitones spreads, wanders and drifts (wobble, detuning; "
+                   "deramos/model/tempo_tonality.py).")
 @click.option("--cache-dir", type=click.Path(file_okay=False), help="Frozen-encoder feature cache [~/.cache/deramos/features].")
 @click.option("--max-steps-per-epoch", type=int, help="Cap the steps of an epoch (smoke runs).")
 @click.option("--stop-after", type=int, help="Stop after this epoch (time-boxing); rerun to resume. The LR schedule spans --epochs.")

@@ -19,7 +19,7 @@ while IFS= read -r line; do
     "$BIN/deramos-run" "examples/$clip" "rain on a window"
 done < examples/prompts.jsonl
 echo
-echo "What to expect (docs/default-model.md): MI hears real music (clean clips ~3.9, heavily degraded ~2.2);"
+echo "What to expect (docs/default-model.md): MI hears real music (clean clips ~4.1, heavily degraded ~2.2);"
 echo "prompts about things that are not music get a low TA (deramos-run examples/<clip> \"rain on a window\": ~1.15)."
 echo "TA reads the attributes a prompt asserts: all 6 clips score their own (hand-written) description above the"
 echo "mismatching one; on 196 held-out clips with hand-written prompts AUC 0.73 (a right description vs a wrong one)."

@@ -213,8 +213,8 @@ class TempoTonality(nn.Module):
         weighted by |z_t| |z_t-lag| (tape wow and flutter). Wander and drift are the same for any
         reference pitch. Each is 0 for a silent patch."""
         keep = valid[:, None, :].to(pitches.dtype)
-        grids = [pitches[:, TUNING_PITCHES].sum(dim=1)] + [(self.pitch_energy(padded, k) * keep).sum(dim=1)
-                                        for k in self.tuning_kernels.chunk(len(TUNING_GRIDS) - 1)]
+        shifted = [self.pitch_energy(padded, k) * keep for k in self.tuning_kernels.chunk(len(TUNING_GRIDS) - 1)]
+        grids = [pitches[:, TUNING_PITCHES].sum(dim=1)] + [g.sum(dim=1) for g in shifted]     # [B, T] each
         angles = 2.0 * np.pi * np.arange(len(TUNING_GRIDS)) / len(TUNING_GRIDS)
         real = sum(float(np.cos(a)) * g for a, g in zip(angles, grids))                # [B, T]
         imag = sum(float(np.sin(a)) * g for a, g in zip(angles, grids))

@@ -27,10 +27,10 @@ envelope [P, 12]: per third of the mel bands (low, mid, high): for lags of 16, 3
                   low-pass; the falls at 16-48 frames +0.5 to +0.7 for reverb on average,
                   though not on every clip (docs/realmusic.md, "Envelope features").
 tuning [P, 4]:    the top 20 tonality pitches (E5-B6) on two more grids, a third and two thirds
-                  of a semitone higher; per frame, the energy on the three grids as a phasor says where between
-                  two semitones the pitches sit. Per patch: how spread that is (noise, or a
-                  reference pitch between the grids), how much it wanders, and how far it drifts
-                  over 0.19 and 0.38 s (tape wow and flutter, detuned playing). Wander and drift do
+                  of a semitone higher; per frame, the energy on the three grids as a phasor
+                  says where between two semitones the pitches sit. Per patch: how spread that
+                  is (noise, or a reference pitch between the grids), how much it wanders, and
+                  how far it drifts over 0.19 and 0.38 s (tape wow and flutter, detuned playing). Wander and drift do
                   not depend on the reference pitch. Measured on the real-music corpora, SRCC with
                   the wobble severity among clean and wobble-only clips: +0.77 to +0.79, and
                   within 0.1 of 0 for noise and codec (docs/realmusic.md, "Tuning features").
@@ -82,10 +82,11 @@ def pitch_kernels(offset: float = 0.0) -> np.ndarray:
     return kernels[:, None, :].astype(np.float32)
 
 
-def tuning_kernels(offset: float) -> np.ndarray:
-    """[2 * 20, 1, 4096]: pitch_kernels(offset) for the TUNING_PITCHES only."""
-    real, imag = np.split(pitch_kernels(offset), 2)
-    return np.concatenate([real[TUNING_PITCHES], imag[TUNING_PITCHES]])
+def tuning_kernels() -> np.ndarray:
+    """[2 * 2 * 20, 1, 4096]: the TUNING_PITCHES on the shifted grids (TUNING_GRIDS[1:]), in
+    pitch_kernels' layout: the real parts of every grid, then the imaginary parts (one convolution)."""
+    grids = [np.split(pitch_kernels(offset), 2) for offset in TUNING_GRIDS[1:]]   # (real, imag) each
+    return np.concatenate([real[TUNING_PITCHES] for real, _ in grids] + [imag[TUNING_PITCHES] for _, imag in grids])
 
 
 def pitch_class_fold() -> np.ndarray:
@@ -117,8 +118,7 @@ class TempoTonality(nn.Module):
         self.features = tuple(features)
         self.register_buffer("kernels", torch.from_numpy(pitch_kernels()), persistent=False)
         if "tuning" in self.features:
-            others = np.concatenate([tuning_kernels(offset) for offset in TUNING_GRIDS[1:]])
-            self.register_buffer("tuning_kernels", torch.from_numpy(others), persistent=False)
+            self.register_buffer("tuning_kernels", torch.from_numpy(tuning_kernels()), persistent=False)
         self.register_buffer("fold", torch.from_numpy(pitch_class_fold()), persistent=False)
         self.register_buffer("profiles", torch.from_numpy(key_profiles()), persistent=False)
 
@@ -213,8 +213,9 @@ class TempoTonality(nn.Module):
         weighted by |z_t| |z_t-lag| (tape wow and flutter). Wander and drift are the same for any
         reference pitch. Each is 0 for a silent patch."""
         keep = valid[:, None, :].to(pitches.dtype)
-        shifted = [self.pitch_energy(padded, k) * keep for k in self.tuning_kernels.chunk(len(TUNING_GRIDS) - 1)]
-        grids = [pitches[:, TUNING_PITCHES].sum(dim=1)] + [g.sum(dim=1) for g in shifted]     # [B, T] each
+        shifted = self.pitch_energy(padded, self.tuning_kernels) * keep                 # [B, 2 * 20, T]
+        per_grid = shifted.unflatten(1, (len(TUNING_GRIDS) - 1, -1)).sum(dim=2)       # [B, 2, T]
+        grids = [pitches[:, TUNING_PITCHES].sum(dim=1), *per_grid.unbind(dim=1)]       # [B, T] each
         angles = 2.0 * np.pi * np.arange(len(TUNING_GRIDS)) / len(TUNING_GRIDS)
         real = sum(float(np.cos(a)) * g for a, g in zip(angles, grids))                # [B, T]
         imag = sum(float(np.sin(a)) * g for a, g in zip(angles, grids))

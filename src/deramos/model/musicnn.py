@@ -186,21 +186,25 @@ class Musicnn(nn.Module):
         return self._mid_and_back_end(torch.cat(front, dim=1))                # [P, 561, 187] in
 
     def forward_clip(self, log_mel: torch.Tensor, index: torch.Tensor) -> dict[str, torch.Tensor]:
-        """log-mel [B, T, 96] (every patch inside T), patch index [P, 187] -> forward() of the
-        B*P patches, clip-major, without cutting the patches out for the timbral filters.
+        """log-mel [B, T, 96], patch index [P, 187] into T + 187 frames (past T: the zero padding)
+        -> forward() of the B*P patches, clip-major, without cutting the patches out for the
+        timbral filters.
 
         Patches overlap by half, so cut out, every mel frame went through the timbral filters
         (7 frames x 40 / 70 % of the bands: 80 % of the FLOPs) twice. Here those filters run once
-        over the whole clip; a patch takes its inner frames from there and recomputes only its
-        3 + 3 edge frames, where its own zero padding differs from the clip's neighbours. The
-        numbers are forward()'s up to float rounding (eval mode only: training takes batch norm
-        statistics over the patches)."""
+        over the clip; a patch takes its inner frames from there and recomputes only its 3 + 3
+        edge frames, where its own zero padding differs from the clip's neighbours. Past the
+        clip's end every 7-frame window holds only padding and gives one output, computed once.
+        The numbers are forward()'s up to float rounding (eval mode only: training takes batch
+        norm statistics over the patches)."""
         if self.training:
             raise RuntimeError("forward_clip is for eval mode; train on patches with forward()")
         x = self.input_bn(log_mel[:, None])                                    # [B, 1, T, 96]
+        fill = self.input_bn(log_mel.new_zeros(1, 1, 1, N_MELS))               # what a zero frame becomes
         b, (p, width) = x.shape[0], index.shape
-        patches = x[:, :, index].transpose(1, 2).reshape(b * p, 1, width, N_MELS)   # [B*P, 1, 187, 96]
-        front = [self._pool_frequency_shared(block, x, patches, index) for block in (self.timbral_74, self.timbral_77)]
+        padded = torch.cat([x, fill.expand(b, 1, PATCH_FRAMES, N_MELS)], dim=2)   # [B, 1, T + 187, 96]
+        patches = padded[:, :, index].transpose(1, 2).reshape(b * p, 1, width, N_MELS)   # [B*P, 1, 187, 96]
+        front = [self._pool_frequency_shared(block, x, fill, patches, index) for block in (self.timbral_74, self.timbral_77)]
         front += [self._pool_frequency(block, patches, pad) for block, pad in (
             (self.temporal_128, (63, 64)), (self.temporal_64, (31, 32)), (self.temporal_32, (15, 16)))]
         return self._mid_and_back_end(torch.cat(front, dim=1))
@@ -219,15 +223,19 @@ class Musicnn(nn.Module):
                 "mean": mean, "max": highest, "pooled": pooled}
 
     @staticmethod
-    def _pool_frequency_shared(block: ConvReluBN, clip: torch.Tensor, patches: torch.Tensor,
+    def _pool_frequency_shared(block: ConvReluBN, clip: torch.Tensor, fill: torch.Tensor, patches: torch.Tensor,
                                index: torch.Tensor) -> torch.Tensor:
-        """A 7-frame timbral block over the clip [B, 1, T, 96] once -> [B*P, C, 187] per patch."""
+        """A 7-frame timbral block over the clip [B, 1, T, 96] once -> [B*P, C, 187] per patch;
+        `fill` [1, 1, 1, 96] is a padding frame, as the patches past T hold it."""
         edge = TIMBRAL_FRAMES // 2                                             # 3
-        whole = Musicnn._extreme_over_frequency(block, F.pad(clip, (0, 0, edge, edge)))   # [B, C, T]
-        b, channels = whole.shape[:2]
-        p, width = index.shape
+        b, (p, width) = clip.shape[0], index.shape
+        # Outputs 0 .. T+2 see the clip; every later one sees 7 padding frames, the same for all.
+        head = torch.cat([F.pad(clip, (0, 0, edge, 0)), fill.expand(b, 1, 2 * edge, N_MELS)], dim=2)
+        inside = Musicnn._extreme_over_frequency(block, head)                  # [B, C, T + 3]
+        beyond = Musicnn._extreme_over_frequency(block, fill.expand(1, 1, TIMBRAL_FRAMES, N_MELS))   # [1, C, 1]
+        whole = torch.cat([inside, beyond.expand(b, -1, PATCH_FRAMES - edge)], dim=2)   # [B, C, T + 187]
         inner = whole[:, :, index[:, edge:width - edge]]                       # [B, C, P, 181]
-        inner = inner.transpose(1, 2).reshape(b * p, channels, width - 2 * edge)
+        inner = inner.transpose(1, 2).reshape(b * p, whole.shape[1], width - 2 * edge)
         left = Musicnn._extreme_over_frequency(block, F.pad(patches[:, :, : 2 * edge], (0, 0, edge, 0)))
         right = Musicnn._extreme_over_frequency(block, F.pad(patches[:, :, width - 2 * edge:], (0, 0, 0, edge)))
         return torch.cat([left, inner, right], dim=2)
@@ -335,7 +343,7 @@ class MusicnnEncoder(nn.Module):
         index = self.patch_index(log_mel.shape[-1], log_mel.device)
         patches, real = self.patches(log_mel, valid, index)
         b, p = real.shape
-        clip = F.pad(log_mel, (0, PATCH_FRAMES)).transpose(1, 2)             # [B, T + 187, 96]
+        clip = log_mel.transpose(1, 2)                                         # [B, T, 96]
         parts = []
         for network in self.backbones.values():
             # eval: the timbral filters run once per mel frame, not once per patch it is in

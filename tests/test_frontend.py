@@ -8,7 +8,7 @@ import pytest
 import scipy.signal
 import torch
 
-from deramos.model.frontend import MelFrontEnd, frame_count, mel_filterbank
+from deramos.model.frontend import MelFrontEnd, frame_count, mel_filterbank, strided_conv1d
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -211,3 +211,17 @@ def test_float64_mode_is_the_exact_model_even_far_below_the_peak(use_dft_conv):
     frontend.float64 = False
     float32, _ = ours_db(frontend, [y])
     assert np.abs(float32[0][audible] - reference[audible]).max() > 1e-3   # what float64 mode is for
+
+
+@pytest.mark.parametrize("length", [4096, 4096 + 255, 164096, 164096 + 77])
+@pytest.mark.parametrize("width, hop", [(4096, 256), (512, 256), (400, 160), (300, 256)])
+def test_strided_conv1d_is_the_long_kernel_convolution(length, width, hop):
+    """Cut into hops (width a multiple of the hop) or not, it is F.conv1d at the stride: same frames
+    (the trailing samples no frame reads are dropped), same values up to float rounding."""
+    generator = torch.Generator().manual_seed(length + width)
+    signal = torch.randn(3, length, generator=generator)
+    kernels = torch.randn(10, 1, width, generator=generator) / width ** 0.5
+    expected = torch.nn.functional.conv1d(signal[:, None, :], kernels, stride=hop)
+    got = strided_conv1d(signal, kernels, hop)
+    assert got.shape == expected.shape == (3, 10, (length - width) // hop + 1)
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)

@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import MUSICNN_SOURCE as WEIGHTS_SOURCE  # noqa: F401  (what cfg.source says)
 from .config import AudioEncoderConfig
-from .frontend import dft_basis, hann_window
+from .frontend import dft_basis, hann_window, strided_conv1d
 from .tempo_tonality import WIDTHS as TEMPO_TONALITY_WIDTHS
 from .tempo_tonality import TempoTonality
 
@@ -127,7 +127,7 @@ class LogMel(nn.Module):
     def _power(self, padded: torch.Tensor) -> torch.Tensor:
         if self.use_dft_conv:
             basis = self.basis if not self.float64 else torch.from_numpy(dft_basis(N_FFT, np.float64)).to(padded.device)
-            real, imag = F.conv1d(padded[:, None, :], basis, stride=HOP).chunk(2, dim=1)
+            real, imag = strided_conv1d(padded, basis, HOP).chunk(2, dim=1)
             return real * real + imag * imag
         window = self.window if not self.float64 else torch.from_numpy(hann_window(N_FFT)).to(padded.device)
         spec = torch.stft(padded, N_FFT, HOP, window=window, center=False, return_complex=True)

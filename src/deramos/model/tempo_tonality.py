@@ -42,6 +42,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .frontend import strided_conv1d
+
 SAMPLE_RATE, HOP, FRAMES_PER_SECOND = 16000, 256, 16000 / 256
 PITCH_WINDOW = 4096
 PITCHES = np.arange(43, 96)                      # MIDI G2 (98 Hz) .. B6 (1976 Hz)
@@ -153,7 +155,7 @@ class TempoTonality(nn.Module):
     @staticmethod
     def pitch_energy(padded, kernels) -> torch.Tensor:
         """[B, N + 4096], [2 * K, 1, 4096] -> each pitch's energy per mel frame [B, K, T]."""
-        real, imag = F.conv1d(padded[:, None, :], kernels, stride=HOP).chunk(2, dim=1)
+        real, imag = strided_conv1d(padded, kernels, HOP).chunk(2, dim=1)
         return real * real + imag * imag
 
     def rhythm(self, log_mel: torch.Tensor, index: torch.Tensor) -> torch.Tensor:

@@ -114,6 +114,9 @@ def test_cli_run_layout(cli_run):
                     value = r["dev"][level][aspect][name]
                     assert math.isnan(value) or -1.0 <= value <= 1.0
         assert r["dev"]["utterance"]["MI"]["SRCC"] == r["dev"]["utterance"]["MI"]["SRCC"]  # key path exists
+        unrelated = r["dev"]["unrelated"]
+        assert set(unrelated) == {"TA_mean", "share_at_most_2"}
+        assert 1.0 <= unrelated["TA_mean"] <= 5.0 and 0.0 <= unrelated["share_at_most_2"] <= 1.0
 
     for name in CHECKPOINTS:
         directory = cli_run / name
@@ -148,6 +151,15 @@ def test_selection_checkpoints_follow_their_rules(cli_run):
         assert meta["epoch"] == expected_epoch, name
         if expected_epoch == 2:
             assert max_weight_diff(weights(cli_run / name), last) == 0.0
+    # best_combined_unrelated: best_combined among the epochs whose dev clips give the unrelated
+    # prompts TA <= 2 on >= 90 %; no such epoch, no checkpoint (a pick that gives up says so)
+    eligible = [r for r in records if r["dev"]["unrelated"]["share_at_most_2"] >= 0.9]
+    directory = cli_run / "best_combined_unrelated"
+    if not eligible:
+        assert not directory.exists()
+    else:
+        combined = [rules["best_combined"](r) for r in eligible]
+        assert json.loads((directory / "config.json").read_text())["epoch"] == eligible[combined.index(max(combined))]["epoch"]
     # a checkpoint loads back into a model with exactly the stored weights
     model = load_checkpoint(cli_run, "last")
     state = model.state_dict()
@@ -521,3 +533,14 @@ def test_init_heads_copies_every_tensor_that_fits(export_run):
     left = start_from_heads(other, str(export_run))
     assert left and all(name.startswith("heads.ta.mlp.") for name in left)
     torch.testing.assert_close(other.state_dict()["heads.mi.pool.score.weight"], trained["heads.mi.pool.score.weight"])
+
+
+def test_dev_unrelated_prompts_are_fixed_and_never_the_evaluations():
+    from deramos.data.realmusic.freeform import held_out_texts, normalised
+    from deramos.training.train import dev_unrelated_prompts
+
+    prompts = dev_unrelated_prompts(300)
+    assert prompts == dev_unrelated_prompts(300)               # the same every epoch and run
+    assert prompts[:50] == dev_unrelated_prompts(50)
+    assert len(set(prompts)) > 200                             # drawn, not one prompt repeated
+    assert held_out_texts() and not {normalised(p) for p in prompts} & held_out_texts()

@@ -10,6 +10,8 @@ RUN/
   best_loss/         lowest validation loss
   best_mi_sys/       highest system-level MI SRCC on dev
   best_combined/     highest (utterance MI SRCC + system TA SRCC) / 2 on dev
+  best_combined_unrelated/   the same, among epochs whose dev clips give prompts about something
+                     else (speech, rain, silence...: the training generator's) TA <= 2 on >= 90 %
   last/              the latest epoch, plus train_state.{json,safetensors} for resuming
 """
 from __future__ import annotations
@@ -50,7 +52,14 @@ SELECTIONS = {  # checkpoint name -> (score from an epoch record, higher is bett
     "best_loss": lambda r: -r["val_loss"],
     "best_mi_sys": lambda r: r["dev"]["system"]["MI"]["SRCC"],
     "best_combined": lambda r: (r["dev"]["utterance"]["MI"]["SRCC"] + r["dev"]["system"]["TA"]["SRCC"]) / 2,
+    # best_combined reads only each clip's own prompt: a TA branch that has not yet learnt that a
+    # prompt about rain or speech deserves TA 1 can win it (docs/realmusic.md, "Seed spread").
+    "best_combined_unrelated": lambda r: (
+        (r["dev"]["utterance"]["MI"]["SRCC"] + r["dev"]["system"]["TA"]["SRCC"]) / 2
+        if r["dev"].get("unrelated", {}).get("share_at_most_2", 0.0) >= UNRELATED_DEV_SHARE else None),
 }
+UNRELATED_DEV_LIMIT, UNRELATED_DEV_SHARE = 2.0, 0.9   # issue 19's target for prompts about other things
+UNRELATED_DEV_SEED = 19
 
 
 @dataclass
@@ -304,7 +313,25 @@ def validate(session: TrainingSession) -> dict:
     mi, ta = predict(featurizer, [e.wave for e in examples], [e.clip.prompt for e in examples], args.batch_size)
     true = {"MI": np.array([e.clip.mi for e in examples]), "TA": np.array([e.clip.ta for e in examples])}
     metrics = evaluate([e.clip.system_id for e in examples], {"MI": mi, "TA": ta}, true, session.system_truth)
+    metrics["unrelated"] = unrelated_dev_metrics(featurizer, [e.wave for e in examples], args.batch_size)
     return {"val_loss": float(np.average(losses, weights=weights)), "dev": metrics}
+
+
+def dev_unrelated_prompts(count: int) -> list[str]:
+    """`count` prompts about something that is not music (the training generator's, never one the
+    free-form evaluation uses), the same every epoch and every run."""
+    from ..data.realmusic.corpus import unused_by_evaluation
+    from ..data.realmusic.phrasing import unrelated_prompt
+
+    rng = np.random.default_rng(UNRELATED_DEV_SEED)
+    return [unused_by_evaluation(unrelated_prompt(rng), unrelated_prompt) for _ in range(count)]
+
+
+def unrelated_dev_metrics(featurizer: Featurizer, waves: list, batch_size: int) -> dict:
+    """TA of each dev clip with one prompt about something else: its mean, and the share at or
+    below UNRELATED_DEV_LIMIT (raters give such a prompt 1)."""
+    _, ta = predict(featurizer, waves, dev_unrelated_prompts(len(waves)), batch_size)
+    return {"TA_mean": float(ta.mean()), "share_at_most_2": float((ta <= UNRELATED_DEV_LIMIT).mean())}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -508,7 +535,12 @@ def format_epoch(r: dict) -> str:
     u, s = r["dev"]["utterance"], r["dev"]["system"]
     return (f"epoch {r['epoch']:3d}  train {r['train_loss']:.4f}  val {r['val_loss']:.4f}  "
             f"SRCC utt MI {u['MI']['SRCC']:.3f} TA {u['TA']['SRCC']:.3f}  "
-            f"sys MI {s['MI']['SRCC']:.3f} TA {s['TA']['SRCC']:.3f}  ({r['seconds']:.1f} s)")
+            f"sys MI {s['MI']['SRCC']:.3f} TA {s['TA']['SRCC']:.3f}  {_unrelated_column(r['dev'])}({r['seconds']:.1f} s)")
+
+
+def _unrelated_column(dev: dict) -> str:
+    unrelated = dev.get("unrelated")   # absent in runs recorded before it was measured
+    return f"unrelated TA<=2 {unrelated['share_at_most_2']:.2f}  " if unrelated else ""
 
 
 DEFAULTS = defaults_of(TrainArgs)

@@ -77,6 +77,14 @@ def test_int8_mismatch_lines():
         targets.int8_scheme("sse")
 
 
+def test_build_target_note_names_a_drift_check_on_saturating_kernels():
+    line = targets.build_target_note("x86-vnni", cpu="x86-avx2")
+    assert line.startswith("this CPU has no VNNI: its INT8 kernels saturate the full-range x86-vnni graphs")
+    assert "tensorrt graphs" in targets.build_target_note("tensorrt", cpu="x86-avx2")
+    for target, cpu in (("x86-vnni", "x86-vnni"), ("x86-avx2", "x86-avx2"), ("x86-avx2", "x86-vnni"), ("arm64", "arm64")):
+        assert targets.build_target_note(target, cpu=cpu) is None
+
+
 # -- the comparator against scipy ------------------------------------------------------------------
 
 

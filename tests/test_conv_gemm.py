@@ -11,8 +11,19 @@ from onnx import TensorProto, helper, numpy_helper
 
 from deramos.calibration import conv_gemm as cg
 from deramos.calibration import quantize as q
+from deramos.runtime import targets
 
 F = 24            # frequency bins of the test input
+
+
+def _skip_full_range_without_vnni(int16_pairs: bool) -> None:
+    """Full-range codes (int16_pairs False: the x86-vnni and arm64 targets) are only right on CPUs
+    whose INT8 kernels accumulate in int32: on x86 without VNNI, MLAS adds two u8 x s8 products
+    in an int16 first and saturates (on an AVX2-only EPYC 7-8 % of these tests' outputs came out
+    wrong). There the runtime warns about an x86-vnni bundle (targets.int8_mismatch); this
+    arithmetic is checked where it runs, the 7-bit layouts (int16_pairs True) on every x86 CPU."""
+    if not int16_pairs and targets.cpu_kind() == "x86-avx2":
+        pytest.skip("full-range INT8 codes saturate int16 pairs on this x86 CPU without VNNI (x86-avx2)")
 
 
 def _graph(weight, bias=None, *, pads=(0, 0, 0, 0), reduce_axes=(3,), keepdims=0, extra_reader=False,
@@ -128,6 +139,7 @@ def test_rewrite_computes_the_integer_arithmetic(int16_pairs, kernel):
     assert "Conv" not in ops and ops.count(cg.GEMM_OP) == 1
     assert {t.name for t in model.graph.initializer}.isdisjoint({"w", "b"})      # FP32 weights gone
     _assert_cannot_saturate_an_int16(model, int16_pairs)
+    _skip_full_range_without_vnni(int16_pairs)
     got = _run(model, x)
     scale = bound / (63 if int16_pairs and kernel["kt"] > cg.MAX_SHORT_KERNEL else 127)
     expected = _integer_reference(weight, bias, x, scale, int16_pairs)
@@ -138,6 +150,7 @@ def test_rewrite_computes_the_integer_arithmetic(int16_pairs, kernel):
 @pytest.mark.parametrize("int16_pairs, worst", [(False, 0.03), (True, 0.06)])
 @pytest.mark.parametrize("kernel", [dict(kt=7, kf=9), dict(kt=40, kf=1)], ids=["short", "long"])
 def test_rewrite_stays_close_to_the_fp32_convolution(int16_pairs, worst, kernel):
+    _skip_full_range_without_vnni(int16_pairs)
     weight, bias, x = _case(seed=3, channels=16, t=60, **kernel)
     fp32 = _run(_graph(weight, bias), x)
     model = _graph(weight, bias)

@@ -10,7 +10,7 @@ import click
 
 from ..calibration.quantize import check_int8_options
 from ..runtime.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, Command, say_error, stderr_line
-from ..runtime.targets import cpu_kind
+from ..runtime.targets import build_target_note, cpu_kind
 from .options import build_options, take_build_options
 from .stage import BuildOptions
 
@@ -101,6 +101,9 @@ def _build(source: Path, in_place: bool, options: BuildOptions, out: Path | None
         if building:
             if options.int8:
                 say(f"this CPU: {cpu_kind()}; INT8 target: {options.int8_target}")
+                note = build_target_note(options.int8_target)
+                if note:
+                    say(f"note: {note}")
             result = build_bundle(root, options, say)
             for precision, check in result.checks.items():
                 say(f"{precision}: {'PASS' if check.passed else 'FAIL (left out of the bundle)'}")

@@ -86,6 +86,17 @@ def int8_scheme(target: str) -> Int8Scheme:
     return INT8_TARGETS[target][0]
 
 
+def build_target_note(target: str, cpu: str | None = None) -> str | None:
+    """One line when an INT8 build for `target` on this CPU checks its drift on the wrong kernels:
+    the drift check runs here, and a full-range build on x86 without VNNI saturates (it fails
+    here although it may be right on a VNNI machine)."""
+    cpu = cpu or cpu_kind()
+    if target in ("x86-vnni", "tensorrt") and cpu == "x86-avx2":
+        return (f"this CPU has no VNNI: its INT8 kernels saturate the full-range {target} graphs, so the drift "
+                f"check here measures that, not the target; build on the serving machine, or for x86-avx2")
+    return None
+
+
 def int8_mismatch(target: str | None, backend_device: str, cpu: str | None = None) -> str | None:
     """One line when INT8 graphs made for `target` are the wrong kind for where they will run."""
     if target is None:

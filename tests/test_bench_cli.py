@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
 from deramos.bench.cli import default_checkpoint_of, embedded_preset
@@ -54,3 +55,46 @@ def test_reward_loop_rows_on_every_precision_and_against_a_baseline(runtime_bund
     expected = rows[0]["batch"]["4"]["candidates_per_second"] / rows[2]["batch"]["4"]["candidates_per_second"]
     assert float(ratio_of["this", "fp32", "4"]) == pytest.approx(expected, abs=0.006)
     assert said[0] == "measuring the reward loop: this onnxruntime-cpu fp32 ..."
+
+
+def _row(label, precision, cps_times, candidates=4):
+    return {"bundle": label, "backend": "onnxruntime-cpu", "precision": precision, "candidates": candidates,
+            "peak_rss_mb": 100.0 + len(cps_times),
+            "batch": {"8": {"candidates_per_second": candidates / np.mean(cps_times), "times_s": cps_times}}}
+
+
+def test_rounds_merge_over_all_prompts_and_ratios_are_per_round():
+    from deramos.bench.cli import format_reward, merge_rounds, round_ratios
+
+    this = merge_rounds([_row("this", "int8", [1.0, 1.0]), _row("this", "int8", [2.0, 2.0, 2.0])])
+    base = merge_rounds([_row("baseline", "fp32", [2.0, 2.0]), _row("baseline", "fp32", [8.0, 8.0])])
+    m = this["batch"]["8"]
+    assert this["rounds"] == 2 and m["prompts"] == 5 and this["peak_rss_mb"] == 103.0
+    assert m["candidates_per_second"] == pytest.approx(4 / 1.6)           # all prompts' mean time, not a mean of rates
+    assert m["rounds_cps"] == pytest.approx([4.0, 2.0]) and m["p50_ms"] == pytest.approx(2000.0)
+    # round 1: 4 vs 2 cand/s, round 2: 2 vs 0.5; the pooled rates would say 2.5 / 0.8 = 3.1
+    assert round_ratios(this, base, "8") == pytest.approx([2.0, 4.0])
+    assert round_ratios(this, base, "1") == [] and round_ratios(this, None, "8") == []
+    lines = format_reward([this, base], 10.0)
+    assert lines[0] == "reward loop: best-of-4, 10 s clips, a new prompt each time; 2 interleaved rounds"
+    assert lines[1].endswith("x base  rounds")
+    assert lines[2].split()[-2:] == ["3.00", "2.00-4.00"] and lines[3].split()[-2:] == ["1.00", "1.00-1.00"]
+    failed = {"bundle": "this", "backend": "onnxruntime-cpu", "precision": "int8", "error": "worker failed: boom"}
+    assert merge_rounds([_row("this", "int8", [1.0]), failed]) == failed
+
+
+def test_reward_rounds_interleave_bundles(runtime_bundle, tmp_path):
+    from deramos.bench.cli import make_inputs, reward_rounds
+    from deramos.runtime.bundle import load_bundle
+
+    bundle = load_bundle(runtime_bundle)
+    make_inputs(bundle, 4, 1.0, tmp_path / "inputs.npz")
+    base = {"inputs": str(tmp_path / "inputs.npz"), "batch_sizes": [4], "seconds": 0.1, "threads": 1, "candidates": 4}
+    said = []
+    rows = reward_rounds([("this", bundle), ("baseline", bundle)], base, tmp_path, said.append, rounds=2)
+    assert said == [f"measuring the reward loop: {label} onnxruntime-cpu {precision} (round {k} of 2) ..."
+                    for k in (1, 2) for label in ("this", "baseline") for precision in ("fp32", "fp16")]
+    assert [(r["bundle"], r["precision"], r["rounds"]) for r in rows] == [
+        ("this", "fp32", 2), ("this", "fp16", 2), ("baseline", "fp32", 2), ("baseline", "fp16", 2)]
+    m = rows[0]["batch"]["4"]
+    assert len(m["rounds_cps"]) == 2 and all(c > 0 for c in m["rounds_cps"]) and m["prompts"] >= 6

@@ -6,7 +6,10 @@ process (bench/worker.py) so its peak resident memory is its own. Then, in this 
 the runtime only: the cost of encoding a prompt with and without the prompt cache. Then the
 reward loop (best-of-8 through `Scorer.select`, a new prompt each time) on every CPU precision
 at several scorer batch sizes, each in its own worker (its peak memory is its own), optionally
-also on a baseline bundle (`--baseline-bundle`) so that a speed-up is a ratio in one run.
+also on a baseline bundle (`--baseline-bundle`) so that a speed-up is a ratio in one run. The
+reward loop runs in interleaved rounds (`--rounds`): on a shared machine whose load drifts during
+a run, each round's ratio is taken against the same round's baseline, and the spread of those
+ratios is printed beside their median.
 """
 from __future__ import annotations
 
@@ -79,15 +82,52 @@ def prompt_cache_cost(bundle, threads: int, repeats: int = 20) -> dict:
     return {"uncached_ms": 1000 * miss, "cached_ms": 1000 * hit, "speedup": miss / max(hit, 1e-9)}
 
 
-def reward_rows(bundle, base: dict, workdir: Path, say, label: str) -> list[dict]:
+def reward_rows(bundle, base: dict, workdir: Path, say, label: str, round_note: str = "") -> list[dict]:
     """The reward loop on every CPU precision the bundle has, each in its own worker process."""
     rows = []
     for backend, precision in CPU_ROWS[1:]:
         if precision in bundle.precisions():
-            say(f"measuring the reward loop: {label} {backend} {precision} ...")
+            say(f"measuring the reward loop: {label} {backend} {precision}{round_note} ...")
             spec = dict(base, mode="reward", bundle=str(bundle.root), backend=backend, precision=precision)
             rows.append(dict(run_worker(spec, workdir), bundle=label))
     return rows
+
+
+def reward_rounds(bundles: list[tuple[str, object]], base: dict, workdir: Path, say, rounds: int = 1) -> list[dict]:
+    """reward_rows of every (label, bundle), `rounds` times in turn with base["seconds"] / rounds each,
+    merged into one row per (label, backend, precision) in first-measured order."""
+    measured: dict[tuple, list[dict]] = {}
+    for index in range(rounds):
+        note = f" (round {index + 1} of {rounds})" if rounds > 1 else ""
+        for label, bundle in bundles:
+            for row in reward_rows(bundle, dict(base, seconds=base["seconds"] / rounds), workdir, say, label, note):
+                measured.setdefault((label, row["backend"], row["precision"]), []).append(row)
+    return [merge_rounds(rows) for rows in measured.values()]
+
+
+def merge_rounds(rows: list[dict]) -> dict:
+    """Rounds of one reward-loop row -> one row: statistics over all their prompts, each round's
+    candidates/s kept (`rounds_cps`) for per-round ratios; the first failed round stands for the row."""
+    failed = [r for r in rows if "error" in r]
+    if failed:
+        return failed[0]
+    merged = dict(rows[0], batch={}, peak_rss_mb=max(r["peak_rss_mb"] for r in rows), rounds=len(rows))
+    for b in rows[0]["batch"]:
+        times = np.concatenate([r["batch"][b]["times_s"] for r in rows])
+        merged["batch"][b] = {
+            "prompts": len(times), "candidates_per_second": merged["candidates"] / float(np.mean(times)),
+            "p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95)),
+            "rounds_cps": [r["batch"][b]["candidates_per_second"] for r in rows]}
+    return merged
+
+
+def round_ratios(row: dict, base_row: dict | None, batch: str) -> list[float]:
+    """Each round's candidates/s against the same round's baseline at the same batch size."""
+    if base_row is None or batch not in base_row.get("batch", {}):
+        return []
+    mine = row["batch"][batch].get("rounds_cps", [row["batch"][batch]["candidates_per_second"]])
+    theirs = base_row["batch"][batch].get("rounds_cps", [base_row["batch"][batch]["candidates_per_second"]])
+    return [a / b for a, b in zip(mine, theirs)] if len(mine) == len(theirs) else []
 
 
 def embedded_preset() -> str | None:
@@ -153,21 +193,26 @@ def format_table(report: dict) -> str:
 
 
 def format_reward(rows: list[dict], clip_seconds: float) -> list[str]:
-    """Reward-loop rows; 'x base' is candidates/s against the baseline bundle's FP32 at the same batch size."""
-    base = {b: m["candidates_per_second"] for r in rows if r.get("bundle") == "baseline" and r["precision"] == "fp32"
-            and "batch" in r for b, m in r["batch"].items()}
+    """Reward-loop rows; 'x base' is candidates/s against the baseline bundle's FP32 at the same
+    batch size: the median of the rounds' ratios, each round against its own baseline, with their
+    range when there were several rounds."""
+    base_row = next((r for r in rows if r.get("bundle") == "baseline" and r["precision"] == "fp32" and "batch" in r), None)
     shown = next((r["candidates"] for r in rows if "candidates" in r), "N")
-    lines = [f"reward loop: best-of-{shown}, {clip_seconds:g} s clips, a new prompt each time",
+    rounds = max((r.get("rounds", 1) for r in rows), default=1)
+    lines = [f"reward loop: best-of-{shown}, {clip_seconds:g} s clips, a new prompt each time"
+             + (f"; {rounds} interleaved rounds" if rounds > 1 else ""),
              f"{'bundle':8s} {'backend':16s} {'prec':5s} {'batch':>5s} {'cand/s':>8s} {'p50 ms':>9s} {'p95 ms':>9s} "
-             f"{'peak MB':>8s} {'x base':>7s}"]
+             f"{'peak MB':>8s} {'x base':>7s}" + ("  rounds" if rounds > 1 else "")]
     for r in rows:
         if "error" in r:
             lines.append(f"{r['bundle']:8s} {r['backend']:16s} {r['precision']:5s}  skipped: {r['error'][:80]}")
             continue
         for b, m in r["batch"].items():
-            ratio = m["candidates_per_second"] / base[b] if b in base else float("nan")
+            ratios = round_ratios(r, base_row, b)
+            ratio = float(np.median(ratios)) if ratios else float("nan")
+            spread = f"  {min(ratios):.2f}-{max(ratios):.2f}" if len(ratios) > 1 else ""
             lines.append(f"{r['bundle']:8s} {r['backend']:16s} {r['precision']:5s} {b:>5s} {m['candidates_per_second']:8.2f} "
-                         f"{m['p50_ms']:9.0f} {m['p95_ms']:9.0f} {r['peak_rss_mb']:8.0f} {ratio:7.2f}")
+                         f"{m['p50_ms']:9.0f} {m['p95_ms']:9.0f} {r['peak_rss_mb']:8.0f} {ratio:7.2f}{spread}")
     return lines
 
 
@@ -189,9 +234,12 @@ def format_reward(rows: list[dict], clip_seconds: float) -> list[str]:
               help="Candidates per prompt in the reward loop.")
 @click.option("--baseline-bundle", type=click.Path(exists=True, file_okay=False),
               help="Also run the reward loop on this bundle (e.g. the previous release's export): ratios in one run.")
+@click.option("--rounds", type=click.IntRange(min=1), default=3, show_default=True,
+              help="Interleaved rounds of the reward loop (each row gets --seconds in all): every round's ratio is "
+                   "against the same round's baseline, so load that drifts during the run touches both alike.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), help="Write the full report here.")
 def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, no_extras, reward_batch_sizes,
-         candidates, baseline_bundle, json_path):
+         candidates, baseline_bundle, rounds, json_path):
     """Throughput, latency and memory of every backend on the same inputs, vs PyTorch eager.
 
     \b
@@ -224,9 +272,8 @@ def main(preset_name, bundle, batch_sizes, seconds, clip_seconds, threads, gpu, 
             say("measuring the prompt cache ...")
             report["prompt_cache"] = prompt_cache_cost(bundle_obj, threads)
             reward = dict(base, batch_sizes=[int(b) for b in reward_batch_sizes.split(",")], candidates=candidates)
-            report["reward_loop"] = reward_rows(bundle_obj, reward, workdir, say, "this")
-            if baseline_bundle:
-                report["reward_loop"] += reward_rows(load_bundle(baseline_bundle), reward, workdir, say, "baseline")
+            bundles = [("this", bundle_obj)] + ([("baseline", load_bundle(baseline_bundle))] if baseline_bundle else [])
+            report["reward_loop"] = reward_rounds(bundles, reward, workdir, say, rounds)
     click.echo(format_table(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))

@@ -125,7 +125,8 @@ def reward_loop(spec: dict, inputs: dict) -> dict:
         scorer.close()
         results[str(batch_size)] = {
             "prompts": len(times), "candidates_per_second": len(pool) / float(np.mean(times)),
-            "p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95))}
+            "p50_ms": 1000 * float(np.percentile(times, 50)), "p95_ms": 1000 * float(np.percentile(times, 95)),
+            "times_s": [round(t, 6) for t in times]}     # rounds of one row are merged from these (bench/cli.py)
     return {"backend": spec["backend"], "precision": spec["precision"], "candidates": len(pool), "batch": results,
             "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

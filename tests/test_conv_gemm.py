@@ -220,3 +220,23 @@ def test_unknown_int8_ops_are_refused():
 
     with pytest.raises(ValueError, match=r"--int8-ops matmul,convs: choose one or more of matmul, conv, conv-gemm"):
         q.check_int8_options(BuildOptions(int8=True, int8_ops=("matmul", "convs")))
+
+
+def test_a_convolution_with_little_of_the_work_stays_fp32(tmp_path):
+    """Under MIN_GEMM_FLOP_SHARE of the graph's FLOPs an integer GEMM's extra nodes cost more than
+    its arithmetic saves: the convolution is not rewritten (and is no QDQ node either)."""
+    import onnx
+
+    weight, bias, _ = _case()
+    onnx.save(_graph(weight, bias), tmp_path / "g.onnx")
+    model = _graph(weight, bias)
+    ranges = {"x": [[-3.0], [3.0]], "c": [[-20.0], [20.0]], "y": [[-20.0], [20.0]]}
+    small = {"/encoder/Conv": 0.9 * q.MIN_GEMM_FLOP_SHARE, "/encoder/dense/MatMul": 1.0}
+    large = {"/encoder/Conv": 1.1 * q.MIN_GEMM_FLOP_SHARE, "/encoder/dense/MatMul": 1.0}
+    assert q.int8_candidates(model, "x86-avx2", flops=small) == ([], [])
+    assert q.int8_candidates(model, "x86-avx2", flops=large) == (["/encoder/Conv"], [])
+    assert q.int8_candidates(model, "x86-avx2") == (["/encoder/Conv"], [])          # no FLOPs given: every one
+    with pytest.raises(ValueError, match="nothing to quantise"):
+        q.quantize(tmp_path / "g.onnx", ranges, "minmax", "x86-avx2", flops=small)
+    ops = [n.op_type for n in q.quantize(tmp_path / "g.onnx", ranges, "minmax", "x86-avx2", flops=large).graph.node]
+    assert cg.GEMM_OP in ops and "Conv" not in ops

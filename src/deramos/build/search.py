@@ -57,11 +57,12 @@ def layer_of(node_name: str) -> str:
     return "/" + "/".join(parts[:-2] if len(parts) > 3 else parts[:-1])
 
 
-def quantisable_layers(fp32_path: Path, target: str = "x86-avx2", ops=None) -> dict[str, list[str]]:
-    """The nodes an INT8 build for `target` with `ops` may quantise, by layer."""
+def quantisable_layers(fp32_path: Path, target: str = "x86-avx2", ops=None,
+                       flops: dict[str, float] | None = None) -> dict[str, list[str]]:
+    """The nodes an INT8 build for `target` with `ops` (and `flops`: int8_candidates) may quantise, by layer."""
     import onnx
 
-    gemm, qdq = int8_candidates(onnx.load(str(fp32_path), load_external_data=False), target, ops)
+    gemm, qdq = int8_candidates(onnx.load(str(fp32_path), load_external_data=False), target, ops, flops)
     layers: dict[str, list[str]] = {}
     for name in gemm + qdq:
         layers.setdefault(layer_of(name), []).append(name)
@@ -77,7 +78,7 @@ def search_exclusions(bundle: Bundle, graph: str, ranges: dict, method: str, tar
     result with less than `min_flop_share` of the FLOPs left in INT8 is a failure: a graph
     that passes by being FP32 where the work is is not INT8."""
     fp32_path = bundle.graph_path(graph, "fp32")
-    layers = quantisable_layers(fp32_path, target, ops)
+    layers = quantisable_layers(fp32_path, target, ops, flops)
     all_nodes = [n for nodes in layers.values() for n in nodes]
     reference = _scores(bundle, "fp32", clips)
     recipe = (ranges, method, target, ops)

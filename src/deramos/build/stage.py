@@ -239,11 +239,12 @@ def _add_int8(bundle: Bundle, options: BuildOptions, say) -> list[str]:
     written, reused, quantized = [], {}, {}
     for graph in options.int8_graphs:
         ranges, reused[graph] = int8_ranges(bundle, graph, options, clips, say)
+        flops = _graph_flops(bundle, graph)
         paths = save_onnx(quantize(bundle.graph_path(graph, "fp32"), ranges, options.calib_method, options.int8_target,
-                                   ops=options.int8_ops),
+                                   ops=options.int8_ops, flops=flops),
                           bundle.root / graph_file_name(graph, "int8"))
         bundle.set_graph_files(graph, "int8", [p.name for p in paths])
-        quantized[graph] = _quantized(bundle, graph, _graph_flops(bundle, graph))
+        quantized[graph] = _quantized(bundle, graph, flops)
         bundle.list_files([ranges_path(bundle.root, graph).relative_to(bundle.root).as_posix()])
         written += [p.name for p in paths]
     for graph in GRAPHS:

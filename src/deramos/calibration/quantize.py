@@ -128,13 +128,25 @@ def calibrate(fp32_path: Path, feeds: list[dict], method: str) -> dict[str, list
             for name, d in tensors.data.items()}
 
 
-def int8_candidates(model, target: str, ops=None) -> tuple[list[str], list[str]]:
+# An integer GEMM adds ~20 nodes (quantise, shifted copies, im2col, maximum, scale) around its
+# MatMulInteger; under this share of the graph's FLOPs its convolution is cheaper left FP32.
+# The default model's patch-edge and end-padding timbral filters (0.02-0.54 % each, 12 of 22)
+# cost 3x their FP32 time as integer GEMMs; without them INT8 ran 1.15x faster (AVX2-only EPYC,
+# 6 interleaved rounds, range 1.03-1.21; docs/measurements.md). The filters kept are >= 1.6 %.
+MIN_GEMM_FLOP_SHARE = 0.01
+
+
+def int8_candidates(model, target: str, ops=None, flops: dict[str, float] | None = None) -> tuple[list[str], list[str]]:
     """(integer-GEMM convolutions, QDQ nodes): what `quantize` makes INT8 of an onnx model for
-    `target` with `ops`, outside the FP32-kept region, by node name."""
+    `target` with `ops`, outside the FP32-kept region, by node name. Given `flops` (op_flops of
+    the graph), convolutions under MIN_GEMM_FLOP_SHARE of them are not integer GEMMs."""
     kept, ops = fp32_kept_prefixes(), int8_ops(target, ops)
     gemm = []
     if "conv-gemm" in ops and int8_scheme(target).conv_gemm:
         gemm = [m.name for m in find_frequency_max_convs(model) if not m.name.startswith(kept)]
+        if flops:
+            total = sum(flops.values())
+            gemm = [name for name in gemm if flops.get(name, 0.0) >= MIN_GEMM_FLOP_SHARE * total]
     qdq_types = {t for kind in ops for t in INT8_OPS[kind]}
     qdq = [n.name for n in model.graph.node
            if n.op_type in qdq_types and not n.name.startswith(kept) and n.name not in gemm]
@@ -142,18 +154,18 @@ def int8_candidates(model, target: str, ops=None) -> tuple[list[str], list[str]]
 
 
 def quantize(fp32_path: Path, ranges: dict[str, list[float]], method: str, target: str, nodes: list[str] | None = None,
-             ops=None):
+             ops=None, flops: dict[str, float] | None = None):
     """The FP32 graph made INT8 for `target`'s scheme (runtime/targets.py): frequency-max
     convolutions as integer GEMMs on CPU targets, other ops as QDQ; an onnx ModelProto.
-    `nodes`: quantise only these (None: every candidate of `ops`, int8_candidates; `ops` None:
-    the target's default)."""
+    `nodes`: quantise only these (None: every candidate of `ops` and `flops`, int8_candidates;
+    `ops` None: the target's default)."""
     import onnx
     from onnxruntime.quantization import QDQQuantizer, QuantType
     from onnxruntime.quantization.calibrate import TensorData, TensorsData
 
     scheme = int8_scheme(target)
     model = onnx.load(str(fp32_path), load_external_data=True)
-    gemm, qdq = int8_candidates(model, target, ops)
+    gemm, qdq = int8_candidates(model, target, ops, flops)
     chosen = set(gemm + qdq) if nodes is None else set(nodes) & set(gemm + qdq)
     if not chosen:
         raise ValueError(f"{Path(fp32_path).name}: nothing to quantise for {target} with --int8-ops "

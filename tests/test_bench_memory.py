@@ -38,12 +38,13 @@ def test_growth_finds_a_leak_and_calls_a_flat_run_flat():
 def test_the_bench_runs_on_a_small_bundle(runtime_bundle, tmp_path):
     report = tmp_path / "memory.json"
     done = subprocess.run([sys.executable, "-m", "deramos.bench.memory", "--bundle", str(runtime_bundle),
-                           "--long-minutes", "1", "--rows", "40", "--distinct-clips", "4", "--no-export",
+                           "--long-minutes", "1", "--rows", "40", "--distinct-clips", "4", "--batch-clips", "9", "--no-export",
                            "--json", str(report)], capture_output=True, text=True, timeout=600)
     measures = {m["case"]: m for m in json.loads(report.read_text())}
-    assert set(measures) == {"long", "rows"}
+    assert set(measures) == {"long", "rows", "batch"}
     assert all(m["exit_status"] == 0 and 0.05 < m["peak_rss_gb"] < m["target_gb"] for m in measures.values())
     counts = [n for n, _ in measures["rows"]["samples"]]
     assert counts == sorted(counts) and counts[-1] <= 40
     assert "| long | 1 min, 44.1 kHz stereo WAV |" in done.stdout
+    assert "| batch | 9 clips of 10 s, --batch-size 8 |" in done.stdout and measures["batch"]["target_gb"] == 0.8
     assert done.returncode == (0 if all(m["met"] for m in measures.values()) else 1), done.stderr[-2000:]

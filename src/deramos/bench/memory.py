@@ -1,18 +1,21 @@
 """Peak memory of deramos-run where issue 20 bounds it, each case in a process of its own:
 
-    python -m deramos.bench.memory [--bundle B] [--long-minutes 60] [--rows 10000] [--export] [--json F]
+    python -m deramos.bench.memory [--bundle B] [--long-minutes 60] [--rows 10000] [--batch-clips 32] [--export] [--json F]
 
   long    one --long-minutes file, 44.1 kHz stereo 16-bit WAV, scored by `deramos-run B file prompt`
           (decoding runs ahead within the Scorer's decode budget; the file is never held whole);
   rows    a JSONL of --rows lines over --distinct-clips clips of --row-seconds, every line with a
           prompt of its own (the prompt cache must stay bounded), `deramos-run --jsonl`; its resident
           size is sampled against the lines written, so growth shows as MB per 1000 rows;
+  batch   --batch-clips clips of 10 s (one window each) scored 8 at a time, `deramos-run --jsonl
+          --batch-size 8`: the resident size of batch-8 scoring;
   export  the first use of the default model: `deramos-run` with an empty cache, which runs the
           export (deramos-export, a child process) before scoring.
 
 Peak RSS is what `/usr/bin/time -v` reports for the command: the kernel's ru_maxrss of the child
 and of the processes it waited for (the export child included), the largest one, not their sum.
-The targets are the issue's (2-core CPU): long <= 1.5 GB, rows <= 1 GB and flat, export <= 3 GB.
+The targets are the issue's (2-core CPU): long <= 1.5 GB, rows <= 1 GB and flat, batch-8 scoring
+<= 0.8 GB, export <= 3 GB.
 Memory, not time: the machine's load does not move these numbers, but the timings printed beside
 them are only for orientation.
 """
@@ -33,7 +36,9 @@ import numpy as np
 
 from ..runtime.cli_common import EXIT_FAILED, Command, errors_as_messages, stderr_line
 
-TARGETS_GB = {"long": 1.5, "rows": 1.0, "export": 3.0}
+TARGETS_GB = {"long": 1.5, "rows": 1.0, "batch": 0.8, "export": 3.0}
+BATCH = 8
+BATCH_CLIP_SECONDS = 10.0
 RUN = [sys.executable, "-m", "deramos.runtime.cli"]
 SAMPLE_EVERY_S = 0.2
 
@@ -190,6 +195,14 @@ def measure_rows(bundle: str, rows: int, distinct: int, seconds: float, scratch:
     return measure
 
 
+def measure_batch(bundle: str, clips: int, scratch: Path) -> Measure:
+    manifest = write_rows(scratch, clips, min(clips, BATCH), BATCH_CLIP_SECONDS)
+    status, peak, took, _ = run_measured(RUN + ["--bundle", bundle, "-q", "--jsonl", str(manifest), "--batch-size",
+                                                str(BATCH), "--out", str(scratch / "scores.jsonl")])
+    return Measure("batch", f"{clips} clips of {BATCH_CLIP_SECONDS:g} s, --batch-size {BATCH}", peak, TARGETS_GB["batch"],
+                   took, status)
+
+
 def measure_export(scratch: Path) -> Measure:
     """The default model's first use, in an empty cache (the export runs in a child process)."""
     ((clip, _),) = render_clips(scratch, 1, 10.0)
@@ -217,10 +230,12 @@ def table(measures: list[Measure]) -> str:
 @click.option("--row-seconds", type=click.FloatRange(1.6), default=2.0, show_default=True,
               help="Seconds per clip (the default model needs 1.5 s at least).")
 @click.option("--distinct-clips", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--batch-clips", type=click.IntRange(0), default=32, show_default=True,
+              help="10 s clips scored at --batch-size 8; 0: skip.")
 @click.option("--export/--no-export", default=True, show_default=True,
               help="Measure the first use of the default model (an export, minutes).")
 @click.option("--json", "json_out", type=click.Path(dir_okay=False, path_type=Path), help="Write the measures here.")
-def main(bundle, long_minutes, rows, row_seconds, distinct_clips, export, json_out):
+def main(bundle, long_minutes, rows, row_seconds, distinct_clips, batch_clips, export, json_out):
     from ..runtime.default import resolve_bundle_dir
 
     measures = []
@@ -235,6 +250,9 @@ def main(bundle, long_minutes, rows, row_seconds, distinct_clips, export, json_o
         if rows:
             (scratch / "rows").mkdir()
             measures.append(measure_rows(bundle, rows, distinct_clips, row_seconds, scratch / "rows"))
+        if batch_clips:
+            (scratch / "batch").mkdir()
+            measures.append(measure_batch(bundle, batch_clips, scratch / "batch"))
     click.echo(table(measures))
     if json_out:
         json_out.write_text(json.dumps([asdict(m) | {"met": m.met} for m in measures], indent=1) + "\n")

@@ -86,12 +86,16 @@ def int8_scheme(target: str) -> Int8Scheme:
     return INT8_TARGETS[target][0]
 
 
+def _saturates_on(target: str, cpu: str) -> bool:
+    """Full-range INT8 graphs on x86 without VNNI: int16 pairs of products can saturate."""
+    return target in ("x86-vnni", "tensorrt") and cpu == "x86-avx2"
+
+
 def build_target_note(target: str, cpu: str | None = None) -> str | None:
     """One line when an INT8 build for `target` on this CPU checks its drift on the wrong kernels:
     the drift check runs here, and a full-range build on x86 without VNNI saturates (it fails
     here although it may be right on a VNNI machine)."""
-    cpu = cpu or cpu_kind()
-    if target in ("x86-vnni", "tensorrt") and cpu == "x86-avx2":
+    if _saturates_on(target, cpu or cpu_kind()):
         return (f"this CPU has no VNNI: its INT8 kernels saturate the full-range {target} graphs, so the drift "
                 f"check here measures that, not the target; build on the serving machine, or for x86-avx2")
     return None
@@ -108,7 +112,7 @@ def int8_mismatch(target: str | None, backend_device: str, cpu: str | None = Non
     cpu = cpu or cpu_kind()
     if target == cpu or (target == "x86-avx2" and cpu.startswith("x86")):
         return None
-    if target in ("x86-vnni", "tensorrt") and cpu == "x86-avx2":
+    if _saturates_on(target, cpu):
         return (f"INT8 graphs were made for {target}; this CPU has no VNNI, so their full-range weights can "
                 "saturate its INT8 kernels (scores drift): rebuild with --int8-target x86-avx2")
     return f"INT8 graphs were made for {target}; this CPU is {cpu}: rebuild with --int8-target {cpu} for its kernels"

@@ -6,6 +6,7 @@ longer clips). The port must agree to 1e-4 on the taggram, patches and padding i
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import shutil
 from pathlib import Path
@@ -17,6 +18,7 @@ import torch
 
 from deramos.model.config import AudioEncoderConfig
 from deramos.model.musicnn import (
+    CONSTANT_FILTER_TOL,
     LABELS,
     MODELS,
     PATCH_FRAMES,
@@ -24,8 +26,10 @@ from deramos.model.musicnn import (
     WEIGHTS_SHA256,
     LogMel,
     MusicnnEncoder,
+    Musicnn,
     check_weights,
     load_musicnn,
+    log_mel_max,
     slaney_filterbank,
 )
 
@@ -180,3 +184,90 @@ def test_clip_wide_timbral_filters_give_the_patch_outputs():
     network.train()
     with pytest.raises(RuntimeError, match="forward_clip is for eval mode"):
         network.forward_clip(log_mel.transpose(1, 2), index)
+
+
+FRONT_END_PADS = ((3, 3), (3, 3), (63, 64), (31, 32), (15, 16))     # timbral 74, 77, temporal 128, 64, 32
+
+
+def test_log_mel_max_bounds_full_scale_waves():
+    """The bound the constant filters rest on: no wave within [-1, 1] gives a larger log-mel."""
+    t = np.arange(16000) / 16000.0
+    waves = {"sine 1 kHz": np.sin(2 * np.pi * 1000 * t), "square 220 Hz": np.sign(np.sin(2 * np.pi * 220 * t)),
+             "noise": np.random.default_rng(0).uniform(-1, 1, 16000), "chirp": np.sin(2 * np.pi * 4000 * t * t)}
+    highest = log_mel_max()
+    assert 6.0 < highest < 8.0
+    for name, wave in waves.items():
+        log_mel, _ = LogMel()(torch.from_numpy(wave.astype(np.float32))[None], torch.tensor([16000]))
+        assert float(log_mel.max()) <= highest, name
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_constant_filters_match_the_full_convolution(model):
+    """The front-end with its decayed filters evaluated as constants against the plain
+    conv -> ReLU -> batch norm -> max over frequency of all filters, on log-mels at both ends of
+    the admissible range (where the split is furthest from the full filters) and on real music."""
+    network = load_musicnn(model)
+    live = [block.live_weight.shape[0] for block in network.front_end_blocks()]
+    total = [block.conv.weight.shape[0] for block in network.front_end_blocks()]
+    assert sum(live) < 0.75 * sum(total)      # most of musicnn's filters decayed in training
+    extremes = torch.from_numpy(np.random.default_rng(1).choice([0.0, log_mel_max()], size=(2, 1, 40, 96)))
+    wave = torch.from_numpy(read_clip(CLIPS[0]))[None]
+    real, _ = LogMel()(wave, torch.tensor([wave.shape[1]]))
+    with torch.no_grad():
+        for log_mel in (extremes.float(), real.transpose(1, 2)[:, None]):
+            x = network.input_bn(log_mel)
+            for block, pad, n in zip(network.front_end_blocks(), FRONT_END_PADS, live):
+                padded = torch.nn.functional.pad(x, (0, 0, *pad))
+                expected = block(padded).amax(dim=3)
+                got = Musicnn._extreme_over_frequency(block, padded)
+                assert got.shape == expected.shape
+                assert float((got - expected).abs().max()) <= 1e-5 * max(float(expected.abs().max()), 1.0)
+
+
+def test_a_constant_filter_moves_at_most_the_tolerance_on_its_worst_input():
+    """The input that moves the constant filter with the largest bound the most (|x| at the
+    bound, signs of its weights) moves its output by no more than CONSTANT_FILTER_TOL."""
+    network = load_musicnn("MTT_musicnn")
+    block = network.timbral_77
+    bn = network.input_bn
+    ends = (torch.tensor([0.0, log_mel_max()]) - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+    bound = float(ends.detach().abs().max())
+    weight = block.conv.weight.detach()
+    scale = (block.bn.weight / torch.sqrt(block.bn.running_var + block.bn.eps)).detach().abs()
+    spread = scale * weight.flatten(1).abs().sum(dim=1) * bound
+    # among the constant filters whose bias keeps them above ReLU's corner (so the input moves them)
+    constant = torch.nonzero((spread <= CONSTANT_FILTER_TOL) & (block.conv.bias.detach() > 1e-3)).flatten()
+    worst = int(constant[spread[constant].argmax()])
+    assert spread[worst] > 0.1 * CONSTANT_FILTER_TOL      # a filter near the line, not a zero one
+    sign = torch.sign(weight[worst])                       # [1, 7, 67]
+    exact = copy.deepcopy(block).double()          # float64: the move itself, not float32 rounding
+    with torch.no_grad():
+        still = float(exact(torch.zeros_like(sign[None]).double())[0, worst, 0, 0])
+        for x in (bound * sign[None], -bound * sign[None]):
+            full = float(exact(x.double())[0, worst, 0, 0])
+            split = float(Musicnn._extreme_over_frequency(block, x)[0, worst, 0])
+            assert abs(full - still) == pytest.approx(float(spread[worst]), rel=1e-3)   # the bound is reached
+            assert abs(full - split) <= CONSTANT_FILTER_TOL * 1.01 + 1e-6 * abs(still)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_split_network_matches_the_full_network(model):
+    """Every output of forward_clip with the constant filters split off (front-end and mid1's
+    inputs) against the same network computing all 561 filters and all of mid1's inputs, on real
+    music and on log-mels at both ends of the admissible range; and the split does cut the work."""
+    network = load_musicnn(model)
+    full = copy.deepcopy(network)
+    for block in full.front_end_blocks():
+        block.order = None
+    full.mid1_live = None
+    assert network.mid1_live_weight.shape[1] < 0.75 * 561
+    wave = torch.from_numpy(np.concatenate([read_clip(c) for c in CLIPS]))[None]
+    real, _ = LogMel()(wave, torch.tensor([wave.shape[1]]))
+    extremes = torch.from_numpy(np.random.default_rng(2).choice([0.0, log_mel_max()], size=(1, 400, 96))).float()
+    for log_mel in (real.transpose(1, 2), extremes):
+        index = torch.arange(0, log_mel.shape[1], 94)[:, None] + torch.arange(PATCH_FRAMES)[None, :]
+        with torch.no_grad():
+            ours, theirs = network.forward_clip(log_mel, index), full.forward_clip(log_mel, index)
+        for name in ("taggram", "penultimate", "mean", "max", "pooled"):
+            scale = float(theirs[name].abs().max())
+            assert float((ours[name] - theirs[name]).abs().max()) <= 1e-5 * max(scale, 1.0), name

@@ -35,6 +35,9 @@ SAMPLE_RATE, N_FFT, HOP, N_MELS = 16000, 512, 256, 96
 PATCH_FRAMES = 187
 TIMBRAL_FRAMES = 7      # the timbral filters' extent in time (both of them)
 BN_EPS = 1e-3   # tf.compat.v1.layers.batch_normalization's default
+# A front-end filter whose output moves by at most this much over every possible input is
+# evaluated as the constant it is (see ConvReluBN.split_constant_filters).
+CONSTANT_FILTER_TOL = 1e-6
 MODELS = ("MTT_musicnn", "MSD_musicnn")
 WEIGHTS_DIR = Path(__file__).resolve().parents[1] / "musicnn_weights"
 # Written by `make musicnn-weights`; checked before the weights are used.
@@ -137,6 +140,13 @@ class LogMel(nn.Module):
 # --------------------------------------------------------------------------- network
 
 
+def log_mel_max() -> float:
+    """The largest log-mel value a wave within [-1, 1] can give: a bin's power is at most
+    (sum of the window)^2, a band's mel at most that times its filter's summed weights."""
+    band_weight = float(slaney_filterbank().sum(axis=0).max())
+    return float(np.log10(1.0 + 10000.0 * band_weight * float(hann_window(N_FFT).sum()) ** 2))
+
+
 class ConvReluBN(nn.Module):
     """musicnn's conv -> ReLU -> batch norm (in that order); 2-D or 1-D."""
 
@@ -144,9 +154,33 @@ class ConvReluBN(nn.Module):
         super().__init__()
         self.conv = conv
         self.bn = (nn.BatchNorm2d if two_d else nn.BatchNorm1d)(channels, eps=BN_EPS)
+        # set by split_constant_filters; persistent, so that an ONNX export holds them as
+        # initializers like the weights they come from (INT8 finds its GEMMs' weights there)
+        for name in ("order", "live_sign", "live_weight", "live_bias", "constant_bias"):
+            self.register_buffer(name, None)
 
     def forward(self, x):
         return self.bn(F.relu(self.conv(x)))
+
+    def split_constant_filters(self, input_bound: float, tol: float = CONSTANT_FILTER_TOL) -> None:
+        """Mark the filters whose output is a constant to within `tol` for every input with
+        |x| <= input_bound, so that eval runs only the others (_extreme_over_frequency).
+
+        musicnn's training decayed most front-end filters to ~1e-7 (MSD: 371 of 408 timbral
+        filters): their convolution is the bias plus at most ||w||_1 * input_bound, ReLU and the
+        max over frequency do not widen that, batch norm scales it by |gamma| / sqrt(var + eps).
+        The bound holds for any input, so no clip can tell the split from the full network by
+        more than `tol` per front-end output. The parameters stay whole (training, state dicts)."""
+        weight, bias = self.conv.weight.detach(), self.conv.bias.detach()
+        scale = (self.bn.weight / torch.sqrt(self.bn.running_var + self.bn.eps)).detach()
+        bound = scale.abs() * weight.flatten(1).abs().sum(dim=1) * input_bound
+        live, constant = torch.nonzero(bound > tol).flatten(), torch.nonzero(bound <= tol).flatten()
+        # the live outputs, then the constant ones, put back in channel order by one gather
+        self.order = torch.argsort(torch.cat([live, constant]))
+        self.live_sign = torch.where(scale[live] < 0, -1.0, 1.0)     # see _extreme_over_frequency
+        self.live_weight = weight[live] * self.live_sign.view(-1, *[1] * (weight.dim() - 1))
+        self.live_bias = bias[live] * self.live_sign
+        self.constant_bias = bias[constant].clone()
 
 
 def _frontend_block(filters: int, kernel: tuple[int, int]) -> ConvReluBN:
@@ -177,6 +211,52 @@ class Musicnn(nn.Module):
         self.dense = nn.Linear(1506, 200)
         self.dense_bn = nn.BatchNorm1d(200, eps=BN_EPS)
         self.output = nn.Linear(200, num_classes)
+        for name in ("mid1_live", "mid1_live_weight", "mid1_fixed"):
+            self.register_buffer(name, None)      # set by split_constant_filters, as the blocks' are
+
+    def train(self, mode: bool = True):
+        """Going to eval mode re-derives the split from the weights, which training may have moved."""
+        super().train(mode)
+        if not mode:
+            self.split_constant_filters()
+        return self
+
+    def front_end_blocks(self) -> tuple[ConvReluBN, ...]:
+        return (self.timbral_74, self.timbral_77, self.temporal_128, self.temporal_64, self.temporal_32)
+
+    def split_constant_filters(self, tol: float = CONSTANT_FILTER_TOL) -> None:
+        """Evaluate the front-end filters that are constants to within `tol` as constants
+        (ConvReluBN.split_constant_filters); eval() calls it, after the weights are loaded. Their input is
+        the batch-normed log-mel, within input_bn(0) .. input_bn(log_mel_max())."""
+        bn = self.input_bn
+        ends = torch.tensor([0.0, log_mel_max()])
+        normed = (ends - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
+        bound = float(normed.detach().abs().max())
+        for block in self.front_end_blocks():
+            block.split_constant_filters(bound, tol)
+        self._split_mid1_inputs()
+
+    def _split_mid1_inputs(self) -> None:
+        """mid1 reads the 561 front-end channels. The constant ones add the same [64, 187] term to
+        every patch (the same in every frame but the 3 at each end, where mid1's zero padding cuts
+        them off), so mid1 convolves only the live channels and adds that term."""
+        live, constant, values = [], [], []
+        offset = 0
+        for block in self.front_end_blocks():
+            first_constant = block.live_weight.shape[0]
+            fixed = torch.nonzero(block.order >= first_constant).flatten()
+            live.append(torch.nonzero(block.order < first_constant).flatten() + offset)
+            constant.append(fixed + offset)
+            bn = block.bn
+            values.append(F.batch_norm(F.relu(block.constant_bias)[None], bn.running_mean[fixed], bn.running_var[fixed],
+                                       bn.weight[fixed], bn.bias[fixed], False, 0.0, bn.eps)[0])
+            offset += block.order.shape[0]
+        live, constant, values = torch.cat(live), torch.cat(constant), torch.cat(values).detach()
+        weight, bias = self.mid1.conv.weight.detach(), self.mid1.conv.bias.detach()
+        steady = values[None, :, None].expand(1, -1, PATCH_FRAMES).double()    # a sum of ~500 channels: float64
+        self.mid1_live = live
+        self.mid1_live_weight = weight[:, live].clone()
+        self.mid1_fixed = F.conv1d(steady, weight[:, constant].double(), bias.double(), padding=3)[0].to(weight.dtype)
 
     def forward(self, patches: torch.Tensor) -> dict[str, torch.Tensor]:
         x = self.input_bn(patches[:, None])                                    # [P, 1, 187, 96]
@@ -211,7 +291,12 @@ class Musicnn(nn.Module):
 
     def _mid_and_back_end(self, front: torch.Tensor) -> dict[str, torch.Tensor]:
         """Front-end features [P, 561, 187] -> per-patch outputs."""
-        mid1 = self.mid1(front)
+        if self.training or self.mid1_live is None:
+            mid1 = self.mid1(front)
+        else:       # the live channels only, the constant ones' fixed term added (_split_mid1_inputs)
+            bn = self.mid1.bn
+            pre = F.conv1d(front[:, self.mid1_live], self.mid1_live_weight, None, padding=3) + self.mid1_fixed
+            mid1 = F.batch_norm(F.relu(pre), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
         mid2 = self.mid2(mid1) + mid1
         mid3 = self.mid3(mid2) + mid2
         midend = torch.cat([front, mid1, mid2, mid3], dim=1)                   # [P, 753, 187]
@@ -259,8 +344,14 @@ class Musicnn(nn.Module):
         negated weights (negation is exact in floating point)."""
         bn, conv = block.bn, block.conv
         sign = torch.where(bn.weight * torch.rsqrt(bn.running_var + bn.eps) < 0, -1.0, 1.0).to(x.dtype)
-        flipped = F.conv2d(x, conv.weight * sign[:, None, None, None], conv.bias * sign)
-        extreme = flipped.amax(dim=3) * sign[None, :, None]      # max (or min) over frequency
+        if block.order is None:
+            flipped = F.conv2d(x, conv.weight * sign[:, None, None, None], conv.bias * sign)
+            extreme = flipped.amax(dim=3) * sign[None, :, None]      # max (or min) over frequency
+        else:       # only the filters that are not constants (split_constant_filters), signs folded in
+            flipped = F.conv2d(x, block.live_weight, block.live_bias)
+            live = flipped.amax(dim=3) * block.live_sign[None, :, None]          # [P, L, T]
+            constant = block.constant_bias[None, :, None].expand(live.shape[0], -1, live.shape[2])
+            extreme = torch.cat([live, constant], dim=1)[:, block.order]
         return F.batch_norm(F.relu(extreme), bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
 
 
@@ -283,7 +374,7 @@ def load_musicnn(model: str) -> Musicnn:
 
     network = Musicnn(num_classes=len(LABELS[model]) if model in LABELS else 50)
     network.load_state_dict(load_file(str(check_weights(model))), strict=True)
-    return network.eval()
+    return network.eval()      # eval() splits off the constant filters
 
 
 # --------------------------------------------------------------------------- encoder

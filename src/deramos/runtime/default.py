@@ -40,7 +40,7 @@ EXPORT_FLAGS = ("--fp16", "--validate-clips", "16")
 # once over the clip, not once per overlapping patch (28.7 instead of 39.7 GFLOP per 10 s clip).
 # 4: and not over the padding past the clip's end; long strided convolutions over hops (25.0
 # instead of 29.4 GFLOP per 10 s window). 5: musicnn's decayed filters evaluated as the constants
-# they are, in the front-end and in mid1's inputs (9.x instead of 25.0 GFLOP per 10 s window).
+# they are, in the front-end and in mid1's inputs (9.3 instead of 25.0 GFLOP per 10 s window).
 EXPORT_LAYOUT = 5
 
 

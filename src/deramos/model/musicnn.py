@@ -229,7 +229,7 @@ class Musicnn(nn.Module):
         (ConvReluBN.split_constant_filters); eval() calls it, after the weights are loaded. Their input is
         the batch-normed log-mel, within input_bn(0) .. input_bn(log_mel_max())."""
         bn = self.input_bn
-        ends = torch.tensor([0.0, log_mel_max()])
+        ends = torch.tensor([0.0, log_mel_max()], dtype=bn.running_mean.dtype, device=bn.running_mean.device)
         normed = (ends - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
         bound = float(normed.detach().abs().max())
         for block in self.front_end_blocks():

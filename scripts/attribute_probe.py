@@ -2,12 +2,16 @@
 (penultimate + taggram + signal features) against adding the mid-end's mean and max pools.
 
     python scripts/attribute_probe.py build/rm/real-train build/rm/real-heldout
+    python scripts/attribute_probe.py build/rm/real-train build/rm/real-heldout --extra vgg_MTT_vgg --extra vgg_MSD_vgg
 
 Both corpora are `deramos-realmusic corpus` directories. Each clip's frames (both backbones,
 3 s patches every 1.5 s) are averaged over the clip and cached beside the corpus
 (probe_features.npz). Per attribute kind and feature set: a logistic regression on standardised
 features, its L2 strength picked on a fifth of the training excerpts (all versions of an excerpt
 on one side), refitted on all training clips, scored on the held-out clips. Prints one row per kind.
+`--extra NAME` adds clip features computed elsewhere, NAME.npy in both corpora (one row per clip of
+synth_meta.jsonl; `scripts/musicnn_tf.py features` writes musicnn's VGG models' there), as a set of
+their own and beside the preset's.
 """
 from __future__ import annotations
 
@@ -92,18 +96,27 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("train", type=Path)
     parser.add_argument("heldout", type=Path)
+    parser.add_argument("--extra", action="append", default=[], help="NAME.npy clip features in both corpora.")
     args = parser.parse_args()
     torch.set_num_threads(2)
     model = encoder()
     train_meta, x_train = clip_features(model, args.train)
     test_meta, x_test = clip_features(model, args.heldout)
     groups = np.array([m["prompt_id"] for m in train_meta])
+    sets = {name: columns(model, names) for name, names in SETS.items()}
+    if args.extra:
+        width = x_train.shape[1]
+        x_train = np.concatenate([x_train] + [np.load(args.train / f"{n}.npy") for n in args.extra], axis=1)
+        x_test = np.concatenate([x_test] + [np.load(args.heldout / f"{n}.npy") for n in args.extra], axis=1)
+        added = np.arange(width, x_train.shape[1])
+        label = " + ".join(args.extra)
+        sets[label + " alone"] = added
+        sets["preset + " + label] = np.concatenate([sets[next(iter(SETS))], added])
     for kind in KINDS:
         y_train, y_test = labels(train_meta, kind), labels(test_meta, kind)
         majority = max((y_test == value).mean() for value in set(y_test))
         row = [f"{kind}: majority {majority:.2f}"]
-        for name, names in SETS.items():
-            cols = columns(model, names)
+        for name, cols in sets.items():
             accuracy, strength = probe(x_train[:, cols], y_train, groups, x_test[:, cols], y_test)
             row.append(f"{name} {accuracy:.2f} (C {strength})")
         print(" | ".join(row), flush=True)

@@ -5,6 +5,7 @@ Runs in its own environment with tensorflow-cpu, librosa and the PyPI package `m
 
     python scripts/musicnn_tf.py convert   --out src/deramos/musicnn_weights
     python scripts/musicnn_tf.py reference --out DIR CLIP.wav ...
+    python scripts/musicnn_tf.py features CORPUS ...      # musicnn's VGG models, for attribute_probe.py
 
 The reference follows musicnn's own extractor: librosa's mel spectrogram of the clip at
 16 kHz, cast to float16, log10(1 + 10000 * mel), cut into 187-frame patches; the frozen
@@ -172,6 +173,33 @@ def reference(clips: list[Path], out_dir: Path) -> None:
     (out_dir / "index.json").write_text(json.dumps(index, indent=1))
 
 
+VGG_MODELS = ("MTT_vgg", "MSD_vgg")
+# The VGG graphs' taggram, the flattened input of their dense layer, and each batch norm's output
+# (averaged over time and frequency): 50 + 256 + 1 + 5 x 128 numbers per patch.
+VGG_OUTPUTS = ["model/Sigmoid:0", "model/Flatten/flatten/Reshape:0"] + [
+    f"model/batch_normalization{suffix}/cond/Merge:0" for suffix in ("", "_1", "_2", "_3", "_4", "_5")]
+
+
+def vgg_features(corpora: list[Path]) -> None:
+    """vgg_<model>.npy in each deramos-realmusic corpus: per clip of synth_meta.jsonl, the mean
+    over its patches of VGG_OUTPUTS (float32 log-mel, as the port computes it)."""
+    import tensorflow as tf
+
+    tf.compat.v1.disable_eager_execution()
+    for model in VGG_MODELS:
+        with tf.compat.v1.Session(graph=frozen_graph(model)) as session:
+            for root in corpora:
+                meta = [json.loads(line) for line in (root / "synth_meta.jsonl").read_text().splitlines() if line.strip()]
+                rows = []
+                for item in meta:
+                    batch = patches(log_mel(root / "wav" / item["wav"]))
+                    values = session.run(VGG_OUTPUTS, {"model/Placeholder:0": batch, "model/Placeholder_2:0": False})
+                    parts = values[:2] + [v.mean(axis=(1, 2)) for v in values[2:]]
+                    rows.append(np.concatenate([v.reshape(len(batch), -1) for v in parts], axis=1).mean(axis=0))
+                np.save(root / f"vgg_{model}.npy", np.stack(rows))
+                print(f"{root}: {model} features of {len(rows)} clips")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -180,9 +208,13 @@ def main(argv=None) -> int:
     ref = sub.add_parser("reference", help="TensorFlow outputs for 16 kHz clips, one .npz per clip and model")
     ref.add_argument("--out", type=Path, required=True)
     ref.add_argument("clips", type=Path, nargs="+")
+    feat = sub.add_parser("features", help="clip features of musicnn's VGG models in deramos-realmusic corpora")
+    feat.add_argument("corpora", type=Path, nargs="+")
     args = parser.parse_args(argv)
     if args.command == "convert":
         convert(args.out)
+    elif args.command == "features":
+        vgg_features(args.corpora)
     else:
         reference(args.clips, args.out)
     return 0

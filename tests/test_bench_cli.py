@@ -98,3 +98,27 @@ def test_reward_rounds_interleave_bundles(runtime_bundle, tmp_path):
         ("this", "fp32", 2), ("this", "fp16", 2), ("baseline", "fp32", 2), ("baseline", "fp16", 2)]
     m = rows[0]["batch"]["4"]
     assert len(m["rounds_cps"]) == 2 and all(c > 0 for c in m["rounds_cps"]) and m["prompts"] >= 6
+
+
+def test_graph_rows_count_the_bundles_own_flops(runtime_bundle, tmp_path):
+    """The ONNX Runtime rows' GFLOP/s come from the bundle's graphs (what they run), PyTorch
+    eager's from the model the code builds; the bundle's count follows the clip's length."""
+    from deramos.bench.cli import bundle_flops_per_clip, format_table, make_inputs
+    from deramos.runtime.bundle import load_bundle
+
+    bundle = load_bundle(runtime_bundle)
+    counts = {}
+    for seconds in (1.0, 2.0):
+        make_inputs(bundle, 1, seconds, tmp_path / f"inputs-{seconds}.npz")
+        counts[seconds] = bundle_flops_per_clip(bundle, tmp_path / f"inputs-{seconds}.npz")
+    assert counts[1.0] > 1e6 and 1.5 < counts[2.0] / counts[1.0] < 2.5
+
+    def row(backend, clips_per_second):
+        return {"backend": backend, "precision": "fp32", "peak_rss_mb": 100.0,
+                "batch": {"1": {"clips_per_second": clips_per_second, "p50_ms": 1.0, "p95_ms": 2.0}}}
+    report = {"rows": [row("torch-eager", 1.0), row("onnxruntime-cpu", 3.0)], "flops_per_clip": 2e9,
+              "bundle_flops_per_clip": 1e9, "matmul_gflops": 100.0, "threads": 2, "clip_seconds": 10.0}
+    lines = format_table(report).splitlines()
+    assert float(lines[1].split()[-1]) == pytest.approx(2.0)      # eager: 2 GFLOP x 1 clip/s
+    assert float(lines[2].split()[-1]) == pytest.approx(3.0)      # the bundle: 1 GFLOP x 3 clips/s
+    assert lines[4].startswith("this bundle's audio and text encoder graphs: 1.0 GFLOP per clip")

@@ -162,9 +162,11 @@ class ConvReluBN(nn.Module):
     def forward(self, x):
         return self.bn(F.relu(self.conv(x)))
 
-    def split_constant_filters(self, input_bound: float, tol: float = CONSTANT_FILTER_TOL) -> None:
+    def split_constant_filters(self, input_bound: float,
+                               tol: float = CONSTANT_FILTER_TOL) -> tuple[torch.Tensor, torch.Tensor]:
         """Mark the filters whose output is a constant to within `tol` for every input with
-        |x| <= input_bound, so that eval runs only the others (_extreme_over_frequency).
+        |x| <= input_bound, so that eval runs only the others (_extreme_over_frequency);
+        -> (live channels, constant channels).
 
         musicnn's training decayed most front-end filters to ~1e-7 (MSD: 371 of 408 timbral
         filters): their convolution is the bias plus at most ||w||_1 * input_bound, ReLU and the
@@ -181,6 +183,7 @@ class ConvReluBN(nn.Module):
         self.live_weight = weight[live] * self.live_sign.view(-1, *[1] * (weight.dim() - 1))
         self.live_bias = bias[live] * self.live_sign
         self.constant_bias = bias[constant].clone()
+        return live, constant
 
 
 def _frontend_block(filters: int, kernel: tuple[int, int]) -> ConvReluBN:
@@ -232,25 +235,23 @@ class Musicnn(nn.Module):
         ends = torch.tensor([0.0, log_mel_max()], dtype=bn.running_mean.dtype, device=bn.running_mean.device)
         normed = (ends - bn.running_mean) / torch.sqrt(bn.running_var + bn.eps) * bn.weight + bn.bias
         bound = float(normed.detach().abs().max())
-        for block in self.front_end_blocks():
-            block.split_constant_filters(bound, tol)
-        self._split_mid1_inputs()
+        self._split_mid1_inputs([block.split_constant_filters(bound, tol) for block in self.front_end_blocks()])
 
-    def _split_mid1_inputs(self) -> None:
+    def _split_mid1_inputs(self, splits: list[tuple[torch.Tensor, torch.Tensor]]) -> None:
         """mid1 reads the 561 front-end channels. The constant ones add the same [64, 187] term to
         every patch (the same in every frame but the 3 at each end, where mid1's zero padding cuts
-        them off), so mid1 convolves only the live channels and adds that term."""
+        them off), so mid1 convolves only the live channels and adds that term. `splits`: each
+        front-end block's (live, constant) channels, in order."""
         live, constant, values = [], [], []
         offset = 0
-        for block in self.front_end_blocks():
-            first_constant = block.live_weight.shape[0]
-            fixed = torch.nonzero(block.order >= first_constant).flatten()
-            live.append(torch.nonzero(block.order < first_constant).flatten() + offset)
-            constant.append(fixed + offset)
+        for block, (block_live, block_constant) in zip(self.front_end_blocks(), splits):
+            live.append(block_live + offset)
+            constant.append(block_constant + offset)
             bn = block.bn
-            values.append(F.batch_norm(F.relu(block.constant_bias)[None], bn.running_mean[fixed], bn.running_var[fixed],
-                                       bn.weight[fixed], bn.bias[fixed], False, 0.0, bn.eps)[0])
-            offset += block.order.shape[0]
+            values.append(F.batch_norm(F.relu(block.constant_bias)[None], bn.running_mean[block_constant],
+                                       bn.running_var[block_constant], bn.weight[block_constant],
+                                       bn.bias[block_constant], False, 0.0, bn.eps)[0])
+            offset += block.conv.weight.shape[0]
         live, constant, values = torch.cat(live), torch.cat(constant), torch.cat(values).detach()
         weight, bias = self.mid1.conv.weight.detach(), self.mid1.conv.bias.detach()
         steady = values[None, :, None].expand(1, -1, PATCH_FRAMES).double()    # a sum of ~500 channels: float64
@@ -343,8 +344,8 @@ class Musicnn(nn.Module):
         a negative factor take the minimum instead, found as the max of the convolution with
         negated weights (negation is exact in floating point)."""
         bn, conv = block.bn, block.conv
-        sign = torch.where(bn.weight * torch.rsqrt(bn.running_var + bn.eps) < 0, -1.0, 1.0).to(x.dtype)
         if block.order is None:
+            sign = torch.where(bn.weight * torch.rsqrt(bn.running_var + bn.eps) < 0, -1.0, 1.0).to(x.dtype)
             flipped = F.conv2d(x, conv.weight * sign[:, None, None, None], conv.bias * sign)
             extreme = flipped.amax(dim=3) * sign[None, :, None]      # max (or min) over frequency
         else:       # only the filters that are not constants (split_constant_filters), signs folded in
